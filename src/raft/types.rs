@@ -13,7 +13,7 @@ pub type Index = u64;
 pub type ReadCtx = u64;
 
 /// What a log entry carries.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum EntryPayload {
     /// Appended by every new leader at the start of its term, so that it can commit
     /// entries of earlier terms (Raft §5.4.2) and serve reads.
@@ -93,7 +93,7 @@ impl ConfState {
 }
 
 /// One step of a membership change.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum SingleChange {
     AddVoter(NodeId),
     AddLearner(NodeId),
@@ -103,7 +103,7 @@ pub enum SingleChange {
 /// A membership change proposal. A change set that alters the voters enters a joint
 /// configuration, which the leader leaves automatically once the change is applied;
 /// a change set that only touches learners takes effect directly.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum ConfChange {
     Change(Vec<SingleChange>),
     LeaveJoint,
