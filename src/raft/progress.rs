@@ -63,6 +63,14 @@ impl Inflights {
         }
     }
 
+    /// Frees the oldest message: it was probably lost, and without this a window full
+    /// of lost appends would stall the follower forever.
+    pub fn free_first_one(&mut self) {
+        if let Some((_, bytes)) = self.window.pop_front() {
+            self.bytes -= bytes;
+        }
+    }
+
     pub fn reset(&mut self) {
         self.window.clear();
         self.bytes = 0;

@@ -203,6 +203,9 @@ impl<S: Storage> RaftNode<S> {
         let pr = self.progress.get_mut(&from).expect("member has progress");
         pr.probe_sent = false;
         pr.acked_round = pr.acked_round.max(round);
+        if pr.state == ProgressState::Replicate && pr.inflights.is_full() {
+            pr.inflights.free_first_one();
+        }
         if pr.matched < last_index {
             self.maybe_send_append(from, true);
         }

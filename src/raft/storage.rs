@@ -4,7 +4,9 @@
 //! acknowledges. Until then the core serves those entries from its own unstable buffer.
 
 use super::error::StorageError;
-use super::types::{ConfState, Entry, HardState, Index, Snapshot, SnapshotMeta, Term};
+use super::types::{
+    ConfChange, ConfState, Entry, EntryPayload, HardState, Index, NodeId, SingleChange, Snapshot, SnapshotMeta, Term,
+};
 
 /// What the core reads from its host's log. Implementations must guarantee:
 /// - `first_index() == snapshot index + 1` and `last_index() >= first_index() - 1`;
@@ -42,6 +44,19 @@ impl MemStorage {
         storage.snapshot.meta.conf_state = conf_state.clone();
         storage.conf_state = conf_state;
         storage
+    }
+
+    /// A storage for a founding member of a new cluster: the initial configuration is
+    /// the first log entry, committed, so that members added later learn it by
+    /// replaying the log like every other change.
+    pub fn bootstrap(voters: impl IntoIterator<Item = NodeId>) -> Self {
+        let changes = voters.into_iter().map(SingleChange::AddVoter).collect();
+        let entry = Entry { term: 1, index: 1, payload: EntryPayload::ConfChange(ConfChange::Change(changes)) };
+        MemStorage {
+            hard_state: HardState { term: 1, vote: None, commit: 1 },
+            entries: vec![entry],
+            ..MemStorage::default()
+        }
     }
 
     pub fn hard_state(&self) -> HardState {

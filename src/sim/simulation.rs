@@ -7,7 +7,7 @@ use rand::{Rng, RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::raft::{
-    ConfChange, ConfState, Config, MemStorage, NodeId, ProposeError, ReadOnlyOption, Role, SingleChange,
+    ConfChange, Config, MemStorage, NodeId, ProposeError, ReadOnlyOption, Role, SingleChange,
 };
 
 use super::host::{Completion, ReadyOutput, SimNode, Waiting};
@@ -158,8 +158,8 @@ impl Simulation {
         let node_count = profile.voters + 1;
         let nodes = (1..=node_count as NodeId)
             .map(|id| {
-                let conf = if voters.contains(&id) { ConfState::new(voters.clone()) } else { ConfState::default() };
-                SimNode::new(id, MemStorage::new_with_conf(conf))
+                let disk = if voters.contains(&id) { MemStorage::bootstrap(voters.clone()) } else { MemStorage::default() };
+                SimNode::new(id, disk)
             })
             .collect();
         let phases = (0..node_count).map(|_| rng.random_range(0..UNITS_PER_TICK)).collect();
@@ -211,7 +211,9 @@ impl Simulation {
                         Some(at) if tick >= at + DRAIN_TICKS => break,
                         None if tick > FAULT_TICKS + LIVENESS_TICKS_MAX => {
                             return Err(format!(
-                                "liveness: no leader committed a client write within {LIVENESS_TICKS_MAX} ticks of healing"
+                                "liveness: no leader committed a client write within {LIVENESS_TICKS_MAX} ticks of \
+                                 healing; cluster: {}",
+                                self.describe()
                             ))
                         }
                         _ => {}
@@ -517,6 +519,32 @@ impl Simulation {
             o.call >= healed_at && !self.discarded[op] && matches!(o.outcome, Outcome::Done | Outcome::CasResult(_))
         });
         leader_committed && write_after_heal
+    }
+
+    /// One line per node: role, term, log and configuration.
+    fn describe(&self) -> String {
+        let mut out = String::new();
+        for node in &self.nodes {
+            let Some(raft) = &node.raft else {
+                out.push_str(&format!("\n  node {}: down", node.id));
+                continue;
+            };
+            let conf = raft.conf_state();
+            out.push_str(&format!(
+                "\n  node {}: {:?} term {} leader {:?} last {} commit {} applied {} voters {:?} outgoing {:?} learners {:?}",
+                node.id,
+                raft.role(),
+                raft.term(),
+                raft.leader(),
+                raft.last_index(),
+                raft.committed(),
+                node.applied,
+                conf.voters,
+                conf.voters_outgoing,
+                conf.learners
+            ));
+        }
+        out
     }
 
     /// Each idle client may start an operation; busy ones may give up.
