@@ -219,7 +219,11 @@ impl<S: Storage> RaftNode<S> {
         let can_vote = self.vote == Some(m.from)
             || (self.vote.is_none() && self.leader.is_none())
             || (pre && m.term > self.term);
-        let grant = can_vote && self.log.is_up_to_date(last_index, last_term);
+        let up_to_date = self.log.is_up_to_date(last_index, last_term);
+        #[cfg(test)]
+        // Deliberately wrong (§5.4.1 ignored): vote for candidates with stale logs.
+        let up_to_date = up_to_date || self.broken_vote_rule;
+        let grant = can_vote && up_to_date;
         let reply_term = if grant { m.term } else { self.term };
         let kind = match (pre, grant) {
             (true, reject) => MessageKind::PreVoteResponse { reject: !reject },

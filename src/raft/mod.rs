@@ -58,6 +58,8 @@ mod reads;
 mod ready;
 mod replication;
 mod storage;
+#[cfg(test)]
+mod tests;
 mod types;
 
 pub use confchange::apply_conf_change;

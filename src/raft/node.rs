@@ -78,6 +78,8 @@ pub struct RaftNode<S: Storage> {
     pub(super) self_vote_ready: Option<u64>,
     #[cfg(test)]
     pub(crate) broken_commit_rule: bool,
+    #[cfg(test)]
+    pub(crate) broken_vote_rule: bool,
 }
 
 impl<S: Storage> RaftNode<S> {
@@ -121,6 +123,8 @@ impl<S: Storage> RaftNode<S> {
             self_vote_ready: None,
             #[cfg(test)]
             broken_commit_rule: false,
+            #[cfg(test)]
+            broken_vote_rule: false,
             config,
         };
         // Configuration entries between the persisted configuration and the last index

@@ -172,6 +172,7 @@ impl<S: Storage> RaftNode<S> {
         let last_index = self.log.last_index();
         let first_index = self.log.first_index();
         let pr = self.progress.get_mut(&from).expect("member has progress");
+        let was_paused = pr.is_paused();
         let advanced = pr.maybe_update(index);
         let probe_matched = pr.state == ProgressState::Probe && pr.matched == index;
         if !advanced && !probe_matched {
@@ -191,6 +192,9 @@ impl<S: Storage> RaftNode<S> {
         let caught_up = pr.matched == last_index;
         if advanced && self.maybe_commit() {
             self.append_broadcast_needed = true;
+        } else if was_paused {
+            // A paused follower missed the broadcast of the latest commit index.
+            self.maybe_send_append(from, true);
         }
         while self.maybe_send_append(from, false) {}
         if caught_up && self.transferee == Some(from) {

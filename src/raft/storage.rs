@@ -5,7 +5,8 @@
 
 use super::error::StorageError;
 use super::types::{
-    ConfChange, ConfState, Entry, EntryPayload, HardState, Index, NodeId, SingleChange, Snapshot, SnapshotMeta, Term,
+    ConfChange, ConfState, Entry, EntryPayload, HardState, Index, NodeId, SingleChange, Snapshot,
+    SnapshotMeta, Term,
 };
 
 /// What the core reads from its host's log. Implementations must guarantee:
@@ -51,9 +52,17 @@ impl MemStorage {
     /// replaying the log like every other change.
     pub fn bootstrap(voters: impl IntoIterator<Item = NodeId>) -> Self {
         let changes = voters.into_iter().map(SingleChange::AddVoter).collect();
-        let entry = Entry { term: 1, index: 1, payload: EntryPayload::ConfChange(ConfChange::Change(changes)) };
+        let entry = Entry {
+            term: 1,
+            index: 1,
+            payload: EntryPayload::ConfChange(ConfChange::Change(changes)),
+        };
         MemStorage {
-            hard_state: HardState { term: 1, vote: None, commit: 1 },
+            hard_state: HardState {
+                term: 1,
+                vote: None,
+                commit: 1,
+            },
             entries: vec![entry],
             ..MemStorage::default()
         }

@@ -11,8 +11,8 @@ use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 
 use crate::raft::{
-    apply_conf_change, ConfState, Config, Entry, EntryPayload, HardState, Index, MemStorage, Message, RaftNode,
-    ReadCtx, Ready, Snapshot, Storage, Term,
+    apply_conf_change, ConfState, Config, Entry, EntryPayload, HardState, Index, MemStorage,
+    Message, RaftNode, ReadCtx, Ready, Snapshot, Storage, Term,
 };
 
 use super::kv::{Key, KvCommand, KvStore};
@@ -23,7 +23,11 @@ enum Write {
     Snapshot(Snapshot),
     Entries(Vec<Entry>),
     HardState(HardState),
-    Compact { index: Index, conf_state: ConfState, data: bytes::Bytes },
+    Compact {
+        index: Index,
+        conf_state: ConfState,
+        data: bytes::Bytes,
+    },
 }
 
 fn apply_write(storage: &mut MemStorage, write: Write) {
@@ -31,7 +35,11 @@ fn apply_write(storage: &mut MemStorage, write: Write) {
         Write::Snapshot(snapshot) => storage.apply_snapshot(snapshot),
         Write::Entries(entries) => storage.append(&entries),
         Write::HardState(hard_state) => storage.set_hard_state(hard_state),
-        Write::Compact { index, conf_state, data } => storage.compact(index, conf_state, data),
+        Write::Compact {
+            index,
+            conf_state,
+            data,
+        } => storage.compact(index, conf_state, data),
     }
 }
 
@@ -52,7 +60,10 @@ pub struct LogHashes {
 
 impl LogHashes {
     pub fn at(&self, index: Index) -> Option<u64> {
-        index.checked_sub(self.base).and_then(|k| self.chain.get(k as usize)).copied()
+        index
+            .checked_sub(self.base)
+            .and_then(|k| self.chain.get(k as usize))
+            .copied()
     }
 
     pub fn last_index(&self) -> Index {
@@ -66,7 +77,9 @@ impl LogHashes {
 
     /// Appends entries (truncating a conflicting suffix); returns each new prefix hash.
     pub fn append(&mut self, entries: &[Entry]) -> Vec<(Index, Term, u64)> {
-        let Some(first) = entries.first() else { return Vec::new() };
+        let Some(first) = entries.first() else {
+            return Vec::new();
+        };
         self.chain.truncate((first.index - self.base) as usize);
         let mut out = Vec::with_capacity(entries.len());
         for entry in entries {
@@ -169,7 +182,10 @@ impl SimNode {
         self.applied = snapshot.meta.index;
         self.hashes.reset(snapshot.meta.index, base_hash);
         self.hashes.append(storage.entries_all());
-        let config = Config { applied: snapshot.meta.index, ..config };
+        let config = Config {
+            applied: snapshot.meta.index,
+            ..config
+        };
         self.raft = Some(RaftNode::new(config, storage).expect("simulated config is valid"));
         self.incarnation += 1;
         self.sync_scheduled = false;
@@ -209,8 +225,12 @@ impl SimNode {
         let raft = self.raft.as_mut().expect("ready from a running node");
         if let Some(snapshot) = ready.snapshot {
             let index = snapshot.meta.index;
-            let base_hash = committed_hash(index)
-                .ok_or_else(|| format!("node {} received a snapshot at uncommitted index {index}", self.id))?;
+            let base_hash = committed_hash(index).ok_or_else(|| {
+                format!(
+                    "node {} received a snapshot at uncommitted index {index}",
+                    self.id
+                )
+            })?;
             self.hashes.reset(index, base_hash);
             out.installed_snapshot = Some(index);
             self.kv = KvStore::decode(&snapshot.data).expect("snapshot decodes");
@@ -228,7 +248,8 @@ impl SimNode {
             raft.storage_mut().set_hard_state(hard_state);
             self.unsynced.push(Write::HardState(hard_state));
         }
-        self.awaiting_sync.push((ready.number, ready.persisted_messages));
+        self.awaiting_sync
+            .push((ready.number, ready.persisted_messages));
         for entry in &ready.committed_entries {
             self.apply(entry, out);
         }
@@ -242,9 +263,17 @@ impl SimNode {
     }
 
     fn apply(&mut self, entry: &Entry, out: &mut ReadyOutput) {
-        assert_eq!(entry.index, self.applied + 1, "node {} applies out of order", self.id);
+        assert_eq!(
+            entry.index,
+            self.applied + 1,
+            "node {} applies out of order",
+            self.id
+        );
         self.applied = entry.index;
-        let hash = self.hashes.at(entry.index).expect("applied entry is in the log");
+        let hash = self
+            .hashes
+            .at(entry.index)
+            .expect("applied entry is in the log");
         out.applied.push((entry.index, hash));
         let result = match &entry.payload {
             EntryPayload::Normal(data) => {
@@ -259,9 +288,13 @@ impl SimNode {
             }
             EntryPayload::Noop => None,
         };
-        let Some((term, waiting)) = self.pending_writes.remove(&entry.index) else { return };
+        let Some((term, waiting)) = self.pending_writes.remove(&entry.index) else {
+            return;
+        };
         match result {
-            Some(swapped) if term == entry.term => out.completed.push((waiting.op, Completion::Written { swapped })),
+            Some(swapped) if term == entry.term => out
+                .completed
+                .push((waiting.op, Completion::Written { swapped })),
             // Another entry won this index: the proposal can never commit.
             _ => out.failed.push(waiting.op),
         }
@@ -274,7 +307,8 @@ impl SimNode {
             if *index > applied {
                 return true;
             }
-            out.completed.push((waiting.op, Completion::Read(kv.get(waiting.key))));
+            out.completed
+                .push((waiting.op, Completion::Read(kv.get(waiting.key))));
             false
         });
     }
@@ -286,9 +320,18 @@ impl SimNode {
         for write in self.unsynced.drain(..) {
             apply_write(&mut self.disk, write);
         }
-        let Some(&(last, _)) = self.awaiting_sync.last() else { return Vec::new() };
-        let messages = self.awaiting_sync.drain(..).flat_map(|(_, msgs)| msgs).collect();
-        self.raft.as_mut().expect("sync on a running node").advance(last);
+        let Some(&(last, _)) = self.awaiting_sync.last() else {
+            return Vec::new();
+        };
+        let messages = self
+            .awaiting_sync
+            .drain(..)
+            .flat_map(|(_, msgs)| msgs)
+            .collect();
+        self.raft
+            .as_mut()
+            .expect("sync on a running node")
+            .advance(last);
         messages
     }
 
@@ -305,8 +348,13 @@ impl SimNode {
         }
         let data = self.kv.encode();
         let conf_state = self.conf_at_applied.clone();
-        raft.storage_mut().compact(index, conf_state.clone(), data.clone());
+        raft.storage_mut()
+            .compact(index, conf_state.clone(), data.clone());
         self.hashes.compact(index);
-        self.unsynced.push(Write::Compact { index, conf_state, data });
+        self.unsynced.push(Write::Compact {
+            index,
+            conf_state,
+            data,
+        });
     }
 }

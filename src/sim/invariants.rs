@@ -28,7 +28,10 @@ pub type Check = Result<(), String>;
 
 impl Invariants {
     pub fn new() -> Self {
-        Invariants { committed: vec![(0, 0)], ..Invariants::default() }
+        Invariants {
+            committed: vec![(0, 0)],
+            ..Invariants::default()
+        }
     }
 
     /// The committed prefix hash at `index` (a snapshot's base).
@@ -40,9 +43,9 @@ impl Invariants {
     /// prefixes.
     pub fn on_append(&mut self, node: NodeId, index: Index, term: Term, hash: u64) -> Check {
         match self.prefixes.insert((index, term), hash) {
-            Some(old) if old != hash => {
-                Err(format!("log matching: node {node} wrote ({index}, term {term}) with a different prefix"))
-            }
+            Some(old) if old != hash => Err(format!(
+                "log matching: node {node} wrote ({index}, term {term}) with a different prefix"
+            )),
             _ => Ok(()),
         }
     }
@@ -52,14 +55,22 @@ impl Invariants {
         self.observe_commit(node)?;
         match self.committed_hash(index) {
             Some(expected) if expected == hash => Ok(()),
-            Some(_) => Err(format!("state machine safety: node {} applied a different entry at {index}", node.id)),
-            None => Err(format!("node {} applied {index} before it was committed", node.id)),
+            Some(_) => Err(format!(
+                "state machine safety: node {} applied a different entry at {index}",
+                node.id
+            )),
+            None => Err(format!(
+                "node {} applied {index} before it was committed",
+                node.id
+            )),
         }
     }
 
     /// Records what `node` knows to be committed, checking it agrees with the rest.
     fn observe_commit(&mut self, node: &SimNode) -> Check {
-        let Some(raft) = &node.raft else { return Ok(()) };
+        let Some(raft) = &node.raft else {
+            return Ok(());
+        };
         // The core may hold committed entries it has not yet handed to the host (its
         // window of unacknowledged Readies is full); they are checked once written.
         let commit = raft.committed().min(node.hashes.last_index());
@@ -76,7 +87,10 @@ impl Invariants {
                 ))?;
             if index <= known {
                 if self.committed[index as usize].0 != hash {
-                    return Err(format!("node {} committed a different entry at {index}", node.id));
+                    return Err(format!(
+                        "node {} committed a different entry at {index}",
+                        node.id
+                    ));
                 }
             } else {
                 self.committed.push((hash, raft.term()));
@@ -105,7 +119,12 @@ impl Invariants {
         let raft = node.raft.as_ref().expect("running");
         let entry = self.commits.entry(node.id).or_insert((node.incarnation, 0));
         if entry.0 == node.incarnation && raft.committed() < entry.1 {
-            return Err(format!("node {} commit went back from {} to {}", node.id, entry.1, raft.committed()));
+            return Err(format!(
+                "node {} commit went back from {} to {}",
+                node.id,
+                entry.1,
+                raft.committed()
+            ));
         }
         *entry = (node.incarnation, raft.committed());
         Ok(())
@@ -117,19 +136,30 @@ impl Invariants {
         // Election safety.
         let leader = *self.leaders.entry(term).or_insert(node.id);
         if leader != node.id {
-            return Err(format!("election safety: nodes {leader} and {} both lead term {term}", node.id));
+            return Err(format!(
+                "election safety: nodes {leader} and {} both lead term {term}",
+                node.id
+            ));
         }
         // Leader append-only: what it held earlier in its term is still there.
         if let Some(&(mark_term, index, hash)) = self.leader_marks.get(&node.id) {
-            if mark_term == term && node.hashes.at(index) != Some(hash) && index >= node.hashes.base {
-                return Err(format!("leader append-only: leader {} of term {term} lost or changed {index}", node.id));
+            if mark_term == term && node.hashes.at(index) != Some(hash) && index >= node.hashes.base
+            {
+                return Err(format!(
+                    "leader append-only: leader {} of term {term} lost or changed {index}",
+                    node.id
+                ));
             }
         }
         let last = node.hashes.last_index();
         let last_hash = node.hashes.at(last).expect("last index hashed");
         self.leader_marks.insert(node.id, (term, last, last_hash));
         // Leader completeness: every entry committed in an earlier term is in its log.
-        let newest_earlier = self.committed_by_term.range(..term).map(|(_, &index)| index).max();
+        let newest_earlier = self
+            .committed_by_term
+            .range(..term)
+            .map(|(_, &index)| index)
+            .max();
         if let Some(index) = newest_earlier {
             let expected = self.committed[index as usize].0;
             let covered_by_snapshot = index <= node.hashes.base;

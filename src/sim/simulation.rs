@@ -107,8 +107,12 @@ impl std::fmt::Display for Failure {
 /// Test-only switches that break the core on purpose, to prove the checks can fail.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Sabotage {
+    /// Commit entries of earlier terms by counting replicas (Raft Figure 8).
     #[cfg(test)]
     pub commit_any_term: bool,
+    /// Grant votes without the candidate's log being up to date (§5.4.1).
+    #[cfg(test)]
+    pub vote_for_stale_logs: bool,
 }
 
 struct Client {
@@ -158,12 +162,23 @@ impl Simulation {
         let node_count = profile.voters + 1;
         let nodes = (1..=node_count as NodeId)
             .map(|id| {
-                let disk = if voters.contains(&id) { MemStorage::bootstrap(voters.clone()) } else { MemStorage::default() };
+                let disk = if voters.contains(&id) {
+                    MemStorage::bootstrap(voters.clone())
+                } else {
+                    MemStorage::default()
+                };
                 SimNode::new(id, disk)
             })
             .collect();
-        let phases = (0..node_count).map(|_| rng.random_range(0..UNITS_PER_TICK)).collect();
-        let clients = (0..profile.clients).map(|_| Client { target: 1, current: None }).collect();
+        let phases = (0..node_count)
+            .map(|_| rng.random_range(0..UNITS_PER_TICK))
+            .collect();
+        let clients = (0..profile.clients)
+            .map(|_| Client {
+                target: 1,
+                current: None,
+            })
+            .collect();
         Simulation {
             rng,
             profile,
@@ -180,7 +195,10 @@ impl Simulation {
             clients,
             history: Vec::new(),
             discarded: Vec::new(),
-            report: Report { seed, ..Report::default() },
+            report: Report {
+                seed,
+                ..Report::default()
+            },
         }
     }
 
@@ -232,11 +250,14 @@ impl Simulation {
     fn step_time(&mut self) -> Result<(), String> {
         while let Some(m) = self.network.next_due(self.now) {
             let i = (m.to - 1) as usize;
-            let Some(raft) = self.nodes[i].raft.as_mut() else { continue };
+            let Some(raft) = self.nodes[i].raft.as_mut() else {
+                continue;
+            };
             if std::env::var("SIM_TRACE").is_ok() {
                 eprintln!("t={} deliver {:?}", self.now, m);
             }
-            raft.step(m).map_err(|e| format!("core refused a message: {e}"))?;
+            raft.step(m)
+                .map_err(|e| format!("core refused a message: {e}"))?;
             self.after_event(i)?;
         }
         while let Some((&key, &(i, incarnation))) = self.syncs.iter().next() {
@@ -249,7 +270,8 @@ impl Simulation {
                 continue;
             }
             for m in node.sync() {
-                self.network.send(m, self.now, &self.profile.network, &mut self.rng);
+                self.network
+                    .send(m, self.now, &self.profile.network, &mut self.rng);
             }
             self.after_event(i)?;
         }
@@ -257,7 +279,9 @@ impl Simulation {
             if self.now % UNITS_PER_TICK != self.phases[i] {
                 continue;
             }
-            let Some(raft) = self.nodes[i].raft.as_mut() else { continue };
+            let Some(raft) = self.nodes[i].raft.as_mut() else {
+                continue;
+            };
             raft.tick();
             self.after_event(i)?;
         }
@@ -269,7 +293,9 @@ impl Simulation {
         self.report.steps += 1;
         loop {
             let node = &mut self.nodes[i];
-            let Some(raft) = node.raft.as_mut() else { break };
+            let Some(raft) = node.raft.as_mut() else {
+                break;
+            };
             if !raft.has_ready() {
                 break;
             }
@@ -283,7 +309,10 @@ impl Simulation {
         if node.has_unsynced() && !node.sync_scheduled {
             let delay = self.rng.random_range(1..=self.profile.sync_delay_max_units);
             self.sync_sequence += 1;
-            self.syncs.insert((self.now + delay, self.sync_sequence), (i, node.incarnation));
+            self.syncs.insert(
+                (self.now + delay, self.sync_sequence),
+                (i, node.incarnation),
+            );
             self.nodes[i].sync_scheduled = true;
         }
         self.invariants.check(&self.nodes)
@@ -292,10 +321,16 @@ impl Simulation {
     fn absorb(&mut self, i: usize, out: ReadyOutput) -> Result<(), String> {
         let id = self.nodes[i].id;
         for m in out.messages {
-            self.network.send(m, self.now, &self.profile.network, &mut self.rng);
+            self.network
+                .send(m, self.now, &self.profile.network, &mut self.rng);
         }
         if std::env::var("SIM_TRACE").is_ok() {
-            eprintln!("t={} node {} ready: appended {:?}", self.now, id, out.appended.iter().map(|a| (a.0, a.1)).collect::<Vec<_>>());
+            eprintln!(
+                "t={} node {} ready: appended {:?}",
+                self.now,
+                id,
+                out.appended.iter().map(|a| (a.0, a.1)).collect::<Vec<_>>()
+            );
         }
         for (index, term, hash) in out.appended {
             self.invariants.on_append(id, index, term, hash)?;
@@ -340,13 +375,20 @@ impl Simulation {
 
     fn start_node(&mut self, i: usize) {
         let base = self.nodes[i].disk.snapshot_ref().meta.index;
-        let base_hash = self.invariants.committed_hash(base).expect("snapshots hold committed entries");
+        let base_hash = self
+            .invariants
+            .committed_hash(base)
+            .expect("snapshots hold committed entries");
         let mut config = Config::new(self.nodes[i].id);
         config.election_ticks = ELECTION_TICKS;
         config.heartbeat_ticks = 2;
         config.pre_vote = self.profile.pre_vote;
         config.check_quorum = self.profile.check_quorum;
-        config.read_only = if self.profile.lease_reads { ReadOnlyOption::LeaseBased } else { ReadOnlyOption::Safe };
+        config.read_only = if self.profile.lease_reads {
+            ReadOnlyOption::LeaseBased
+        } else {
+            ReadOnlyOption::Safe
+        };
         config.seed = self.rng.next_u64();
         // Small windows so that pipelining limits and probing are exercised.
         config.append_max_bytes = 256;
@@ -357,8 +399,10 @@ impl Simulation {
         config.snapshot_retry_ticks = 20;
         self.nodes[i].start(config, base_hash);
         #[cfg(test)]
-        if self.sabotage.commit_any_term {
-            self.nodes[i].raft.as_mut().expect("just started").broken_commit_rule = true;
+        {
+            let raft = self.nodes[i].raft.as_mut().expect("just started");
+            raft.broken_commit_rule = self.sabotage.commit_any_term;
+            raft.broken_vote_rule = self.sabotage.vote_for_stale_logs;
         }
         let _ = self.sabotage;
     }
@@ -366,12 +410,15 @@ impl Simulation {
     fn inject_faults(&mut self) -> Result<(), String> {
         let p = self.profile.clone();
         if self.rng.random_range(0..1000) < p.crash_per_mille {
-            let alive: Vec<usize> = (0..self.nodes.len()).filter(|&i| self.nodes[i].raft.is_some()).collect();
+            let alive: Vec<usize> = (0..self.nodes.len())
+                .filter(|&i| self.nodes[i].raft.is_some())
+                .collect();
             if let Some(&i) = alive.choose(&mut self.rng) {
                 self.nodes[i].crash(&mut self.rng);
                 self.report.crashes += 1;
                 let down_ticks = self.rng.random_range(5..=60);
-                self.restarts.insert(i, self.now + down_ticks * UNITS_PER_TICK);
+                self.restarts
+                    .insert(i, self.now + down_ticks * UNITS_PER_TICK);
             }
         }
         match self.partition_heals_at {
@@ -437,41 +484,78 @@ impl Simulation {
 
     fn leader_index(&self) -> Option<usize> {
         (0..self.nodes.len())
-            .filter(|&i| self.nodes[i].raft.as_ref().is_some_and(|r| r.role() == Role::Leader))
+            .filter(|&i| {
+                self.nodes[i]
+                    .raft
+                    .as_ref()
+                    .is_some_and(|r| r.role() == Role::Leader)
+            })
             .max_by_key(|&i| self.nodes[i].raft.as_ref().map(|r| r.term()))
     }
 
     /// Proposes a random membership change through the leader, if there is one.
     fn change_membership(&mut self) -> Result<(), String> {
-        let Some(li) = self.leader_index() else { return Ok(()) };
-        let conf = self.nodes[li].raft.as_ref().expect("leader runs").conf_state().clone();
-        let outsiders: Vec<NodeId> =
-            self.nodes.iter().map(|n| n.id).filter(|id| !conf.members().contains(id)).collect();
+        let Some(li) = self.leader_index() else {
+            return Ok(());
+        };
+        let conf = self.nodes[li]
+            .raft
+            .as_ref()
+            .expect("leader runs")
+            .conf_state()
+            .clone();
+        let outsiders: Vec<NodeId> = self
+            .nodes
+            .iter()
+            .map(|n| n.id)
+            .filter(|id| !conf.members().contains(id))
+            .collect();
         let learners: Vec<NodeId> = conf.learners.iter().copied().collect();
         let voters: Vec<NodeId> = conf.voters.iter().copied().collect();
         let change = match self.rng.random_range(0..5) {
-            0 => outsiders.choose(&mut self.rng).map(|&id| vec![SingleChange::AddLearner(id)]),
-            1 => learners.choose(&mut self.rng).map(|&id| vec![SingleChange::AddVoter(id)]),
-            2 if voters.len() > 3 => voters.choose(&mut self.rng).map(|&id| vec![SingleChange::RemoveNode(id)]),
-            3 if voters.len() > 3 => voters.choose(&mut self.rng).map(|&id| vec![SingleChange::AddLearner(id)]),
+            0 => outsiders
+                .choose(&mut self.rng)
+                .map(|&id| vec![SingleChange::AddLearner(id)]),
+            1 => learners
+                .choose(&mut self.rng)
+                .map(|&id| vec![SingleChange::AddVoter(id)]),
+            2 if voters.len() > 3 => voters
+                .choose(&mut self.rng)
+                .map(|&id| vec![SingleChange::RemoveNode(id)]),
+            3 if voters.len() > 3 => voters
+                .choose(&mut self.rng)
+                .map(|&id| vec![SingleChange::AddLearner(id)]),
             4 => match (learners.choose(&mut self.rng), voters.choose(&mut self.rng)) {
-                (Some(&new), Some(&old)) => Some(vec![SingleChange::AddVoter(new), SingleChange::RemoveNode(old)]),
+                (Some(&new), Some(&old)) => Some(vec![
+                    SingleChange::AddVoter(new),
+                    SingleChange::RemoveNode(old),
+                ]),
                 _ => None,
             },
             _ => None,
         };
         let Some(change) = change else { return Ok(()) };
-        if self.nodes[li].raft.as_mut().expect("leader runs").propose_conf_change(ConfChange::Change(change)).is_ok() {
+        if self.nodes[li]
+            .raft
+            .as_mut()
+            .expect("leader runs")
+            .propose_conf_change(ConfChange::Change(change))
+            .is_ok()
+        {
             self.report.conf_changes += 1;
         }
         self.after_event(li)
     }
 
     fn transfer_leadership(&mut self) -> Result<(), String> {
-        let Some(li) = self.leader_index() else { return Ok(()) };
+        let Some(li) = self.leader_index() else {
+            return Ok(());
+        };
         let raft = self.nodes[li].raft.as_mut().expect("leader runs");
         let voters: Vec<NodeId> = raft.conf_state().voters.iter().copied().collect();
-        let Some(&to) = voters.choose(&mut self.rng) else { return Ok(()) };
+        let Some(&to) = voters.choose(&mut self.rng) else {
+            return Ok(());
+        };
         if raft.transfer_leader(to).is_ok() {
             self.report.transfers += 1;
         }
@@ -491,7 +575,12 @@ impl Simulation {
     }
 
     fn restart_due(&mut self) {
-        let due: Vec<usize> = self.restarts.iter().filter(|(_, &at)| at <= self.now).map(|(&i, _)| i).collect();
+        let due: Vec<usize> = self
+            .restarts
+            .iter()
+            .filter(|(_, &at)| at <= self.now)
+            .map(|(&i, _)| i)
+            .collect();
         for i in due {
             self.restarts.remove(&i);
             self.start_node(i);
@@ -516,7 +605,9 @@ impl Simulation {
             raft.term_at(raft.committed()) == Some(raft.term())
         });
         let write_after_heal = self.history.iter().enumerate().any(|(op, o)| {
-            o.call >= healed_at && !self.discarded[op] && matches!(o.outcome, Outcome::Done | Outcome::CasResult(_))
+            o.call >= healed_at
+                && !self.discarded[op]
+                && matches!(o.outcome, Outcome::Done | Outcome::CasResult(_))
         });
         leader_committed && write_after_heal
     }
@@ -577,7 +668,10 @@ impl Simulation {
             4..=7 => OpKind::Get,
             _ => {
                 let expected = self.latest_known_value(key);
-                OpKind::Cas { expected, new: value }
+                OpKind::Cas {
+                    expected,
+                    new: value,
+                }
             }
         };
         let i = (self.clients[c].target - 1) as usize;
@@ -587,13 +681,19 @@ impl Simulation {
         };
         let submitted = match kind {
             OpKind::Get => raft.read_index(op as u64).map(|()| None),
-            OpKind::Put(value) => raft.propose(KvCommand::Put { key, value }.encode()).map(Some),
-            OpKind::Cas { expected, new } => raft.propose(KvCommand::Cas { key, expected, new }.encode()).map(Some),
+            OpKind::Put(value) => raft
+                .propose(KvCommand::Put { key, value }.encode())
+                .map(Some),
+            OpKind::Cas { expected, new } => raft
+                .propose(KvCommand::Cas { key, expected, new }.encode())
+                .map(Some),
         };
         let waiting = Waiting { op, key };
         match submitted {
             Ok(Some(proposed)) => {
-                self.nodes[i].pending_writes.insert(proposed.index, (proposed.term, waiting));
+                self.nodes[i]
+                    .pending_writes
+                    .insert(proposed.index, (proposed.term, waiting));
             }
             Ok(None) => {
                 self.nodes[i].pending_reads.insert(op as u64, waiting);
@@ -604,7 +704,14 @@ impl Simulation {
             }
             Err(_) => return,
         }
-        self.history.push(Operation { client: c as u64, key, kind, call: self.now, ret: u64::MAX, outcome: Outcome::Unknown });
+        self.history.push(Operation {
+            client: c as u64,
+            key,
+            kind,
+            call: self.now,
+            ret: u64::MAX,
+            outcome: Outcome::Unknown,
+        });
         self.discarded.push(false);
         self.clients[c].current = Some((op, self.now + CLIENT_TIMEOUT_TICKS * UNITS_PER_TICK));
         let _ = self.after_event(i);
@@ -612,25 +719,38 @@ impl Simulation {
 
     /// A plausible current value, so that some CAS operations succeed.
     fn latest_known_value(&self, key: Key) -> Option<u64> {
-        self.history.iter().rev().find(|o| o.key == key && o.outcome != Outcome::Unknown).and_then(|o| match (o.kind, o.outcome) {
-            (OpKind::Put(v), _) => Some(v),
-            (OpKind::Cas { new, .. }, Outcome::CasResult(true)) => Some(new),
-            (_, Outcome::Read(v)) => v,
-            _ => None,
-        })
+        self.history
+            .iter()
+            .rev()
+            .find(|o| o.key == key && o.outcome != Outcome::Unknown)
+            .and_then(|o| match (o.kind, o.outcome) {
+                (OpKind::Put(v), _) => Some(v),
+                (OpKind::Cas { new, .. }, Outcome::CasResult(true)) => Some(new),
+                (_, Outcome::Read(v)) => v,
+                _ => None,
+            })
     }
 
     fn check_history(&mut self) -> Result<(), String> {
-        let ops: Vec<Operation> =
-            self.history.iter().zip(&self.discarded).filter(|(_, &d)| !d).map(|(o, _)| *o).collect();
+        let ops: Vec<Operation> = self
+            .history
+            .iter()
+            .zip(&self.discarded)
+            .filter(|(_, &d)| !d)
+            .map(|(o, _)| *o)
+            .collect();
         self.report.operations = ops.len();
-        self.report.operations_completed = ops.iter().filter(|o| o.outcome != Outcome::Unknown).count();
+        self.report.operations_completed =
+            ops.iter().filter(|o| o.outcome != Outcome::Unknown).count();
         match linearizability::check(&ops) {
             Verdict::Linearizable => Ok(()),
-            Verdict::NotLinearizable(v) => {
-                Err(format!("linearizability: history of key {} admits no linearization: {:?}", v.key, v.operations))
-            }
-            Verdict::Undecided { key } => Err(format!("linearizability: search budget exhausted on key {key}")),
+            Verdict::NotLinearizable(v) => Err(format!(
+                "linearizability: history of key {} admits no linearization: {:?}",
+                v.key, v.operations
+            )),
+            Verdict::Undecided { key } => Err(format!(
+                "linearizability: search budget exhausted on key {key}"
+            )),
         }
     }
 }

@@ -1,0 +1,502 @@
+//! Scenario tests that script the paper's figures, and exact-output tests for the
+//! message handlers. A tiny synchronous network delivers messages in order.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use bytes::Bytes;
+
+use super::election::CampaignKind;
+use super::*;
+
+/// A synchronous cluster: every Ready is persisted and acknowledged at once.
+struct Net {
+    nodes: BTreeMap<NodeId, RaftNode<MemStorage>>,
+    queue: VecDeque<Message>,
+    /// Nodes cut off from everyone (their messages, both ways, are dropped).
+    isolated: BTreeSet<NodeId>,
+    applied: BTreeMap<NodeId, Vec<(Index, Term)>>,
+}
+
+fn config(id: NodeId) -> Config {
+    let mut config = Config::new(id);
+    config.append_max_bytes = 1; // one entry per append: lets a script split replication
+    config
+}
+
+/// A storage whose log has one entry per term in `terms` (index 1 upward).
+fn log_of(voters: &[NodeId], terms: &[Term]) -> MemStorage {
+    let mut storage = MemStorage::new_with_conf(ConfState::new(voters.iter().copied()));
+    let entries: Vec<Entry> = terms
+        .iter()
+        .enumerate()
+        .map(|(i, &term)| Entry {
+            term,
+            index: i as Index + 1,
+            payload: EntryPayload::Normal(Bytes::from(vec![term as u8])),
+        })
+        .collect();
+    storage.append(&entries);
+    let term = terms.iter().copied().max().unwrap_or(0);
+    storage.set_hard_state(HardState {
+        term,
+        vote: None,
+        commit: 0,
+    });
+    storage
+}
+
+impl Net {
+    fn new(logs: Vec<(NodeId, MemStorage)>) -> Net {
+        let nodes = logs
+            .into_iter()
+            .map(|(id, storage)| (id, RaftNode::new(config(id), storage).unwrap()))
+            .collect();
+        Net {
+            nodes,
+            queue: VecDeque::new(),
+            isolated: BTreeSet::new(),
+            applied: BTreeMap::new(),
+        }
+    }
+
+    fn with_empty_logs(n: u64) -> Net {
+        let voters: Vec<NodeId> = (1..=n).collect();
+        Net::new(
+            voters
+                .iter()
+                .map(|&id| (id, log_of(&voters, &[])))
+                .collect(),
+        )
+    }
+
+    fn node(&mut self, id: NodeId) -> &mut RaftNode<MemStorage> {
+        self.nodes.get_mut(&id).unwrap()
+    }
+
+    fn drain(&mut self, id: NodeId) {
+        let node = self.nodes.get_mut(&id).unwrap();
+        while node.has_ready() {
+            let ready = node.ready();
+            let store = node.storage_mut();
+            if let Some(snapshot) = ready.snapshot {
+                store.apply_snapshot(snapshot);
+            }
+            store.append(&ready.entries);
+            if let Some(hs) = ready.hard_state {
+                store.set_hard_state(hs);
+            }
+            self.applied
+                .entry(id)
+                .or_default()
+                .extend(ready.committed_entries.iter().map(|e| (e.index, e.term)));
+            self.queue
+                .extend(ready.messages.into_iter().chain(ready.persisted_messages));
+            node.advance(ready.number);
+        }
+    }
+
+    /// Delivers messages until the network is quiet.
+    fn stabilize(&mut self) {
+        loop {
+            let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
+            for id in ids {
+                self.drain(id);
+            }
+            let Some(m) = self.queue.pop_front() else {
+                return;
+            };
+            if self.isolated.contains(&m.from) || self.isolated.contains(&m.to) {
+                continue;
+            }
+            self.node(m.to).step(m).unwrap();
+        }
+    }
+
+    fn campaign(&mut self, id: NodeId) {
+        self.node(id).campaign(CampaignKind::PreVote);
+        self.stabilize();
+    }
+
+    fn terms(&self, id: NodeId) -> Vec<Term> {
+        let node = &self.nodes[&id];
+        (1..=node.last_index())
+            .map(|i| node.term_at(i).unwrap())
+            .collect()
+    }
+}
+
+#[test]
+fn a_campaign_elects_a_leader_who_commits_a_noop_of_its_term() {
+    let mut net = Net::with_empty_logs(3);
+    net.campaign(1);
+    assert_eq!(net.node(1).role(), Role::Leader);
+    assert_eq!(net.node(2).leader(), Some(1));
+    // Raft §8: the leader's term starts with a no-op, committed everywhere.
+    for id in 1..=3 {
+        assert_eq!(net.terms(id), vec![1]);
+        assert_eq!(net.node(id).committed(), 1);
+    }
+}
+
+/// Figure 7: a leader of term 8 with log 1 1 1 4 4 5 5 6 6 6 brings followers with
+/// missing, extra and conflicting entries to exactly its own log.
+#[test]
+fn figure_7_followers_converge_on_the_leaders_log() {
+    let voters = [1, 2, 3, 4, 5, 6, 7];
+    let leader_log = [1, 1, 1, 4, 4, 5, 5, 6, 6, 6];
+    let shapes: [&[Term]; 6] = [
+        &[1, 1, 1, 4, 4, 5, 5, 6, 6],          // (a) missing one
+        &[1, 1, 1, 4],                         // (b) missing many
+        &[1, 1, 1, 4, 4, 5, 5, 6, 6, 6, 6],    // (c) one extra, same term
+        &[1, 1, 1, 4, 4, 5, 5, 6, 6, 6, 7, 7], // (d) extra from a later term
+        &[1, 1, 1, 4, 4, 4, 4],                // (e) conflicting term 4 suffix
+        &[1, 1, 1, 2, 2, 2, 3, 3, 3, 3, 3],    // (f) terms 2 and 3 never committed
+    ];
+    let mut logs = vec![(1, log_of(&voters, &leader_log))];
+    for (i, shape) in shapes.iter().enumerate() {
+        logs.push((i as NodeId + 2, log_of(&voters, shape)));
+    }
+    let mut net = Net::new(logs);
+    // The leader of term 8 is elected by the followers whose logs it covers.
+    for id in 1..=7 {
+        let term = net.node(id).term();
+        net.node(id).term = term.max(7);
+    }
+    net.campaign(1);
+    assert_eq!(net.node(1).role(), Role::Leader);
+    assert_eq!(net.node(1).term(), 8);
+    let mut expected = leader_log.to_vec();
+    expected.push(8);
+    for id in 1..=7 {
+        assert_eq!(net.terms(id), expected, "follower {id}");
+    }
+}
+
+/// Figure 8: a leader must not commit an entry of an earlier term by counting
+/// replicas. Scripted with the rule intact (index 2 stays uncommitted and is safely
+/// overwritten) and broken (index 2 is committed, then lost). Returns S1's commit
+/// index, what S1 and S3 applied, and the term S5 (the final leader) holds at index 2.
+fn figure_8(broken: bool) -> (Index, Vec<(Index, Term)>, Vec<(Index, Term)>, Option<Term>) {
+    let voters = [1, 2, 3, 4, 5];
+    // (a)+(b): S1 led term 2 and put index 2 on S2; S5 led term 3 and wrote index 2 alone.
+    let mut net = Net::new(vec![
+        (1, log_of(&voters, &[1, 2])),
+        (2, log_of(&voters, &[1, 2])),
+        (3, log_of(&voters, &[1])),
+        (4, log_of(&voters, &[1])),
+        (5, log_of(&voters, &[1, 3])),
+    ]);
+    for id in 1..=5 {
+        net.node(id).term = 3;
+        net.node(id).log.commit_to(1);
+    }
+    net.node(1).broken_commit_rule = broken;
+    // (c): with S5 away, S1 wins term 4 and copies index 2 (term 2) to S3 and S4, but
+    // its term-4 no-op never reaches them.
+    net.isolated.insert(5);
+    net.node(1).campaign(CampaignKind::PreVote);
+    loop {
+        net.drain(1);
+        let Some(mut m) = net.queue.pop_front() else {
+            break;
+        };
+        if net.isolated.contains(&m.to) || net.isolated.contains(&m.from) {
+            continue;
+        }
+        if let MessageKind::Append { entries, .. } = &mut m.kind {
+            if m.to == 3 || m.to == 4 {
+                entries.retain(|e| e.term != 4);
+            }
+        }
+        let to = m.to;
+        net.node(to).step(m).unwrap();
+        net.drain(to);
+    }
+    assert_eq!(net.node(1).role(), Role::Leader);
+    assert_eq!(net.node(1).progress(3).map(|p| p.matched), Some(2));
+    let s1_commit = net.node(1).committed();
+    // (d): S1 and S2 go away; S5 wins term 5 with S3 and S4, whose last entry
+    // (term 2) is older than its own (term 3), and overwrites index 2.
+    net.isolated = BTreeSet::from([1, 2]);
+    net.queue.clear();
+    net.node(5).term = 4;
+    for id in [3, 4] {
+        net.node(id).election_elapsed = net.node(id).config.election_ticks; // lease expired
+    }
+    net.campaign(5);
+    assert_eq!(net.node(5).role(), Role::Leader);
+    let s5_at_2 = net.node(5).term_at(2);
+    (
+        s1_commit,
+        net.applied.remove(&1).unwrap_or_default(),
+        net.applied.remove(&3).unwrap_or_default(),
+        s5_at_2,
+    )
+}
+
+#[test]
+fn figure_8_old_term_entries_are_not_committed_by_counting() {
+    let (s1_commit, s1_applied, s3_applied, _) = figure_8(false);
+    assert_eq!(
+        s1_commit, 1,
+        "index 2 (term 2) must not commit on replica count alone"
+    );
+    assert!(!s1_applied.contains(&(2, 2)));
+    assert!(
+        s3_applied.contains(&(2, 3)),
+        "S5 legitimately replaces index 2 with its term-3 entry"
+    );
+}
+
+#[test]
+fn figure_8_hazard_appears_when_the_rule_is_broken() {
+    let (s1_commit, s1_applied, _, s5_at_2) = figure_8(true);
+    assert_eq!(s1_commit, 2, "the broken rule commits index 2 of term 2");
+    assert!(s1_applied.contains(&(2, 2)), "S1 applied (2, term 2)");
+    assert_eq!(
+        s5_at_2,
+        Some(3),
+        "S5 leads term 5 without the committed entry: leader completeness is lost"
+    );
+}
+
+#[test]
+fn follower_rejects_a_mismatched_append_with_a_hint_that_skips_its_term() {
+    let mut node = RaftNode::new(config(2), log_of(&[1, 2, 3], &[1, 1, 2, 2, 2])).unwrap();
+    node.step(Message {
+        from: 1,
+        to: 2,
+        term: 3,
+        kind: MessageKind::Append {
+            prev_index: 5,
+            prev_term: 3,
+            entries: vec![],
+            commit: 0,
+        },
+    })
+    .unwrap();
+    let ready = node.ready();
+    assert!(
+        ready.messages.is_empty(),
+        "a rejection waits for the new term to be durable"
+    );
+    assert_eq!(
+        ready.hard_state,
+        Some(HardState {
+            term: 3,
+            vote: None,
+            commit: 0
+        })
+    );
+    // The hint is our last index whose term is at most the leader's prev_term: (5, 2).
+    assert_eq!(
+        ready.persisted_messages,
+        vec![Message {
+            from: 2,
+            to: 1,
+            term: 3,
+            kind: MessageKind::AppendResponse {
+                index: 5,
+                reject: Some(RejectHint { index: 5, term: 2 })
+            },
+        }]
+    );
+}
+
+#[test]
+fn follower_truncates_a_conflicting_suffix_and_acknowledges_after_persisting() {
+    let mut node = RaftNode::new(config(2), log_of(&[1, 2, 3], &[1, 1, 2, 2])).unwrap();
+    let entries = vec![Entry {
+        term: 3,
+        index: 3,
+        payload: EntryPayload::Noop,
+    }];
+    node.step(Message {
+        from: 1,
+        to: 2,
+        term: 3,
+        kind: MessageKind::Append {
+            prev_index: 2,
+            prev_term: 1,
+            entries: entries.clone(),
+            commit: 3,
+        },
+    })
+    .unwrap();
+    let ready = node.ready();
+    assert_eq!(ready.entries, entries, "the host overwrites from index 3");
+    assert_eq!(
+        ready.hard_state,
+        Some(HardState {
+            term: 3,
+            vote: None,
+            commit: 3
+        })
+    );
+    assert_eq!(
+        ready.persisted_messages,
+        vec![Message {
+            from: 2,
+            to: 1,
+            term: 3,
+            kind: MessageKind::AppendResponse {
+                index: 3,
+                reject: None
+            }
+        }]
+    );
+    let applied: Vec<Index> = ready.committed_entries.iter().map(|e| e.index).collect();
+    assert_eq!(
+        applied,
+        vec![1, 2],
+        "index 3 is not applied before it is durable"
+    );
+    node.storage_mut().append(&ready.entries);
+    node.advance(ready.number);
+    let ready = node.ready();
+    let applied: Vec<Index> = ready.committed_entries.iter().map(|e| e.index).collect();
+    assert_eq!(applied, vec![3]);
+}
+
+#[test]
+fn vote_requires_an_up_to_date_log_and_is_given_once_per_term() {
+    let mut node = RaftNode::new(config(3), log_of(&[1, 2, 3], &[1, 2])).unwrap();
+    let vote = |from, last_index, last_term| Message {
+        from,
+        to: 3,
+        term: 5,
+        kind: MessageKind::Vote {
+            last_index,
+            last_term,
+            transfer: false,
+        },
+    };
+    node.step(vote(1, 5, 1)).unwrap(); // longer log, older last term: stale
+    node.step(vote(2, 2, 2)).unwrap(); // as up to date as ours: granted
+    node.step(vote(1, 9, 9)).unwrap(); // more up to date, but we voted this term
+    let ready = node.ready();
+    let replies: Vec<(NodeId, MessageKind)> = ready
+        .persisted_messages
+        .into_iter()
+        .map(|m| (m.to, m.kind))
+        .collect();
+    assert_eq!(
+        replies,
+        vec![
+            (1, MessageKind::VoteResponse { reject: true }),
+            (2, MessageKind::VoteResponse { reject: false }),
+            (1, MessageKind::VoteResponse { reject: true }),
+        ]
+    );
+    assert_eq!(
+        ready.hard_state,
+        Some(HardState {
+            term: 5,
+            vote: Some(2),
+            commit: 0
+        })
+    );
+}
+
+#[test]
+fn leader_without_a_quorum_steps_down_after_an_election_timeout() {
+    let mut net = Net::with_empty_logs(3);
+    net.campaign(1);
+    net.isolated.extend([2, 3]);
+    // The first check after election counts everyone as recently active; the second fails.
+    for _ in 0..2 * net.node(1).config.election_ticks {
+        net.node(1).tick();
+        net.stabilize();
+    }
+    assert_eq!(net.node(1).role(), Role::Follower);
+}
+
+#[test]
+fn leadership_transfer_catches_up_the_target_then_hands_over() {
+    let mut net = Net::with_empty_logs(3);
+    net.campaign(1);
+    net.isolated.insert(3);
+    net.node(1).propose(Bytes::from_static(b"x")).unwrap();
+    net.stabilize();
+    net.isolated.clear();
+    net.node(1).transfer_leader(3).unwrap();
+    assert!(matches!(
+        net.node(1).propose(Bytes::new()),
+        Err(ProposeError::TransferInProgress { to: 3 })
+    ));
+    net.stabilize();
+    assert_eq!(net.node(3).role(), Role::Leader);
+    assert_eq!(net.node(1).leader(), Some(3));
+    assert_eq!(net.terms(3), vec![1, 1, 2]);
+}
+
+#[test]
+fn read_index_is_answered_after_a_quorum_confirms_leadership() {
+    let mut net = Net::with_empty_logs(3);
+    net.campaign(1);
+    net.node(1).read_index(42).unwrap();
+    let ready = net.node(1).ready();
+    assert!(
+        ready.read_states.is_empty(),
+        "not before the heartbeat round is acknowledged"
+    );
+    let heartbeats = ready
+        .messages
+        .iter()
+        .filter(|m| matches!(m.kind, MessageKind::Heartbeat { .. }))
+        .count();
+    assert_eq!(heartbeats, 2);
+    net.queue.extend(ready.messages);
+    net.node(1).advance(ready.number);
+    let mut answered = Vec::new();
+    while let Some(m) = net.queue.pop_front() {
+        let to = m.to;
+        let node = net.nodes.get_mut(&to).unwrap();
+        node.step(m).unwrap();
+        while node.has_ready() {
+            let ready = node.ready();
+            answered.extend(ready.read_states.iter().copied());
+            net.queue
+                .extend(ready.messages.into_iter().chain(ready.persisted_messages));
+            node.advance(ready.number);
+        }
+    }
+    assert_eq!(answered, vec![ReadState { ctx: 42, index: 1 }]);
+}
+
+#[test]
+fn proposals_beyond_the_bounds_are_refused_with_a_reason() {
+    let mut net = Net::with_empty_logs(1);
+    net.campaign(1);
+    let too_big = Bytes::from(vec![0; (net.node(1).config.entry_max_bytes + 1) as usize]);
+    assert!(matches!(
+        net.node(1).propose(too_big),
+        Err(ProposeError::TooLarge { .. })
+    ));
+    let mut follower = Net::with_empty_logs(3);
+    assert!(matches!(
+        follower.node(2).propose(Bytes::new()),
+        Err(ProposeError::NotLeader { leader_hint: None })
+    ));
+    let change = ConfChange::Change(vec![SingleChange::RemoveNode(1)]);
+    assert!(matches!(
+        net.node(1).propose_conf_change(change),
+        Err(ProposeError::InvalidConfChange { .. })
+    ));
+}
+
+#[test]
+fn a_removed_leader_steps_down_once_the_change_commits() {
+    let mut net = Net::with_empty_logs(3);
+    net.campaign(1);
+    net.node(1)
+        .propose_conf_change(ConfChange::Change(vec![SingleChange::RemoveNode(1)]))
+        .unwrap();
+    net.stabilize();
+    // Joint (C_old,new) commits, the leader leaves it on its own, then steps down.
+    assert_eq!(net.node(1).conf_state(), &ConfState::new([2, 3]));
+    assert_ne!(net.node(1).role(), Role::Leader);
+    assert!([2, 3]
+        .into_iter()
+        .any(|id| net.nodes[&id].role() == Role::Leader));
+}
