@@ -245,10 +245,11 @@ impl<S: Storage> RaftNode<S> {
                 self.become_follower(m.term, Some(m.from));
                 self.step_follower(m);
             }
-            MessageKind::PreVoteResponse { reject } if self.role == Role::PreCandidate => {
-                if m.term == self.term + 1 {
-                    self.record_vote(m.from, !reject);
-                }
+            // A pre-vote answer is for the term we would campaign in.
+            MessageKind::PreVoteResponse { reject }
+                if self.role == Role::PreCandidate && m.term == self.term + 1 =>
+            {
+                self.record_vote(m.from, !reject);
             }
             MessageKind::VoteResponse { reject } if self.role == Role::Candidate => {
                 self.record_vote(m.from, !reject);

@@ -176,7 +176,9 @@ fn figure_7_followers_converge_on_the_leaders_log() {
 /// replicas. Scripted with the rule intact (index 2 stays uncommitted and is safely
 /// overwritten) and broken (index 2 is committed, then lost). Returns S1's commit
 /// index, what S1 and S3 applied, and the term S5 (the final leader) holds at index 2.
-fn figure_8(broken: bool) -> (Index, Vec<(Index, Term)>, Vec<(Index, Term)>, Option<Term>) {
+type Applied = Vec<(Index, Term)>;
+
+fn figure_8(broken: bool) -> (Index, Applied, Applied, Option<Term>) {
     let voters = [1, 2, 3, 4, 5];
     // (a)+(b): S1 led term 2 and put index 2 on S2; S5 led term 3 and wrote index 2 alone.
     let mut net = Net::new(vec![

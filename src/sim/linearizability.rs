@@ -130,7 +130,7 @@ fn check_register(ops: &[Operation]) -> Option<bool> {
             .map(|i| ops[i].ret)
             .min()
             .unwrap_or(u64::MAX);
-        let mut advanced = false;
+        let mut chosen = None;
         for i in start..n {
             if ops[i].call > horizon {
                 break;
@@ -143,21 +143,21 @@ fn check_register(ops: &[Operation]) -> Option<bool> {
             };
             done[i / 64] |= 1 << (i % 64);
             if seen.insert((done.clone(), next)) {
-                if seen.len() > SEARCH_STATES_MAX {
-                    return None;
-                }
-                stack.push((state, i));
-                state = next;
-                if ops[i].outcome != Outcome::Unknown {
-                    required_done += 1;
-                }
-                start = 0;
-                advanced = true;
+                chosen = Some((i, next));
                 break;
             }
             done[i / 64] &= !(1 << (i % 64));
         }
-        if advanced {
+        if let Some((i, next)) = chosen {
+            if seen.len() > SEARCH_STATES_MAX {
+                return None;
+            }
+            stack.push((state, i));
+            state = next;
+            if ops[i].outcome != Outcome::Unknown {
+                required_done += 1;
+            }
+            start = 0;
             continue;
         }
         // Dead end: undo the last choice and try the next candidate after it.
