@@ -170,6 +170,9 @@ impl<S: Storage> RaftNode<S> {
 
     fn on_append_accepted(&mut self, from: NodeId, index: Index) {
         let last_index = self.log.last_index();
+        if index > last_index {
+            return; // No follower of ours can hold more than we sent: a corrupt answer.
+        }
         let first_index = self.log.first_index();
         let pr = self.progress.get_mut(&from).expect("member has progress");
         let was_paused = pr.is_paused();
@@ -206,7 +209,8 @@ impl<S: Storage> RaftNode<S> {
         let last_index = self.log.last_index();
         let pr = self.progress.get_mut(&from).expect("member has progress");
         pr.probe_sent = false;
-        pr.acked_round = pr.acked_round.max(round);
+        // A round we never sent is a corrupt answer; count it as the latest we did.
+        pr.acked_round = pr.acked_round.max(round.min(self.rounds.last_sent()));
         if pr.state == ProgressState::Replicate && pr.inflights.is_full() {
             pr.inflights.free_first_one();
         }

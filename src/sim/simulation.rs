@@ -127,8 +127,10 @@ struct Simulation {
     sabotage: Sabotage,
     now: u64,
     nodes: Vec<SimNode>,
-    /// Tick phase of each node within a tick, so nodes do not tick in lockstep.
+    /// Tick phase and period (in units) of each node: nodes neither tick in lockstep
+    /// nor at the same rate (within the lease's clock-drift bound).
     phases: Vec<u64>,
+    periods: Vec<u64>,
     network: Network,
     /// (time, sequence) → (node index, incarnation).
     syncs: BTreeMap<(u64, u64), (usize, u64)>,
@@ -173,6 +175,10 @@ impl Simulation {
         let phases = (0..node_count)
             .map(|_| rng.random_range(0..UNITS_PER_TICK))
             .collect();
+        // ±10 % clock-rate drift, inside the 20 % that `lease_drift_margin_ticks` allows.
+        let periods = (0..node_count)
+            .map(|_| rng.random_range(UNITS_PER_TICK - 1..=UNITS_PER_TICK + 1))
+            .collect();
         let clients = (0..profile.clients)
             .map(|_| Client {
                 target: 1,
@@ -186,6 +192,7 @@ impl Simulation {
             now: 0,
             nodes,
             phases,
+            periods,
             network: Network::default(),
             syncs: BTreeMap::new(),
             sync_sequence: 0,
@@ -276,7 +283,7 @@ impl Simulation {
             self.after_event(i)?;
         }
         for i in 0..self.nodes.len() {
-            if self.now % UNITS_PER_TICK != self.phases[i] {
+            if self.now < self.phases[i] || (self.now - self.phases[i]) % self.periods[i] != 0 {
                 continue;
             }
             let Some(raft) = self.nodes[i].raft.as_mut() else {
