@@ -1,5 +1,6 @@
 //! Quarry: a strongly consistent, replicated key-value store and log service built on
 //! multi-Raft. See `docs/architecture.md` for how the pieces fit.
 
+pub mod log;
 pub mod raft;
 pub mod sim;
