@@ -237,6 +237,14 @@ impl ShardLog {
         self.durable_ticket
     }
 
+    /// The active segment's file and the offset its next write goes to.
+    pub fn active_position(&self) -> (PathBuf, u64) {
+        (
+            slot_path(&self.config.dir, self.active_slot),
+            self.write_pos,
+        )
+    }
+
     /// Live segment files (sealed ones plus the active one).
     pub fn segment_count(&self) -> usize {
         self.sealed.len() + 1
