@@ -123,14 +123,23 @@ async fn release_file(path: &Path) -> Result<(), LogError> {
     file.close().await.map_err(|e| io_error(path, e))
 }
 
+/// Writes and syncs one buffer of what is staged, if anything is. Writes staged while
+/// it is in flight fill the next buffer (double buffering). Returns the new durable
+/// ticket, or `None` when there was nothing to write.
+pub async fn flush_one(
+    log: &RefCell<ShardLog>,
+    writer: &mut SegmentWriter,
+) -> Result<Option<u64>, LogError> {
+    let job = log.borrow_mut().begin_flush()?;
+    let Some(job) = job else { return Ok(None) };
+    let result = writer.execute(&job).await;
+    log.borrow_mut().finish_flush(job, result)?;
+    Ok(Some(log.borrow().durable_ticket()))
+}
+
 /// Writes and syncs everything staged in `log`, including whatever is staged while
 /// earlier jobs are in flight. Returns the durable ticket.
 pub async fn flush(log: &RefCell<ShardLog>, writer: &mut SegmentWriter) -> Result<u64, LogError> {
-    loop {
-        let job = log.borrow_mut().begin_flush()?;
-        let Some(job) = job else { break };
-        let result = writer.execute(&job).await;
-        log.borrow_mut().finish_flush(job, result)?;
-    }
+    while flush_one(log, writer).await?.is_some() {}
     Ok(log.borrow().durable_ticket())
 }
