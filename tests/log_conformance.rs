@@ -203,3 +203,22 @@ async fn random_workload(seed: u64, config: quarry::log::ShardLogConfig) -> (Str
     let live = dump(&*log.borrow());
     (dump(&reference), live)
 }
+
+#[test]
+fn an_oversize_write_is_refused_and_changes_nothing() {
+    let dir = TempDir::new("oversize");
+    let mut log = ShardLog::open(small_config(dir.path())).unwrap();
+    log.append(1, &[entry(1, 1, 1)]).unwrap();
+    let huge = Entry {
+        index: 2,
+        term: 1,
+        payload: EntryPayload::Normal(Bytes::from(vec![0; 64 << 10])),
+    };
+    assert!(matches!(
+        log.append(1, &[huge]),
+        Err(LogError::TooLarge { .. })
+    ));
+    assert_eq!(log.last_index(1), 1);
+    log.append(1, &[entry(2, 1, 2)]).unwrap();
+    assert_eq!(log.last_index(1), 2);
+}

@@ -56,7 +56,8 @@ impl ShardLogConfig {
         Ok(())
     }
 
-    /// The largest batch one write may produce.
+    /// The largest batch (header and body) one write may produce: it must fit in an
+    /// empty segment with its seal.
     pub fn batch_max_bytes(&self) -> u64 {
         (self.segment_bytes - PAGE_BYTES - SEAL_RESERVE_BYTES).min(BATCH_BODY_MAX_BYTES as u64)
     }
@@ -86,6 +87,8 @@ struct Sealed {
     slot: u32,
     path: PathBuf,
     map: Mmap,
+    /// Chosen for release; freed once the job carrying the release completes.
+    releasing: bool,
 }
 
 pub struct ShardLog {
@@ -176,7 +179,15 @@ impl ShardLog {
             }
             match end {
                 ScanEnd::Sealed { .. } => {
-                    self.sealed.insert(seq, Sealed { slot, path, map });
+                    self.sealed.insert(
+                        seq,
+                        Sealed {
+                            slot,
+                            path,
+                            map,
+                            releasing: false,
+                        },
+                    );
                 }
                 ScanEnd::Corrupt { at, reason }
                     if !is_newest || later_flush_exists(&map, seq, at) =>
@@ -360,6 +371,7 @@ impl ShardLog {
                 slot,
                 path: path.to_path_buf(),
                 map,
+                releasing: false,
             },
         );
         for group in self.index.groups.values_mut() {
@@ -379,17 +391,10 @@ impl ShardLog {
     /// (otherwise a restart would forget a vote), and the files are freed only once
     /// those copies are durable.
     pub fn release_unneeded_segments(&mut self) -> Result<usize, LogError> {
-        let pending: Vec<u64> = self.releasing.iter().map(|&(seq, _)| seq).collect();
         let candidates: Vec<(u64, u32)> = self
             .sealed
             .iter()
-            .filter(|(seq, _)| {
-                !pending.contains(seq)
-                    && !self
-                        .jobs
-                        .iter()
-                        .any(|j| j.release.iter().any(|r| r.0 == **seq))
-            })
+            .filter(|(_, s)| !s.releasing)
             .map(|(&seq, s)| (seq, s.slot))
             .collect();
         let oldest_needed = self
@@ -426,6 +431,10 @@ impl ShardLog {
                 self.write(carry)?;
             }
             self.releasing.push((seq, slot));
+            self.sealed
+                .get_mut(&seq)
+                .expect("candidate is sealed")
+                .releasing = true;
             released += 1;
         }
         Ok(released)
@@ -437,7 +446,7 @@ impl LogStore for ShardLog {
         self.check_healthy()?;
         let body: u64 = records.iter().map(|r| r.encoded_len() as u64).sum();
         let batch_bytes = BATCH_HEADER_BYTES as u64 + body;
-        if body > self.config.batch_max_bytes() {
+        if batch_bytes > self.config.batch_max_bytes() {
             return Err(LogError::TooLarge {
                 bytes: batch_bytes,
                 max: self.config.batch_max_bytes(),
