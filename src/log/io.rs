@@ -8,7 +8,7 @@
 use std::cell::RefCell;
 use std::path::Path;
 
-use glommio::io::{DmaFile, OpenOptions};
+use glommio::io::{Directory, DmaFile, OpenOptions};
 
 use super::segment::{encode_header, PAGE_BYTES};
 use super::shard_log::{FlushJob, ShardLog};
@@ -107,6 +107,13 @@ async fn write_page_aligned(
         ));
     }
     Ok(())
+}
+
+async fn sync_parent_dir(path: &Path) -> Result<(), LogError> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let handle = Directory::open(dir).await.map_err(|e| io_error(dir, e))?;
+    handle.sync().await.map_err(|e| io_error(dir, e))?;
+    handle.close().await.map_err(|e| io_error(dir, e))
 }
 
 /// Marks a segment file free by zeroing its header and first data page, durably. (A
