@@ -502,3 +502,122 @@ fn a_removed_leader_steps_down_once_the_change_commits() {
         .into_iter()
         .any(|id| net.nodes[&id].role() == Role::Leader));
 }
+
+fn lease_net() -> Net {
+    let voters = [1, 2, 3];
+    let mut net = Net::new(
+        voters
+            .iter()
+            .map(|&id| (id, log_of(&voters, &[])))
+            .collect(),
+    );
+    for id in 1..=3 {
+        let node = net.node(id);
+        node.config.read_only = ReadOnlyOption::LeaseBased;
+        node.ticks = u64::from(node.config.election_ticks); // past the boot-time refusal
+    }
+    net
+}
+
+#[test]
+fn a_lease_read_is_answered_without_a_round_trip_once_a_quorum_acknowledged() {
+    let mut net = lease_net();
+    net.campaign(1);
+    // Before any heartbeat round is acknowledged there is no lease: a round is needed.
+    net.node(1).read_index(1).unwrap();
+    let ready = net.node(1).ready();
+    assert!(ready.read_states.is_empty());
+    net.queue.extend(ready.messages);
+    net.node(1).advance(ready.number);
+    net.stabilize();
+    // Now the lease holds: the next read is answered in the same Ready, no messages.
+    net.node(1).read_index(2).unwrap();
+    let ready = net.node(1).ready();
+    assert_eq!(ready.read_states, vec![ReadState { ctx: 2, index: 1 }]);
+    assert!(ready.messages.is_empty());
+}
+
+#[test]
+fn no_lease_read_after_a_leadership_transfer_starts() {
+    let mut net = lease_net();
+    net.campaign(1);
+    net.node(1).read_index(1).unwrap();
+    net.stabilize();
+    net.isolated.insert(3); // the transfer cannot complete
+    net.node(1).transfer_leader(3).unwrap();
+    net.node(1).read_index(2).unwrap();
+    let ready = net.node(1).ready();
+    assert!(
+        ready.read_states.is_empty(),
+        "the lease is revoked: reads need a quorum round again"
+    );
+    let rounds = ready
+        .messages
+        .iter()
+        .filter(|m| matches!(m.kind, MessageKind::Heartbeat { .. }))
+        .count();
+    assert_eq!(rounds, 2);
+}
+
+#[test]
+fn malformed_messages_are_refused_and_change_nothing() {
+    let mut node = RaftNode::new(config(2), log_of(&[1, 2, 3], &[1])).unwrap();
+    let before = node.hard_state();
+    let gap = vec![Entry {
+        term: 1,
+        index: 3,
+        payload: EntryPayload::Noop,
+    }];
+    let cases = [
+        (
+            3,
+            MessageKind::Append {
+                prev_index: 1,
+                prev_term: 1,
+                entries: gap,
+                commit: 0,
+            },
+        ),
+        (
+            3,
+            MessageKind::Append {
+                prev_index: 1,
+                prev_term: 1,
+                entries: vec![Entry {
+                    term: 9,
+                    index: 2,
+                    payload: EntryPayload::Noop,
+                }],
+                commit: 0,
+            },
+        ),
+        (
+            2,
+            MessageKind::Heartbeat {
+                commit: 0,
+                round: 1,
+            },
+        ),
+    ];
+    for (from, kind) in cases {
+        let m = Message {
+            from,
+            to: 2,
+            term: 5,
+            kind,
+        };
+        assert!(node.step(m).is_err());
+    }
+    let wrong_recipient = Message {
+        from: 1,
+        to: 3,
+        term: 5,
+        kind: MessageKind::TimeoutNow,
+    };
+    assert!(matches!(
+        node.step(wrong_recipient),
+        Err(StepError::WrongRecipient { .. })
+    ));
+    assert_eq!(node.hard_state(), before);
+    assert!(!node.has_ready());
+}
