@@ -41,7 +41,8 @@ impl SegmentWriter {
             file.pre_allocate(job.segment_bytes, false)
                 .await
                 .map_err(|e| io_error(&job.path, e))?;
-            // The header is made durable on its own, before any record it vouches for.
+            // The header is made durable on its own, before any record it vouches for,
+            // and so is the file's directory entry (a new file could vanish otherwise).
             write_page_aligned(
                 &file,
                 &encode_header(job.seq, job.segment_bytes),
@@ -50,6 +51,7 @@ impl SegmentWriter {
             )
             .await?;
             file.fdatasync().await.map_err(|e| io_error(&job.path, e))?;
+            sync_parent_dir(&job.path).await?;
             self.active = Some((job.seq, file));
         }
         let Some((seq, file)) = &self.active else {
