@@ -20,6 +20,12 @@ pub struct SegmentWriter {
     active: Option<(u64, DmaFile)>,
 }
 
+fn open_options(create: bool) -> OpenOptions {
+    let mut options = OpenOptions::new();
+    options.create(create).read(true).write(true);
+    options
+}
+
 fn io_error(path: &Path, e: impl std::fmt::Display) -> LogError {
     LogError::Io {
         path: path.to_path_buf(),
@@ -30,40 +36,19 @@ fn io_error(path: &Path, e: impl std::fmt::Display) -> LogError {
 impl SegmentWriter {
     pub async fn execute(&mut self, job: &FlushJob) -> Result<(), LogError> {
         if job.open {
+            self.create(job).await?;
+        } else if self.active.as_ref().map(|(seq, _)| *seq) != Some(job.seq) {
+            // A log reopened after a restart continues its newest segment in place.
             self.close().await?;
-            let file = OpenOptions::new()
-                .create(true)
-                .read(true)
-                .write(true)
+            let file = open_options(false)
                 .dma_open(&job.path)
                 .await
                 .map_err(|e| io_error(&job.path, e))?;
-            file.pre_allocate(job.segment_bytes, false)
-                .await
-                .map_err(|e| io_error(&job.path, e))?;
-            // The header is made durable on its own, before any record it vouches for,
-            // and so is the file's directory entry (a new file could vanish otherwise).
-            write_page_aligned(
-                &file,
-                &encode_header(job.seq, job.segment_bytes),
-                0,
-                &job.path,
-            )
-            .await?;
-            file.fdatasync().await.map_err(|e| io_error(&job.path, e))?;
-            sync_parent_dir(&job.path).await?;
             self.active = Some((job.seq, file));
         }
-        let Some((seq, file)) = &self.active else {
-            return Err(LogError::Invalid(
-                "flush job for a segment that is not open",
-            ));
+        let Some((_, file)) = &self.active else {
+            unreachable!("opened above")
         };
-        assert_eq!(
-            *seq, job.seq,
-            "flush job for segment {} while {} is open",
-            job.seq, seq
-        );
         if !job.bytes.is_empty() {
             write_page_aligned(file, &job.bytes, job.offset, &job.path).await?;
         }
@@ -74,6 +59,31 @@ impl SegmentWriter {
         for (_, path) in &job.release {
             release_file(path).await?;
         }
+        Ok(())
+    }
+
+    /// Creates (or recycles) the job's segment file and makes its header durable on
+    /// its own, before any record it vouches for, and the file's directory entry too
+    /// (a new file could vanish in a crash otherwise).
+    async fn create(&mut self, job: &FlushJob) -> Result<(), LogError> {
+        self.close().await?;
+        let file = open_options(true)
+            .dma_open(&job.path)
+            .await
+            .map_err(|e| io_error(&job.path, e))?;
+        file.pre_allocate(job.segment_bytes, false)
+            .await
+            .map_err(|e| io_error(&job.path, e))?;
+        write_page_aligned(
+            &file,
+            &encode_header(job.seq, job.segment_bytes),
+            0,
+            &job.path,
+        )
+        .await?;
+        file.fdatasync().await.map_err(|e| io_error(&job.path, e))?;
+        sync_parent_dir(&job.path).await?;
+        self.active = Some((job.seq, file));
         Ok(())
     }
 

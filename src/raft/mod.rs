@@ -68,5 +68,5 @@ pub use error::{ConfigError, ProposeError, StorageError};
 pub use node::{Proposed, RaftNode, StepError, READIES_IN_FLIGHT_MAX};
 pub use progress::{Progress, ProgressState};
 pub use ready::Ready;
-pub use storage::{limit_size, MemStorage, Storage};
+pub use storage::{bootstrap_state, limit_size, MemStorage, Storage};
 pub use types::*;

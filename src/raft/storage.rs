@@ -51,18 +51,9 @@ impl MemStorage {
     /// the first log entry, committed, so that members added later learn it by
     /// replaying the log like every other change.
     pub fn bootstrap(voters: impl IntoIterator<Item = NodeId>) -> Self {
-        let changes = voters.into_iter().map(SingleChange::AddVoter).collect();
-        let entry = Entry {
-            term: 1,
-            index: 1,
-            payload: EntryPayload::ConfChange(ConfChange::Change(changes)),
-        };
+        let (entry, hard_state) = bootstrap_state(voters);
         MemStorage {
-            hard_state: HardState {
-                term: 1,
-                vote: None,
-                commit: 1,
-            },
+            hard_state,
             entries: vec![entry],
             ..MemStorage::default()
         }
@@ -176,6 +167,25 @@ impl Storage for MemStorage {
     fn snapshot(&self) -> Result<Snapshot, StorageError> {
         Ok(self.snapshot.clone())
     }
+}
+
+/// What a founding member of a new cluster starts with: the initial configuration as
+/// the first log entry, already committed, and the hard state recording it.
+pub fn bootstrap_state(voters: impl IntoIterator<Item = NodeId>) -> (Entry, HardState) {
+    let changes = voters.into_iter().map(SingleChange::AddVoter).collect();
+    let payload = EntryPayload::ConfChange(ConfChange::Change(changes));
+    (
+        Entry {
+            term: 1,
+            index: 1,
+            payload,
+        },
+        HardState {
+            term: 1,
+            vote: None,
+            commit: 1,
+        },
+    )
 }
 
 /// The longest prefix of `entries` within `max_bytes`, but at least one entry.
