@@ -4,3 +4,4 @@
 pub mod log;
 pub mod raft;
 pub mod sim;
+pub mod state;

@@ -1,0 +1,480 @@
+//! The built-in state machine: an ordered key-value map with a revision per key, named
+//! append-only logs, and the client sessions that make retried writes apply once.
+
+use std::collections::BTreeMap;
+use std::ops::Bound;
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+
+use crate::raft::Index;
+
+use super::command::{Command, Operation};
+use super::{Outcome, StateError, StateMachine};
+
+/// Client sessions remembered; past it, the session applied longest ago is forgotten
+/// (identically on every replica, since eviction depends only on the log).
+pub const SESSIONS_MAX: usize = 10_000;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Versioned {
+    pub value: Bytes,
+    /// Log index of the write that set the value.
+    pub revision: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Session {
+    sequence: u64,
+    outcome: Outcome,
+    last_index: Index,
+}
+
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct BuiltinState {
+    applied: Index,
+    kv: BTreeMap<Bytes, Versioned>,
+    logs: BTreeMap<Bytes, Vec<Bytes>>,
+    sessions: BTreeMap<u64, Session>,
+    /// (last index, client), to find the session to evict.
+    sessions_by_age: BTreeMap<(Index, u64), ()>,
+}
+
+impl BuiltinState {
+    pub fn get(&self, key: &[u8]) -> Option<&Versioned> {
+        self.kv.get(key)
+    }
+
+    /// Keys in `[start, end)` (`end` empty: to the end), at most `limit`.
+    pub fn range(&self, start: &[u8], end: &[u8], limit: usize) -> Vec<(Bytes, Versioned)> {
+        let upper = if end.is_empty() {
+            Bound::Unbounded
+        } else {
+            Bound::Excluded(end)
+        };
+        self.kv
+            .range::<[u8], _>((Bound::Included(start), upper))
+            .take(limit)
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+
+    /// Entries of log `name` from 1-based `from`, at most `limit`; `None` for an
+    /// unknown log.
+    pub fn read_log(&self, name: &[u8], from: u64, limit: usize) -> Option<Vec<Bytes>> {
+        let log = self.logs.get(name)?;
+        let start = from.saturating_sub(1) as usize;
+        Some(log.iter().skip(start).take(limit).cloned().collect())
+    }
+
+    pub fn log_len(&self, name: &[u8]) -> Option<u64> {
+        self.logs.get(name).map(|l| l.len() as u64)
+    }
+
+    fn execute(&mut self, index: Index, operation: &Operation) -> Outcome {
+        match operation {
+            Operation::Batch(ops) => {
+                // All conditions are checked against the state before the batch.
+                for (at, op) in ops.iter().enumerate() {
+                    if let Some(current_revision) = self.failed_condition(op) {
+                        return Outcome::BatchAborted {
+                            failed_at: at as u32,
+                            current_revision,
+                        };
+                    }
+                }
+                Outcome::Batch(ops.iter().map(|op| self.execute_one(index, op)).collect())
+            }
+            op => match self.failed_condition(op) {
+                Some(current_revision) => Outcome::CasFailed { current_revision },
+                None => self.execute_one(index, op),
+            },
+        }
+    }
+
+    /// For a CAS whose expectation does not hold: the key's current revision.
+    fn failed_condition(&self, op: &Operation) -> Option<u64> {
+        let Operation::Cas {
+            key,
+            expected_revision,
+            ..
+        } = op
+        else {
+            return None;
+        };
+        let current = self.kv.get(key).map_or(0, |v| v.revision);
+        (current != *expected_revision).then_some(current)
+    }
+
+    fn execute_one(&mut self, index: Index, op: &Operation) -> Outcome {
+        match op {
+            Operation::Put { key, value } | Operation::Cas { key, value, .. } => {
+                self.kv.insert(
+                    key.clone(),
+                    Versioned {
+                        value: value.clone(),
+                        revision: index,
+                    },
+                );
+                Outcome::Written { revision: index }
+            }
+            Operation::Delete { key } => Outcome::Deleted {
+                existed: self.kv.remove(key).is_some(),
+            },
+            Operation::Append { log, data } => {
+                let entries = self.logs.entry(log.clone()).or_default();
+                entries.push(data.clone());
+                Outcome::Appended {
+                    log_index: entries.len() as u64,
+                }
+            }
+            Operation::Custom { kind, .. } => {
+                Outcome::Rejected(format!("custom operation {kind} not supported"))
+            }
+            Operation::Batch(_) => Outcome::Rejected("nested batch".into()),
+        }
+    }
+
+    fn remember(&mut self, index: Index, client: u64, sequence: u64, outcome: &Outcome) {
+        if let Some(old) = self.sessions.get(&client) {
+            self.sessions_by_age.remove(&(old.last_index, client));
+        } else if self.sessions.len() >= SESSIONS_MAX {
+            let (&(last_index, evicted), _) = self
+                .sessions_by_age
+                .iter()
+                .next()
+                .expect("sessions are full");
+            self.sessions_by_age.remove(&(last_index, evicted));
+            self.sessions.remove(&evicted);
+        }
+        self.sessions.insert(
+            client,
+            Session {
+                sequence,
+                outcome: outcome.clone(),
+                last_index: index,
+            },
+        );
+        self.sessions_by_age.insert((index, client), ());
+    }
+}
+
+impl StateMachine for BuiltinState {
+    fn apply(&mut self, index: Index, command: &Command) -> Outcome {
+        assert!(
+            index > self.applied,
+            "apply of {index} after {}",
+            self.applied
+        );
+        self.applied = index;
+        if command.client != 0 {
+            if let Some(session) = self.sessions.get(&command.client) {
+                if command.sequence == session.sequence {
+                    return session.outcome.clone(); // A retry: answer as the first time.
+                }
+                if command.sequence < session.sequence {
+                    return Outcome::Rejected(format!(
+                        "sequence {} of client {} already superseded by {}",
+                        command.sequence, command.client, session.sequence
+                    ));
+                }
+            }
+        }
+        let outcome = self.execute(index, &command.operation);
+        if command.client != 0 {
+            self.remember(index, command.client, command.sequence, &outcome);
+        }
+        outcome
+    }
+
+    fn skip(&mut self, index: Index) {
+        assert!(
+            index > self.applied,
+            "skip of {index} after {}",
+            self.applied
+        );
+        self.applied = index;
+    }
+
+    fn last_applied(&self) -> Index {
+        self.applied
+    }
+
+    fn snapshot(&self) -> Bytes {
+        let mut out = BytesMut::new();
+        out.put_u64_le(self.applied);
+        out.put_u64_le(self.kv.len() as u64);
+        for (key, v) in &self.kv {
+            put_bytes(&mut out, key);
+            put_bytes(&mut out, &v.value);
+            out.put_u64_le(v.revision);
+        }
+        out.put_u64_le(self.logs.len() as u64);
+        for (name, entries) in &self.logs {
+            put_bytes(&mut out, name);
+            out.put_u64_le(entries.len() as u64);
+            entries.iter().for_each(|e| put_bytes(&mut out, e));
+        }
+        out.put_u64_le(self.sessions.len() as u64);
+        for (client, s) in &self.sessions {
+            out.put_u64_le(*client);
+            out.put_u64_le(s.sequence);
+            out.put_u64_le(s.last_index);
+            put_bytes(&mut out, &s.outcome.encode());
+        }
+        out.freeze()
+    }
+
+    fn restore(&mut self, mut data: Bytes) -> Result<(), StateError> {
+        let mut restored = BuiltinState {
+            applied: get_u64(&mut data)?,
+            ..BuiltinState::default()
+        };
+        for _ in 0..get_u64(&mut data)? {
+            let key = get_bytes(&mut data)?;
+            let value = get_bytes(&mut data)?;
+            restored.kv.insert(
+                key,
+                Versioned {
+                    value,
+                    revision: get_u64(&mut data)?,
+                },
+            );
+        }
+        for _ in 0..get_u64(&mut data)? {
+            let name = get_bytes(&mut data)?;
+            let n = get_u64(&mut data)?;
+            let entries = (0..n)
+                .map(|_| get_bytes(&mut data))
+                .collect::<Result<_, _>>()?;
+            restored.logs.insert(name, entries);
+        }
+        for _ in 0..get_u64(&mut data)? {
+            let client = get_u64(&mut data)?;
+            let sequence = get_u64(&mut data)?;
+            let last_index = get_u64(&mut data)?;
+            let outcome = Outcome::decode(get_bytes(&mut data)?)
+                .ok_or(StateError::Corrupt("session outcome"))?;
+            restored.sessions.insert(
+                client,
+                Session {
+                    sequence,
+                    outcome,
+                    last_index,
+                },
+            );
+            restored.sessions_by_age.insert((last_index, client), ());
+        }
+        if !data.is_empty() {
+            return Err(StateError::Corrupt("trailing bytes"));
+        }
+        *self = restored;
+        Ok(())
+    }
+}
+
+pub(super) fn put_bytes(out: &mut BytesMut, data: &[u8]) {
+    out.put_u32_le(data.len() as u32);
+    out.extend_from_slice(data);
+}
+
+pub(super) fn get_u64(data: &mut Bytes) -> Result<u64, StateError> {
+    if data.len() < 8 {
+        return Err(StateError::Corrupt("truncated"));
+    }
+    Ok(data.get_u64_le())
+}
+
+pub(super) fn get_bytes(data: &mut Bytes) -> Result<Bytes, StateError> {
+    if data.len() < 4 {
+        return Err(StateError::Corrupt("truncated"));
+    }
+    let len = data.get_u32_le() as usize;
+    if data.len() < len {
+        return Err(StateError::Corrupt("truncated"));
+    }
+    Ok(data.split_to(len))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn b(s: &str) -> Bytes {
+        Bytes::copy_from_slice(s.as_bytes())
+    }
+
+    fn cmd(client: u64, sequence: u64, operation: Operation) -> Command {
+        Command {
+            client,
+            sequence,
+            operation,
+        }
+    }
+
+    #[test]
+    fn cas_compares_revisions_and_reports_the_current_one() {
+        let mut s = BuiltinState::default();
+        let put = Operation::Put {
+            key: b("k"),
+            value: b("v1"),
+        };
+        assert_eq!(
+            s.apply(1, &cmd(0, 0, put)),
+            Outcome::Written { revision: 1 }
+        );
+        let stale = Operation::Cas {
+            key: b("k"),
+            expected_revision: 0,
+            value: b("v2"),
+        };
+        assert_eq!(
+            s.apply(2, &cmd(0, 0, stale)),
+            Outcome::CasFailed {
+                current_revision: 1
+            }
+        );
+        let fresh = Operation::Cas {
+            key: b("k"),
+            expected_revision: 1,
+            value: b("v2"),
+        };
+        assert_eq!(
+            s.apply(3, &cmd(0, 0, fresh)),
+            Outcome::Written { revision: 3 }
+        );
+        assert_eq!(s.get(b"k").map(|v| v.value.clone()), Some(b("v2")));
+    }
+
+    #[test]
+    fn a_batch_applies_whole_or_not_at_all() {
+        let mut s = BuiltinState::default();
+        let batch = Operation::Batch(vec![
+            Operation::Put {
+                key: b("a"),
+                value: b("1"),
+            },
+            Operation::Cas {
+                key: b("b"),
+                expected_revision: 7,
+                value: b("2"),
+            },
+        ]);
+        assert_eq!(
+            s.apply(1, &cmd(0, 0, batch)),
+            Outcome::BatchAborted {
+                failed_at: 1,
+                current_revision: 0
+            }
+        );
+        assert_eq!(s.get(b"a"), None);
+        let batch = Operation::Batch(vec![
+            Operation::Put {
+                key: b("a"),
+                value: b("1"),
+            },
+            Operation::Append {
+                log: b("wal"),
+                data: b("x"),
+            },
+        ]);
+        let expected = Outcome::Batch(vec![
+            Outcome::Written { revision: 2 },
+            Outcome::Appended { log_index: 1 },
+        ]);
+        assert_eq!(s.apply(2, &cmd(0, 0, batch)), expected);
+    }
+
+    #[test]
+    fn a_retried_command_applies_once_and_gets_the_same_answer() {
+        let mut s = BuiltinState::default();
+        let append = Operation::Append {
+            log: b("wal"),
+            data: b("rec"),
+        };
+        assert_eq!(
+            s.apply(1, &cmd(9, 1, append.clone())),
+            Outcome::Appended { log_index: 1 }
+        );
+        assert_eq!(
+            s.apply(2, &cmd(9, 1, append.clone())),
+            Outcome::Appended { log_index: 1 }
+        );
+        assert_eq!(s.log_len(b"wal"), Some(1));
+        assert_eq!(
+            s.apply(3, &cmd(9, 2, append.clone())),
+            Outcome::Appended { log_index: 2 }
+        );
+        assert!(matches!(
+            s.apply(4, &cmd(9, 1, append)),
+            Outcome::Rejected(_)
+        ));
+        assert_eq!(s.read_log(b"wal", 2, 10), Some(vec![b("rec")]));
+        assert_eq!(s.read_log(b"nope", 1, 10), None);
+    }
+
+    #[test]
+    fn sessions_are_bounded_and_evict_the_oldest() {
+        let mut s = BuiltinState::default();
+        for client in 1..=SESSIONS_MAX as u64 + 1 {
+            s.apply(client, &cmd(client, 1, Operation::Delete { key: b("k") }));
+        }
+        assert_eq!(s.sessions.len(), SESSIONS_MAX);
+        assert!(
+            !s.sessions.contains_key(&1),
+            "the session applied longest ago goes first"
+        );
+    }
+
+    #[test]
+    fn snapshot_restores_everything() {
+        let mut s = BuiltinState::default();
+        s.apply(
+            1,
+            &cmd(
+                3,
+                1,
+                Operation::Put {
+                    key: b("k"),
+                    value: b("v"),
+                },
+            ),
+        );
+        s.apply(
+            2,
+            &cmd(
+                0,
+                0,
+                Operation::Append {
+                    log: b("wal"),
+                    data: b("x"),
+                },
+            ),
+        );
+        s.skip(3);
+        let mut restored = BuiltinState::default();
+        restored.restore(s.snapshot()).unwrap();
+        assert_eq!(restored, s);
+        assert!(restored.restore(s.snapshot().slice(..10)).is_err());
+    }
+
+    #[test]
+    fn range_respects_bounds_and_limit() {
+        let mut s = BuiltinState::default();
+        for (i, k) in ["a", "b", "c", "d"].into_iter().enumerate() {
+            s.apply(
+                i as u64 + 1,
+                &cmd(
+                    0,
+                    0,
+                    Operation::Put {
+                        key: b(k),
+                        value: b(k),
+                    },
+                ),
+            );
+        }
+        let keys = |r: Vec<(Bytes, Versioned)>| r.into_iter().map(|(k, _)| k).collect::<Vec<_>>();
+        assert_eq!(keys(s.range(b"b", b"d", 10)), vec![b("b"), b("c")]);
+        assert_eq!(keys(s.range(b"b", b"", 2)), vec![b("b"), b("c")]);
+    }
+}
