@@ -3,5 +3,6 @@
 
 pub mod log;
 pub mod raft;
+pub mod shard;
 pub mod sim;
 pub mod state;

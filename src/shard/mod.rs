@@ -1,0 +1,334 @@
+//! A shard: many Raft groups over one shard log, driven in turns.
+//!
+//! Each [`Shard::turn`]: take every busy group's Ready; write all of them to the log;
+//! make them durable with **one** fdatasync (group commit); acknowledge; apply what
+//! committed; answer the clients waiting on it. Messages for peers collect in an
+//! outbox batched per destination node. There is no task, channel or timer per group:
+//! the shard holds thousands of passive group structs and batches their work.
+//!
+//! Client answers go back through bounded `flume` channels, so the caller may live on
+//! another runtime (the network's tokio threads).
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::rc::Rc;
+
+use bytes::Bytes;
+
+use crate::log::io::{flush_one, SegmentWriter};
+use crate::log::{GroupId, GroupStorage, LogError, LogStore, ShardLog, ShardLogConfig};
+use crate::raft::{
+    bootstrap_state, Config, Entry, EntryPayload, Index, Message, NodeId, ProposeError, RaftNode,
+    ReadCtx, Role, StepError, Term,
+};
+use crate::state::{Command, Outcome, StateMachine};
+
+/// Where a client's answer goes.
+pub type Reply<T> = flume::Sender<Result<T, RequestError>>;
+
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum RequestError {
+    #[error("group {0} is not hosted here")]
+    UnknownGroup(GroupId),
+    #[error("not the leader of the group (leader: {leader:?})")]
+    NotLeader { leader: Option<NodeId> },
+    #[error("refused: {0}")]
+    Refused(String),
+    /// Leadership changed before the write was known to commit; it may or may not
+    /// apply. Retrying with the same client id and sequence is safe.
+    #[error("outcome unknown: leadership changed")]
+    Unknown,
+    /// Another entry took this write's place in the log: it will never apply.
+    #[error("write dropped by a leader change; retry")]
+    Dropped,
+}
+
+impl From<ProposeError> for RequestError {
+    fn from(e: ProposeError) -> Self {
+        match e {
+            ProposeError::NotLeader { leader_hint } => RequestError::NotLeader {
+                leader: leader_hint,
+            },
+            other => RequestError::Refused(other.to_string()),
+        }
+    }
+}
+
+/// A read, answered from the state machine once it is known to be up to date.
+pub type Query<S> = Box<dyn FnOnce(&S) -> Bytes>;
+
+struct PendingRead<S> {
+    query: Query<S>,
+    reply: Reply<Bytes>,
+}
+
+struct Group<S> {
+    raft: RaftNode<GroupStorage<ShardLog>>,
+    state: S,
+    /// Writes by log index: the term they were proposed in and who waits.
+    writes: BTreeMap<Index, (Term, Reply<Outcome>)>,
+    /// Reads waiting for leadership to be confirmed, by context.
+    reads: BTreeMap<ReadCtx, PendingRead<S>>,
+    /// Reads confirmed at an index, waiting for the state machine to reach it.
+    confirmed: Vec<(Index, PendingRead<S>)>,
+}
+
+/// Static description of a shard's groups.
+#[derive(Clone, Debug)]
+pub struct ShardConfig {
+    pub node: NodeId,
+    pub groups: Vec<GroupId>,
+    /// The founding voters, for groups created on first start.
+    pub voters: Vec<NodeId>,
+    pub raft: Config,
+    pub log: ShardLogConfig,
+}
+
+pub struct Shard<S: StateMachine + Default> {
+    node: NodeId,
+    log: Rc<RefCell<ShardLog>>,
+    writer: SegmentWriter,
+    groups: BTreeMap<GroupId, Group<S>>,
+    outbox: BTreeMap<NodeId, Vec<(GroupId, Message)>>,
+    next_read_ctx: ReadCtx,
+    pub fdatasyncs: u64,
+}
+
+impl<S: StateMachine + Default> Shard<S> {
+    /// Opens the shard's log (recovering it) and starts its groups. A group the log
+    /// has never seen is bootstrapped with `config.voters`.
+    pub fn open(config: ShardConfig) -> Result<Self, LogError> {
+        let log = Rc::new(RefCell::new(ShardLog::open(config.log.clone())?));
+        let mut groups = BTreeMap::new();
+        for &group in &config.groups {
+            if log.borrow().index().group(group).is_none() {
+                let (entry, hard_state) = bootstrap_state(config.voters.iter().copied());
+                log.borrow_mut().append(group, &[entry])?;
+                log.borrow_mut().set_hard_state(group, hard_state)?;
+            }
+            let raft_config = Config {
+                id: config.node,
+                seed: config.raft.seed ^ group,
+                applied: 0,
+                ..config.raft.clone()
+            };
+            let storage = GroupStorage {
+                log: log.clone(),
+                group,
+            };
+            let raft = RaftNode::new(raft_config, storage)
+                .map_err(|_| LogError::Invalid("invalid raft config"))?;
+            let group_state = Group {
+                raft,
+                state: S::default(),
+                writes: BTreeMap::new(),
+                reads: BTreeMap::new(),
+                confirmed: Vec::new(),
+            };
+            groups.insert(group, group_state);
+        }
+        Ok(Shard {
+            node: config.node,
+            log,
+            writer: SegmentWriter::default(),
+            groups,
+            outbox: BTreeMap::new(),
+            next_read_ctx: 1,
+            fdatasyncs: 0,
+        })
+    }
+
+    pub fn node(&self) -> NodeId {
+        self.node
+    }
+
+    pub fn leader(&self, group: GroupId) -> Option<NodeId> {
+        self.groups.get(&group).and_then(|g| g.raft.leader())
+    }
+
+    pub fn is_leader(&self, group: GroupId) -> bool {
+        self.groups
+            .get(&group)
+            .is_some_and(|g| g.raft.role() == Role::Leader)
+    }
+
+    pub fn state(&self, group: GroupId) -> Option<&S> {
+        self.groups.get(&group).map(|g| &g.state)
+    }
+
+    fn group_mut(&mut self, group: GroupId) -> Result<&mut Group<S>, RequestError> {
+        self.groups
+            .get_mut(&group)
+            .ok_or(RequestError::UnknownGroup(group))
+    }
+
+    /// Proposes a write; `reply` hears its outcome once it is committed and applied.
+    pub fn propose(&mut self, group: GroupId, command: &Command, reply: Reply<Outcome>) {
+        let result = self.group_mut(group).and_then(|g| {
+            let proposed = g.raft.propose(command.encode())?;
+            g.writes
+                .insert(proposed.index, (proposed.term, reply.clone()));
+            Ok(())
+        });
+        if let Err(e) = result {
+            let _ = reply.try_send(Err(e));
+        }
+    }
+
+    /// A linearizable read: `query` runs once leadership is confirmed and the state
+    /// machine has caught up with the read index.
+    pub fn read(&mut self, group: GroupId, query: Query<S>, reply: Reply<Bytes>) {
+        let ctx = self.next_read_ctx;
+        self.next_read_ctx += 1;
+        let result = self.group_mut(group).and_then(|g| {
+            g.raft.read_index(ctx)?;
+            g.reads.insert(
+                ctx,
+                PendingRead {
+                    query,
+                    reply: reply.clone(),
+                },
+            );
+            Ok(())
+        });
+        if let Err(e) = result {
+            let _ = reply.try_send(Err(e));
+        }
+    }
+
+    /// A serializable read from this replica's state, possibly stale.
+    pub fn read_local(&self, group: GroupId, query: Query<S>) -> Result<Bytes, RequestError> {
+        let g = self
+            .groups
+            .get(&group)
+            .ok_or(RequestError::UnknownGroup(group))?;
+        Ok(query(&g.state))
+    }
+
+    pub fn step(&mut self, group: GroupId, message: Message) -> Result<(), StepError> {
+        match self.groups.get_mut(&group) {
+            Some(g) => g.raft.step(message),
+            None => Ok(()), // A group this node does not host: nothing to do.
+        }
+    }
+
+    pub fn tick(&mut self) {
+        self.groups.values_mut().for_each(|g| g.raft.tick());
+    }
+
+    /// Messages for peers, batched per destination node.
+    pub fn take_outbox(&mut self) -> BTreeMap<NodeId, Vec<(GroupId, Message)>> {
+        std::mem::take(&mut self.outbox)
+    }
+
+    /// One turn: write every Ready, one fdatasync, acknowledge, apply, answer.
+    pub async fn turn(&mut self) -> Result<(), LogError> {
+        let mut acks = Vec::new();
+        for (&group, g) in self.groups.iter_mut() {
+            while g.raft.has_ready() {
+                let ready = g.raft.ready();
+                if ready.soft_state.is_some_and(|s| s.role != Role::Leader) {
+                    fail_pending(g);
+                }
+                {
+                    let mut log = self.log.borrow_mut();
+                    if let Some(snapshot) = &ready.snapshot {
+                        log.install_snapshot(group, snapshot.meta.clone())?;
+                    }
+                    log.append(group, &ready.entries)?;
+                    if let Some(hard_state) = ready.hard_state {
+                        log.set_hard_state(group, hard_state)?;
+                    }
+                }
+                for m in ready.messages {
+                    self.outbox.entry(m.to).or_default().push((group, m));
+                }
+                for read in ready.read_states {
+                    if let Some(pending) = g.reads.remove(&read.ctx) {
+                        g.confirmed.push((read.index, pending));
+                    }
+                }
+                acks.push((
+                    group,
+                    ready.number,
+                    ready.persisted_messages,
+                    ready.committed_entries,
+                ));
+            }
+        }
+        while flush_one(&self.log, &mut self.writer).await?.is_some() {
+            self.fdatasyncs += 1;
+        }
+        for (group, number, persisted_messages, committed) in acks {
+            for m in persisted_messages {
+                self.outbox.entry(m.to).or_default().push((group, m));
+            }
+            let g = self.groups.get_mut(&group).expect("group exists");
+            for entry in committed {
+                apply(g, entry);
+            }
+            serve_confirmed_reads(g);
+            g.raft.advance(number);
+        }
+        Ok(())
+    }
+}
+
+/// Applies one committed entry and answers the client that proposed it, if any.
+fn apply<S: StateMachine>(g: &mut Group<S>, entry: Entry) {
+    let (index, entry_term) = (entry.index, entry.term);
+    let outcome = match entry.payload {
+        EntryPayload::Normal(data) => Some(match Command::decode(data) {
+            Ok(command) => g.state.apply(index, &command),
+            // Committed bytes that are not a command (cannot come from this node's
+            // own proposals): every replica refuses them the same way.
+            Err(e) => {
+                g.state.skip(index);
+                Outcome::Rejected(format!("undecodable command: {e}"))
+            }
+        }),
+        EntryPayload::Noop | EntryPayload::ConfChange(_) => {
+            g.state.skip(index);
+            None
+        }
+    };
+    // Writes proposed at or below this index are settled now.
+    while let Some(entry) = g.writes.first_entry() {
+        if *entry.key() > index {
+            break;
+        }
+        let at = *entry.key();
+        let (term, reply) = entry.remove();
+        let answer = match &outcome {
+            Some(outcome) if at == index && term == entry_term => Ok(outcome.clone()),
+            _ => Err(RequestError::Dropped),
+        };
+        let _ = reply.try_send(answer);
+    }
+}
+
+fn serve_confirmed_reads<S: StateMachine>(g: &mut Group<S>) {
+    let applied = g.state.last_applied();
+    let mut i = 0;
+    while i < g.confirmed.len() {
+        if g.confirmed[i].0 <= applied {
+            let (_, pending) = g.confirmed.swap_remove(i);
+            let _ = pending.reply.try_send(Ok((pending.query)(&g.state)));
+        } else {
+            i += 1;
+        }
+    }
+}
+
+/// Leadership was lost: pending reads fail; pending writes may still commit, so
+/// their outcome is unknown to us.
+fn fail_pending<S>(g: &mut Group<S>) {
+    for (_, pending) in std::mem::take(&mut g.reads) {
+        let _ = pending.reply.try_send(Err(RequestError::NotLeader {
+            leader: g.raft.leader(),
+        }));
+    }
+    for (_, (_, reply)) in std::mem::take(&mut g.writes) {
+        let _ = reply.try_send(Err(RequestError::Unknown));
+    }
+}
