@@ -2,7 +2,9 @@
 //! multi-Raft. See `docs/architecture.md` for how the pieces fit.
 
 pub mod log;
+pub mod proto;
 pub mod raft;
 pub mod shard;
 pub mod sim;
 pub mod state;
+pub mod transport;
