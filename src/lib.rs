@@ -4,6 +4,7 @@
 pub mod log;
 pub mod proto;
 pub mod raft;
+pub mod server;
 pub mod shard;
 pub mod sim;
 pub mod state;

@@ -41,6 +41,8 @@ pub enum RequestError {
     /// Another entry took this write's place in the log: it will never apply.
     #[error("write dropped by a leader change; retry")]
     Dropped,
+    #[error("not found: {0}")]
+    NotFound(String),
 }
 
 impl From<ProposeError> for RequestError {
@@ -55,7 +57,7 @@ impl From<ProposeError> for RequestError {
 }
 
 /// A read, answered from the state machine once it is known to be up to date.
-pub type Query<S> = Box<dyn FnOnce(&S) -> Bytes>;
+pub type Query<S> = Box<dyn FnOnce(&S) -> Bytes + Send>;
 
 struct PendingRead<S> {
     query: Query<S>,
@@ -71,6 +73,16 @@ struct Group<S> {
     reads: BTreeMap<ReadCtx, PendingRead<S>>,
     /// Reads confirmed at an index, waiting for the state machine to reach it.
     confirmed: Vec<(Index, PendingRead<S>)>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GroupStatus {
+    pub group: GroupId,
+    pub role: Role,
+    pub leader: Option<NodeId>,
+    pub term: Term,
+    pub commit: Index,
+    pub applied: Index,
 }
 
 /// Static description of a shard's groups.
@@ -214,6 +226,21 @@ impl<S: StateMachine + Default> Shard<S> {
 
     pub fn tick(&mut self) {
         self.groups.values_mut().for_each(|g| g.raft.tick());
+    }
+
+    /// Each group's Raft status, for operators.
+    pub fn status(&self) -> Vec<GroupStatus> {
+        self.groups
+            .iter()
+            .map(|(&group, g)| GroupStatus {
+                group,
+                role: g.raft.role(),
+                leader: g.raft.leader(),
+                term: g.raft.term(),
+                commit: g.raft.committed(),
+                applied: g.state.last_applied(),
+            })
+            .collect()
     }
 
     /// Messages for peers, batched per destination node.

@@ -1,6 +1,8 @@
 //! Peer transport: Raft messages between nodes over gRPC (`proto::Peer`).
 //!
-//! So far: the wire encoding of Raft messages. The streams themselves (one per node
-//! pair, batched per destination, reconnecting with back-off) come with `quarryd`.
+//! `wire` encodes Raft messages; `peer` keeps one outbound stream per peer node,
+//! batched per destination and reconnecting with back-off. The inbound side is the
+//! `Peer` service in `server::service`.
 
+pub mod peer;
 pub mod wire;

@@ -1,0 +1,147 @@
+//! `quarryd`: shards on glommio executor threads, the network on a small tokio
+//! runtime, joined by bounded channels.
+//!
+//! One listener per node serves the client (Kv, Log), admin and peer services; the
+//! address in `--initial-cluster` is that listener. Requests reaching a node that does
+//! not lead the key's group are forwarded to the leader once.
+
+pub mod config;
+mod router;
+mod service;
+mod shard_thread;
+
+use std::time::Duration;
+
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::Server;
+
+use crate::log::ShardLogConfig;
+use crate::proto::{
+    admin_server::AdminServer, kv_server::KvServer, log_server::LogServer, peer_server::PeerServer,
+};
+use crate::raft::Config;
+use crate::shard::ShardConfig;
+use crate::state::KEY_MAX_BYTES;
+
+pub use config::{Args, NodeConfig};
+use router::Router;
+use service::Services;
+
+/// Batches of outgoing Raft messages queued from all shards to the network.
+const OUTBOUND_MAX: usize = 4096;
+/// Largest gRPC message accepted (peer batches carry many entries).
+const GRPC_MESSAGE_MAX_BYTES: usize = 64 << 20;
+/// Bytes a command adds around its key and value.
+const COMMAND_OVERHEAD_BYTES: u64 = 64;
+
+/// Runs the node until SIGTERM or SIGINT. The error is one line for the operator.
+pub fn run(config: NodeConfig) -> Result<(), String> {
+    std::fs::create_dir_all(&config.data_dir)
+        .map_err(|e| format!("cannot create data dir {}: {e}", config.data_dir.display()))?;
+    let (outbound, outbound_rx) = flume::bounded(OUTBOUND_MAX);
+    let mut inboxes = Vec::with_capacity(config.shards);
+    let mut threads = Vec::with_capacity(config.shards);
+    for index in 0..config.shards {
+        let (inbox, inbox_rx) = flume::bounded(shard_thread::INBOX_MAX);
+        let shard_config = shard_config(&config, index);
+        let name = format!("quarry-shard-{index}");
+        let thread =
+            shard_thread::spawn(name, shard_config, config.tick, inbox_rx, outbound.clone())
+                .map_err(|e| format!("cannot start shard {index}: {e}"))?;
+        inboxes.push(inbox);
+        threads.push(thread);
+    }
+    drop(outbound);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the network runtime: {e}"))?;
+    let served = runtime.block_on(serve(&config, inboxes, outbound_rx));
+    runtime.shutdown_timeout(Duration::from_secs(5));
+    // Every inbox sender is gone with the runtime: the shards finish their turn and stop.
+    for (index, thread) in threads.into_iter().enumerate() {
+        match thread.join() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(format!("shard {index} failed: {e}")),
+            Err(e) => return Err(format!("shard {index} panicked: {e}")),
+        }
+    }
+    served
+}
+
+fn shard_config(config: &NodeConfig, index: usize) -> ShardConfig {
+    let shards = config.shards as u64;
+    let mut raft = Config::new(config.node_id);
+    raft.election_ticks = config.election_ticks;
+    raft.heartbeat_ticks = config.heartbeat_ticks;
+    raft.entry_max_bytes = config.max_value_bytes + KEY_MAX_BYTES as u64 + COMMAND_OVERHEAD_BYTES;
+    raft.uncommitted_max_bytes = raft.uncommitted_max_bytes.max(raft.entry_max_bytes);
+    raft.seed = config.node_id.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ index as u64;
+    ShardConfig {
+        node: config.node_id,
+        groups: (0..config.groups)
+            .filter(|g| g % shards == index as u64)
+            .collect(),
+        voters: config.members.keys().copied().collect(),
+        raft,
+        log: ShardLogConfig::new(config.data_dir.join(format!("shard-{index}"))),
+    }
+}
+
+async fn serve(
+    config: &NodeConfig,
+    inboxes: Vec<flume::Sender<shard_thread::ShardInput>>,
+    outbound: flume::Receiver<(crate::raft::NodeId, Vec<crate::proto::RaftMessage>)>,
+) -> Result<(), String> {
+    let router = Router::new(
+        config.node_id,
+        config.groups,
+        config.max_value_bytes,
+        inboxes,
+        config.members.clone(),
+    );
+    let peers = config
+        .members
+        .keys()
+        .filter(|&&id| id != config.node_id)
+        .filter_map(|&id| router.channel(id).map(|channel| (id, channel)))
+        .collect();
+    crate::transport::peer::start(config.node_id, config.cluster_id, peers, outbound);
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
+    let services = Services {
+        router,
+        cluster_id: config.cluster_id,
+    };
+    eprintln!(
+        "quarryd: node {} serving on {}",
+        config.node_id, config.listen
+    );
+    Server::builder()
+        .add_service(KvServer::new(services.clone()))
+        .add_service(LogServer::new(services.clone()))
+        .add_service(AdminServer::new(services.clone()))
+        .add_service(PeerServer::new(services).max_decoding_message_size(GRPC_MESSAGE_MAX_BYTES))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown_signal())
+        .await
+        .map_err(|e| format!("server failed: {e}"))?;
+    eprintln!("quarryd: node {} stopping", config.node_id);
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        // Without signal handlers the node runs until killed.
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}

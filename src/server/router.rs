@@ -1,0 +1,156 @@
+//! Routes a request to its group's shard, waits for the answer, and forwards it to
+//! the group's leader when this node does not lead.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tonic::transport::{Channel, Endpoint};
+use tonic::Status;
+
+use crate::log::GroupId;
+use crate::proto::kv_client::KvClient;
+use crate::proto::log_client::LogClient;
+use crate::raft::NodeId;
+use crate::shard::{Query, RequestError};
+use crate::state::{BuiltinState, Command, Outcome};
+
+use super::shard_thread::ShardInput;
+
+/// How long a request may wait for its shard's answer.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Metadata marking a request already forwarded once (to stop forwarding loops).
+pub const FORWARDED: &str = "x-quarry-forwarded";
+
+#[derive(Clone)]
+pub struct Router {
+    pub node: NodeId,
+    pub groups: u64,
+    pub max_value_bytes: u64,
+    shards: Vec<flume::Sender<ShardInput>>,
+    members: BTreeMap<NodeId, SocketAddr>,
+    channels: Arc<Mutex<BTreeMap<NodeId, Channel>>>,
+}
+
+impl Router {
+    pub fn new(
+        node: NodeId,
+        groups: u64,
+        max_value_bytes: u64,
+        shards: Vec<flume::Sender<ShardInput>>,
+        members: BTreeMap<NodeId, SocketAddr>,
+    ) -> Self {
+        Router {
+            node,
+            groups,
+            max_value_bytes,
+            shards,
+            members,
+            channels: Arc::default(),
+        }
+    }
+
+    /// A key's group: a stable hash, so every node and version agrees.
+    pub fn group_of(&self, key: &[u8]) -> GroupId {
+        u64::from(crc32fast::hash(key)) % self.groups
+    }
+
+    pub fn shard_of(&self, group: GroupId) -> &flume::Sender<ShardInput> {
+        &self.shards[(group % self.shards.len() as u64) as usize]
+    }
+
+    pub fn shards(&self) -> &[flume::Sender<ShardInput>] {
+        &self.shards
+    }
+
+    fn submit(&self, group: GroupId, input: ShardInput) -> Result<(), Status> {
+        self.shard_of(group).try_send(input).map_err(|e| match e {
+            flume::TrySendError::Full(_) => {
+                Status::resource_exhausted("node overloaded: shard queue full; retry")
+            }
+            flume::TrySendError::Disconnected(_) => Status::unavailable("node shutting down"),
+        })
+    }
+
+    pub async fn propose(&self, group: GroupId, command: Command) -> Result<Outcome, RequestError> {
+        let (reply, answer) = flume::bounded(1);
+        self.submit(
+            group,
+            ShardInput::Propose {
+                group,
+                command,
+                reply,
+            },
+        )
+        .map_err(|s| RequestError::Refused(s.message().to_string()))?;
+        wait(answer).await
+    }
+
+    pub async fn read(
+        &self,
+        group: GroupId,
+        query: Query<BuiltinState>,
+        serializable: bool,
+    ) -> Result<Bytes, RequestError> {
+        let (reply, answer) = flume::bounded(1);
+        self.submit(
+            group,
+            ShardInput::Read {
+                group,
+                query,
+                reply,
+                serializable,
+            },
+        )
+        .map_err(|s| RequestError::Refused(s.message().to_string()))?;
+        wait(answer).await
+    }
+
+    /// A channel to `node`'s gRPC address, connected lazily and reused.
+    pub fn channel(&self, node: NodeId) -> Option<Channel> {
+        let addr = self.members.get(&node)?;
+        let mut channels = self.channels.lock().expect("channel cache lock");
+        let channel = channels.entry(node).or_insert_with(|| {
+            Endpoint::from_shared(format!("http://{addr}"))
+                .expect("member addresses are valid URIs")
+                .connect_timeout(Duration::from_secs(2))
+                .connect_lazy()
+        });
+        Some(channel.clone())
+    }
+
+    pub fn kv_client(&self, node: NodeId) -> Option<KvClient<Channel>> {
+        self.channel(node).map(KvClient::new)
+    }
+
+    pub fn log_client(&self, node: NodeId) -> Option<LogClient<Channel>> {
+        self.channel(node).map(LogClient::new)
+    }
+}
+
+async fn wait<T>(answer: flume::Receiver<Result<T, RequestError>>) -> Result<T, RequestError> {
+    match tokio::time::timeout(REQUEST_TIMEOUT, answer.recv_async()).await {
+        Ok(Ok(result)) => result,
+        Ok(Err(_)) => Err(RequestError::Refused("the shard stopped".into())),
+        Err(_) => Err(RequestError::Unknown),
+    }
+}
+
+/// The gRPC status for a request error.
+pub fn status_of(e: RequestError) -> Status {
+    match e {
+        RequestError::NotLeader { leader: Some(leader) } => {
+            Status::unavailable(format!("not the leader; the leader is node {leader}"))
+        }
+        RequestError::NotLeader { leader: None } => Status::unavailable("the group has no leader yet; retry"),
+        RequestError::UnknownGroup(g) => Status::internal(format!("group {g} is not hosted here")),
+        RequestError::Refused(reason) => Status::failed_precondition(reason),
+        RequestError::Unknown => Status::unavailable(
+            "outcome unknown (leadership changed or timed out); retrying with the same client_id and sequence is safe",
+        ),
+        RequestError::Dropped => Status::aborted("the write was dropped by a leader change; retry"),
+        RequestError::NotFound(what) => Status::not_found(what),
+    }
+}

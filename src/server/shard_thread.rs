@@ -1,0 +1,130 @@
+//! One shard on its own glommio executor thread, fed through a bounded inbox.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use crate::log::GroupId;
+use crate::proto;
+use crate::raft::{Message, NodeId};
+use crate::shard::{GroupStatus, Query, Reply, Shard, ShardConfig};
+use crate::state::{BuiltinState, Command, Outcome};
+use crate::transport::wire::encode_message;
+
+/// Requests queued for a shard; past it, senders are told the node is overloaded.
+pub const INBOX_MAX: usize = 16_384;
+/// Inputs taken per turn, so a flood cannot starve ticks and fsyncs.
+const INPUTS_PER_TURN_MAX: usize = 4096;
+
+pub enum ShardInput {
+    Peer {
+        group: GroupId,
+        message: Message,
+    },
+    Propose {
+        group: GroupId,
+        command: Command,
+        reply: Reply<Outcome>,
+    },
+    Read {
+        group: GroupId,
+        query: Query<BuiltinState>,
+        reply: Reply<Bytes>,
+        serializable: bool,
+    },
+    Status {
+        reply: flume::Sender<Vec<GroupStatus>>,
+    },
+}
+
+/// Raft messages leaving a shard: (destination node, messages).
+pub type Outbound = flume::Sender<(NodeId, Vec<proto::RaftMessage>)>;
+
+/// Starts the shard's thread. It runs until every sender of `inbox` is dropped.
+pub fn spawn(
+    name: String,
+    config: ShardConfig,
+    tick: Duration,
+    inbox: flume::Receiver<ShardInput>,
+    outbound: Outbound,
+) -> std::io::Result<glommio::ExecutorJoinHandle<Result<(), String>>> {
+    glommio::LocalExecutorBuilder::default()
+        .name(&name)
+        .spawn(move || async move {
+            let mut shard = Shard::<BuiltinState>::open(config).map_err(|e| e.to_string())?;
+            run(&mut shard, tick, inbox, outbound).await
+        })
+        .map_err(|e| std::io::Error::other(e.to_string()))
+}
+
+async fn run(
+    shard: &mut Shard<BuiltinState>,
+    tick: Duration,
+    inbox: flume::Receiver<ShardInput>,
+    outbound: Outbound,
+) -> Result<(), String> {
+    let mut next_tick = Instant::now() + tick;
+    loop {
+        let wait = next_tick.saturating_duration_since(Instant::now());
+        let first = futures_lite::future::or(async { Some(inbox.recv_async().await) }, async {
+            glommio::timer::sleep(wait).await;
+            None
+        })
+        .await;
+        match first {
+            Some(Err(_)) => return Ok(()), // Every sender is gone: shut down.
+            Some(Ok(input)) => handle(shard, input),
+            None => {}
+        }
+        for input in inbox.try_iter().take(INPUTS_PER_TURN_MAX) {
+            handle(shard, input);
+        }
+        if Instant::now() >= next_tick {
+            shard.tick();
+            next_tick = Instant::now() + tick;
+        }
+        shard
+            .turn()
+            .await
+            .map_err(|e| format!("shard log failed: {e}"))?;
+        for (to, messages) in shard.take_outbox() {
+            let encoded = messages
+                .iter()
+                .map(|(group, m)| encode_message(*group, m))
+                .collect();
+            // A full queue to a slow peer drops messages; Raft retransmits.
+            let _ = outbound.try_send((to, encoded));
+        }
+    }
+}
+
+fn handle(shard: &mut Shard<BuiltinState>, input: ShardInput) {
+    match input {
+        ShardInput::Peer { group, message } => {
+            // The transport validated the message; the core refuses anything else.
+            let _ = shard.step(group, message);
+        }
+        ShardInput::Propose {
+            group,
+            command,
+            reply,
+        } => shard.propose(group, &command, reply),
+        ShardInput::Read {
+            group,
+            query,
+            reply,
+            serializable: false,
+        } => shard.read(group, query, reply),
+        ShardInput::Read {
+            group,
+            query,
+            reply,
+            serializable: true,
+        } => {
+            let _ = reply.try_send(shard.read_local(group, query));
+        }
+        ShardInput::Status { reply } => {
+            let _ = reply.try_send(shard.status());
+        }
+    }
+}
