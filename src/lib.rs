@@ -1,6 +1,7 @@
 //! Quarry: a strongly consistent, replicated key-value store and log service built on
 //! multi-Raft. See `docs/architecture.md` for how the pieces fit.
 
+pub mod client;
 pub mod log;
 pub mod proto;
 pub mod raft;

@@ -305,3 +305,30 @@ fn bad_configuration_exits_with_code_2_and_one_line() {
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     assert!(stderr.contains("not in --initial-cluster"), "{stderr}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_a_node_cleanly_and_the_rest_keep_serving() {
+    let mut cluster = start_cluster();
+    wait_for_leaders(&cluster).await;
+    let pid = cluster.children[0].id().to_string();
+    let sent = Command::new("kill").args(["-TERM", &pid]).status().expect("kill runs");
+    assert!(sent.success());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = cluster.children[0].try_wait().expect("wait") {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "node 1 did not stop within 20 s of SIGTERM");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(status.success(), "node 1 exited with {status}");
+    // Nodes 2 and 3 still form a majority.
+    let kv = KvClient::new(channel(&cluster.addrs[1]).await);
+    let put = PutRequest { key: Bytes::from("after"), value: Bytes::from("stop"), client_id: 0, sequence: 0 };
+    retry(|| {
+        let (mut c, r) = (kv.clone(), put.clone());
+        async move { c.put(r).await }
+    })
+    .await
+    .expect("two of three nodes still commit");
+}

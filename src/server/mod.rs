@@ -31,6 +31,8 @@ use service::Services;
 const OUTBOUND_MAX: usize = 4096;
 /// Largest gRPC message accepted (peer batches carry many entries).
 const GRPC_MESSAGE_MAX_BYTES: usize = 64 << 20;
+/// How long requests in flight may finish after SIGTERM.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 /// Bytes a command adds around its key and value.
 const COMMAND_OVERHEAD_BYTES: u64 = 64;
 
@@ -119,15 +121,26 @@ async fn serve(
         "quarryd: node {} serving on {}",
         config.node_id, config.listen
     );
-    Server::builder()
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = Server::builder()
         .add_service(KvServer::new(services.clone()))
         .add_service(LogServer::new(services.clone()))
         .add_service(AdminServer::new(services.clone()))
         .add_service(PeerServer::new(services).max_decoding_message_size(GRPC_MESSAGE_MAX_BYTES))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown_signal())
-        .await
-        .map_err(|e| format!("server failed: {e}"))?;
-    eprintln!("quarryd: node {} stopping", config.node_id);
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+            let _ = stopped.await;
+        });
+    tokio::pin!(server);
+    tokio::select! {
+        result = &mut server => result.map_err(|e| format!("server failed: {e}"))?,
+        () = shutdown_signal() => {
+            eprintln!("quarryd: node {} stopping", config.node_id);
+            let _ = stop.send(());
+            // Requests in flight get a grace period; peers' streams never end by
+            // themselves, so the server is not waited for beyond it.
+            let _ = tokio::time::timeout(SHUTDOWN_GRACE, server).await;
+        }
+    }
     Ok(())
 }
 
