@@ -22,7 +22,8 @@ const READY_DEADLINE: Duration = Duration::from_secs(60);
 struct Cluster {
     children: Vec<Child>,
     addrs: Vec<String>,
-    _dir: tempfile::TempDir,
+    initial: String,
+    dir: tempfile::TempDir,
 }
 
 impl Drop for Cluster {
@@ -44,6 +45,45 @@ fn free_ports(n: usize) -> Vec<u16> {
         .collect()
 }
 
+impl Cluster {
+    /// Starts `quarryd` for node `id` (1-based) on its data directory.
+    fn spawn(&self, id: usize) -> Child {
+        let data: PathBuf = self.dir.path().join(format!("node{id}"));
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join(format!("node{id}.log")))
+            .expect("log file");
+        Command::new(env!("CARGO_BIN_EXE_quarryd"))
+            .args([
+                "--node-id",
+                &id.to_string(),
+                "--initial-cluster",
+                &self.initial,
+                "--groups",
+                &GROUPS.to_string(),
+            ])
+            .args(["--tick-ms", "20"])
+            .arg("--data-dir")
+            .arg(&data)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("quarryd starts")
+    }
+
+    /// SIGKILLs node `id` and waits for it to die.
+    fn kill(&mut self, id: usize) {
+        let child = &mut self.children[id - 1];
+        child.kill().expect("kill");
+        child.wait().expect("reap");
+    }
+
+    fn restart(&mut self, id: usize) {
+        self.children[id - 1] = self.spawn(id);
+    }
+}
+
 fn start_cluster() -> Cluster {
     let dir = tempfile::Builder::new()
         .prefix("quarry-cluster-")
@@ -57,34 +97,14 @@ fn start_cluster() -> Cluster {
         .map(|(i, a)| format!("{}={a}", i + 1))
         .collect::<Vec<_>>()
         .join(",");
-    let children = (1..=3)
-        .map(|id| {
-            let data: PathBuf = dir.path().join(format!("node{id}"));
-            let log =
-                std::fs::File::create(dir.path().join(format!("node{id}.log"))).expect("log file");
-            Command::new(env!("CARGO_BIN_EXE_quarryd"))
-                .args([
-                    "--node-id",
-                    &id.to_string(),
-                    "--initial-cluster",
-                    &initial,
-                    "--groups",
-                    &GROUPS.to_string(),
-                ])
-                .args(["--tick-ms", "20"])
-                .arg("--data-dir")
-                .arg(&data)
-                .stdout(Stdio::null())
-                .stderr(log)
-                .spawn()
-                .expect("quarryd starts")
-        })
-        .collect();
-    Cluster {
-        children,
+    let mut cluster = Cluster {
+        children: Vec::new(),
         addrs,
-        _dir: dir,
-    }
+        initial,
+        dir,
+    };
+    cluster.children = (1..=3).map(|id| cluster.spawn(id)).collect();
+    cluster
 }
 
 async fn channel(addr: &str) -> Channel {
@@ -311,24 +331,227 @@ async fn sigterm_stops_a_node_cleanly_and_the_rest_keep_serving() {
     let mut cluster = start_cluster();
     wait_for_leaders(&cluster).await;
     let pid = cluster.children[0].id().to_string();
-    let sent = Command::new("kill").args(["-TERM", &pid]).status().expect("kill runs");
+    let sent = Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill runs");
     assert!(sent.success());
     let deadline = Instant::now() + Duration::from_secs(20);
     let status = loop {
         if let Some(status) = cluster.children[0].try_wait().expect("wait") {
             break status;
         }
-        assert!(Instant::now() < deadline, "node 1 did not stop within 20 s of SIGTERM");
+        assert!(
+            Instant::now() < deadline,
+            "node 1 did not stop within 20 s of SIGTERM"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert!(status.success(), "node 1 exited with {status}");
     // Nodes 2 and 3 still form a majority.
     let kv = KvClient::new(channel(&cluster.addrs[1]).await);
-    let put = PutRequest { key: Bytes::from("after"), value: Bytes::from("stop"), client_id: 0, sequence: 0 };
+    let put = PutRequest {
+        key: Bytes::from("after"),
+        value: Bytes::from("stop"),
+        client_id: 0,
+        sequence: 0,
+    };
     retry(|| {
         let (mut c, r) = (kv.clone(), put.clone());
         async move { c.put(r).await }
     })
     .await
     .expect("two of three nodes still commit");
+}
+
+/// Which node leads `group`, as node `via` sees it.
+async fn leader_of(cluster: &Cluster, via: usize, group: u64) -> Option<usize> {
+    let mut admin = AdminClient::new(channel(&cluster.addrs[via - 1]).await);
+    let status = admin.status(StatusRequest {}).await.ok()?.into_inner();
+    status
+        .groups
+        .iter()
+        .find(|g| g.group == group && g.leader != 0)
+        .map(|g| g.leader as usize)
+}
+
+const LIN_KEYS: u8 = 4;
+const OPS_PER_CLIENT_MAX: u64 = 100;
+
+/// Concurrent clients put and get a few keys until `stop`; returns their history.
+async fn run_clients(
+    clients: Vec<KvClient<Channel>>,
+    started: Instant,
+    stop: Instant,
+) -> Vec<quarry::sim::linearizability::Operation> {
+    use quarry::sim::linearizability::{OpKind, Operation, Outcome};
+    let mut tasks = tokio::task::JoinSet::new();
+    for worker in 0..8u64 {
+        let mut client = clients[worker as usize % clients.len()].clone();
+        tasks.spawn(async move {
+            let mut history = Vec::new();
+            let micros = |t: Instant| t.duration_since(started).as_micros() as u64;
+            let mut n = 0u64;
+            // Bounded and spread out, so the history stays small enough to check.
+            while Instant::now() < stop && n < OPS_PER_CLIENT_MAX {
+                tokio::time::sleep(Duration::from_millis(40)).await;
+                n += 1;
+                let key = ((worker + n) % LIN_KEYS as u64) as u8;
+                let name = Bytes::from(format!("lin-{key}"));
+                let call = micros(Instant::now());
+                if n % 2 == 0 {
+                    let value = worker * 1_000_000 + n; // unique per operation
+                    let put = PutRequest {
+                        key: name,
+                        value: Bytes::from(value.to_string()),
+                        client_id: 0,
+                        sequence: 0,
+                    };
+                    let result =
+                        tokio::time::timeout(Duration::from_secs(5), client.put(put)).await;
+                    let (ret, outcome) = match result {
+                        Ok(Ok(_)) => (micros(Instant::now()), Outcome::Done),
+                        Ok(Err(s)) if s.code() == Code::Aborted => continue, // certainly not applied
+                        _ => (u64::MAX, Outcome::Unknown),
+                    };
+                    history.push(Operation {
+                        client: worker,
+                        key,
+                        kind: OpKind::Put(value),
+                        call,
+                        ret,
+                        outcome,
+                    });
+                } else {
+                    let get = GetRequest {
+                        key: name,
+                        serializable: false,
+                    };
+                    if let Ok(Ok(response)) =
+                        tokio::time::timeout(Duration::from_secs(5), client.get(get)).await
+                    {
+                        let r = response.into_inner();
+                        let seen = r.found.then(|| {
+                            String::from_utf8_lossy(&r.value)
+                                .parse::<u64>()
+                                .expect("numeric")
+                        });
+                        let ret = micros(Instant::now());
+                        history.push(Operation {
+                            client: worker,
+                            key,
+                            kind: OpKind::Get,
+                            call,
+                            ret,
+                            outcome: Outcome::Read(seen),
+                        });
+                    }
+                }
+            }
+            history
+        });
+    }
+    let mut history = Vec::new();
+    while let Some(done) = tasks.join_next().await {
+        history.extend(done.expect("client task"));
+    }
+    history
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_a_leader_loses_no_acknowledged_write_and_stays_linearizable() {
+    let mut cluster = start_cluster();
+    wait_for_leaders(&cluster).await;
+    let mut clients = Vec::new();
+    for addr in &cluster.addrs {
+        clients.push(KvClient::new(channel(addr).await));
+    }
+    let started = Instant::now();
+    let lin_clients = clients.clone();
+    let lin = tokio::spawn(run_clients(
+        lin_clients,
+        started,
+        started + Duration::from_secs(6),
+    ));
+
+    // A writer of distinct keys, recording which writes were acknowledged.
+    let writer_client = clients[1].clone();
+    let writer = tokio::spawn(async move {
+        let mut acknowledged = Vec::new();
+        for i in 0..400 {
+            let put = PutRequest {
+                key: Bytes::from(format!("ack-{i}")),
+                value: Bytes::from(format!("{i}")),
+                client_id: 0,
+                sequence: 0,
+            };
+            let mut c = writer_client.clone();
+            if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_secs(5), c.put(put)).await {
+                acknowledged.push(i);
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        acknowledged
+    });
+
+    // Kill -9 the leader of the first key's group mid-stream, then bring it back.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let group = u64::from(crc32fast::hash(b"lin-0")) % GROUPS;
+    let victim = leader_of(&cluster, 2, group)
+        .await
+        .expect("group has a leader");
+    cluster.kill(victim);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    cluster.restart(victim);
+
+    let history = lin.await.expect("clients");
+    let acknowledged = writer.await.expect("writer");
+    assert!(
+        acknowledged.len() > 100,
+        "only {} writes acknowledged",
+        acknowledged.len()
+    );
+    let completed = history.iter().filter(|o| o.ret != u64::MAX).count();
+    assert!(completed > 50, "only {completed} operations completed");
+    let unknown = history.len() - completed;
+    eprintln!(
+        "killed node {victim}: {} operations ({completed} answered, {unknown} unknown), {} of 400 writes acknowledged",
+        history.len(),
+        acknowledged.len()
+    );
+    match quarry::sim::linearizability::check(&history) {
+        quarry::sim::linearizability::Verdict::Linearizable => {}
+        verdict => panic!(
+            "history of {} operations is not linearizable: {verdict:?}",
+            history.len()
+        ),
+    }
+
+    // Every acknowledged write is on every node, the restarted one included.
+    wait_for_leaders(&cluster).await;
+    for (n, addr) in cluster.addrs.iter().enumerate() {
+        let kv = KvClient::new(channel(addr).await);
+        for &i in &acknowledged {
+            let get = GetRequest {
+                key: Bytes::from(format!("ack-{i}")),
+                serializable: true,
+            };
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                let mut c = kv.clone();
+                if let Ok(r) = c.get(get.clone()).await {
+                    if r.get_ref().found {
+                        assert_eq!(r.into_inner().value, Bytes::from(format!("{i}")));
+                        break;
+                    }
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "acknowledged ack-{i} never appeared on node {}",
+                    n + 1
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
 }
