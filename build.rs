@@ -5,8 +5,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // SAFETY: build scripts are single-threaded; prost-build reads PROTOC from the env.
     unsafe { std::env::set_var("PROTOC", protoc) };
     println!("cargo:rerun-if-changed=proto/quarry.proto");
-    tonic_prost_build::configure()
-        .bytes(".")
-        .compile_protos(&["proto/quarry.proto"], &["proto"])?;
+    tonic_prost_build::configure().bytes(".").compile_protos(&["proto/quarry.proto"], &["proto"])?;
     Ok(())
 }

@@ -21,9 +21,8 @@ const RUN_SECS: u64 = 2;
 const STAGED_WRITES_MAX: u64 = 8192;
 
 fn bench_dir(name: &str) -> PathBuf {
-    let base = std::env::var("QUARRY_BENCH_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| PathBuf::from("target/bench-log"));
+    let base =
+        std::env::var("QUARRY_BENCH_DIR").map(PathBuf::from).unwrap_or_else(|_| PathBuf::from("target/bench-log"));
     let dir = base.join(name);
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("bench dir");
@@ -33,13 +32,7 @@ fn bench_dir(name: &str) -> PathBuf {
 /// 4 KiB direct write + fdatasync in a loop over already-written space.
 async fn raw_fdatasync_rate(dir: &Path) -> f64 {
     let path = dir.join("raw");
-    let file = OpenOptions::new()
-        .create(true)
-        .read(true)
-        .write(true)
-        .dma_open(&path)
-        .await
-        .expect("open");
+    let file = OpenOptions::new().create(true).read(true).write(true).dma_open(&path).await.expect("open");
     let mut zeros = file.alloc_dma_buffer(1 << 20);
     zeros.as_bytes_mut().fill(0);
     file.write_at(zeros, 0).await.expect("prefill");
@@ -48,9 +41,7 @@ async fn raw_fdatasync_rate(dir: &Path) -> f64 {
     let mut syncs = 0u64;
     while started.elapsed() < Duration::from_secs(RUN_SECS) {
         let buf = file.alloc_dma_buffer(4096);
-        file.write_at(buf, (syncs % 256) * 4096)
-            .await
-            .expect("write");
+        file.write_at(buf, (syncs % 256) * 4096).await.expect("write");
         file.fdatasync().await.expect("sync");
         syncs += 1;
     }
@@ -70,9 +61,7 @@ struct RunResult {
 /// task writes and syncs whatever is staged (double buffering).
 async fn run(groups: u64, entry_bytes: usize) -> RunResult {
     let dir = bench_dir(&format!("g{groups}-b{entry_bytes}"));
-    let log = Rc::new(RefCell::new(
-        ShardLog::open(ShardLogConfig::new(&dir)).expect("open"),
-    ));
+    let log = Rc::new(RefCell::new(ShardLog::open(ShardLogConfig::new(&dir)).expect("open")));
     let staged_at: Rc<RefCell<VecDeque<(u64, Instant)>>> = Rc::default();
     let done = Rc::new(Cell::new(false));
     let flusher = glommio::spawn_local({
@@ -91,9 +80,7 @@ async fn run(groups: u64, entry_bytes: usize) -> RunResult {
                 let mut staged = staged_at.borrow_mut();
                 while staged.front().is_some_and(|&(ticket, _)| ticket <= durable) {
                     let (_, at) = staged.pop_front().expect("front");
-                    histogram
-                        .record((now - at).as_micros() as u64)
-                        .expect("record");
+                    histogram.record((now - at).as_micros() as u64).expect("record");
                 }
             }
             (histogram, syncs)
@@ -116,15 +103,9 @@ async fn run(groups: u64, entry_bytes: usize) -> RunResult {
         let group = appended % groups;
         let index = next_index[group as usize];
         next_index[group as usize] += 1;
-        let entry = Entry {
-            index,
-            term: 1,
-            payload: EntryPayload::Normal(payload.clone()),
-        };
+        let entry = Entry { index, term: 1, payload: EntryPayload::Normal(payload.clone()) };
         log.borrow_mut().append(group, &[entry]).expect("append");
-        staged_at
-            .borrow_mut()
-            .push_back((log.borrow().staged_ticket(), Instant::now()));
+        staged_at.borrow_mut().push_back((log.borrow().staged_ticket(), Instant::now()));
         appended += 1;
         if appended % 64 == 0 {
             glommio::executor().yield_task_queue_now().await;
@@ -162,11 +143,7 @@ async fn recovery_scan_rate() -> (f64, f64) {
             let group = n % 64;
             let index = next_index[group as usize];
             next_index[group as usize] += 1;
-            let entry = Entry {
-                index,
-                term: 1,
-                payload: EntryPayload::Normal(payload.clone()),
-            };
+            let entry = Entry { index, term: 1, payload: EntryPayload::Normal(payload.clone()) };
             log.borrow_mut().append(group, &[entry]).expect("append");
             if n % 1024 == 0 {
                 flush(&log, &mut writer).await.expect("flush");
@@ -174,10 +151,8 @@ async fn recovery_scan_rate() -> (f64, f64) {
         }
         flush(&log, &mut writer).await.expect("flush");
     }
-    let on_disk: u64 = std::fs::read_dir(&dir)
-        .expect("dir")
-        .map(|e| e.expect("entry").metadata().expect("meta").len())
-        .sum();
+    let on_disk: u64 =
+        std::fs::read_dir(&dir).expect("dir").map(|e| e.expect("entry").metadata().expect("meta").len()).sum();
     // Best effort: drop the page cache so the scan reads the disk (needs root).
     let cold = std::fs::write("/proc/sys/vm/drop_caches", "3").is_ok();
     let started = Instant::now();

@@ -49,12 +49,7 @@ impl Client {
             })
             .collect::<Result<_, _>>()?;
         let client_id = rand::rng().next_u64() | 1;
-        Ok(Client {
-            channels,
-            client_id,
-            sequence: AtomicU64::new(1),
-            next: AtomicU64::new(0),
-        })
+        Ok(Client { channels, client_id, sequence: AtomicU64::new(1), next: AtomicU64::new(0) })
     }
 
     fn channel(&self) -> Channel {
@@ -72,10 +67,7 @@ impl Client {
         let deadline = Instant::now() + RETRY_DEADLINE;
         loop {
             match call(self.channel()).await {
-                Err(s)
-                    if matches!(s.code(), Code::Unavailable | Code::Aborted)
-                        && Instant::now() < deadline =>
-                {
+                Err(s) if matches!(s.code(), Code::Unavailable | Code::Aborted) && Instant::now() < deadline => {
                     tokio::time::sleep(RETRY_PAUSE).await;
                 }
                 result => return result.map_err(ClientError::from),
@@ -86,12 +78,7 @@ impl Client {
     /// Writes `value` under `key`; returns the new revision.
     pub async fn put(&self, key: Bytes, value: Bytes) -> Result<u64, ClientError> {
         let sequence = self.sequence.fetch_add(1, Ordering::Relaxed);
-        let request = PutRequest {
-            key,
-            value,
-            client_id: self.client_id,
-            sequence,
-        };
+        let request = PutRequest { key, value, client_id: self.client_id, sequence };
         let response = self
             .retry(|ch| {
                 let request = request.clone();
@@ -102,11 +89,7 @@ impl Client {
     }
 
     /// The value and revision under `key`, read linearizably unless `serializable`.
-    pub async fn get(
-        &self,
-        key: Bytes,
-        serializable: bool,
-    ) -> Result<Option<(Bytes, u64)>, ClientError> {
+    pub async fn get(&self, key: Bytes, serializable: bool) -> Result<Option<(Bytes, u64)>, ClientError> {
         let request = GetRequest { key, serializable };
         let response = self
             .retry(|ch| {
@@ -115,19 +98,13 @@ impl Client {
             })
             .await?
             .into_inner();
-        Ok(response
-            .found
-            .then_some((response.value, response.revision)))
+        Ok(response.found.then_some((response.value, response.revision)))
     }
 
     /// Deletes `key`; returns whether it existed.
     pub async fn delete(&self, key: Bytes) -> Result<bool, ClientError> {
         let sequence = self.sequence.fetch_add(1, Ordering::Relaxed);
-        let request = DeleteRequest {
-            key,
-            client_id: self.client_id,
-            sequence,
-        };
+        let request = DeleteRequest { key, client_id: self.client_id, sequence };
         let response = self
             .retry(|ch| {
                 let request = request.clone();
@@ -139,15 +116,8 @@ impl Client {
 
     /// The status of the node at position `node` in the address list.
     pub async fn status(&self, node: usize) -> Result<StatusResponse, ClientError> {
-        let channel = self
-            .channels
-            .get(node)
-            .cloned()
-            .ok_or_else(|| ClientError::Endpoint(node.to_string()))?;
-        Ok(AdminClient::new(channel)
-            .status(StatusRequest {})
-            .await?
-            .into_inner())
+        let channel = self.channels.get(node).cloned().ok_or_else(|| ClientError::Endpoint(node.to_string()))?;
+        Ok(AdminClient::new(channel).status(StatusRequest {}).await?.into_inner())
     }
 
     pub fn nodes(&self) -> usize {

@@ -36,13 +36,8 @@ impl Drop for Cluster {
 }
 
 fn free_ports(n: usize) -> Vec<u16> {
-    let listeners: Vec<TcpListener> = (0..n)
-        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind"))
-        .collect();
-    listeners
-        .iter()
-        .map(|l| l.local_addr().expect("addr").port())
-        .collect()
+    let listeners: Vec<TcpListener> = (0..n).map(|_| TcpListener::bind("127.0.0.1:0").expect("bind")).collect();
+    listeners.iter().map(|l| l.local_addr().expect("addr").port()).collect()
 }
 
 impl Cluster {
@@ -55,14 +50,7 @@ impl Cluster {
             .open(self.dir.path().join(format!("node{id}.log")))
             .expect("log file");
         Command::new(env!("CARGO_BIN_EXE_quarryd"))
-            .args([
-                "--node-id",
-                &id.to_string(),
-                "--initial-cluster",
-                &self.initial,
-                "--groups",
-                &GROUPS.to_string(),
-            ])
+            .args(["--node-id", &id.to_string(), "--initial-cluster", &self.initial, "--groups", &GROUPS.to_string()])
             .args(["--tick-ms", "20"])
             .arg("--data-dir")
             .arg(&data)
@@ -85,24 +73,11 @@ impl Cluster {
 }
 
 fn start_cluster() -> Cluster {
-    let dir = tempfile::Builder::new()
-        .prefix("quarry-cluster-")
-        .tempdir()
-        .expect("temp dir");
+    let dir = tempfile::Builder::new().prefix("quarry-cluster-").tempdir().expect("temp dir");
     let ports = free_ports(3);
     let addrs: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
-    let initial = addrs
-        .iter()
-        .enumerate()
-        .map(|(i, a)| format!("{}={a}", i + 1))
-        .collect::<Vec<_>>()
-        .join(",");
-    let mut cluster = Cluster {
-        children: Vec::new(),
-        addrs,
-        initial,
-        dir,
-    };
+    let initial = addrs.iter().enumerate().map(|(i, a)| format!("{}={a}", i + 1)).collect::<Vec<_>>().join(",");
+    let mut cluster = Cluster { children: Vec::new(), addrs, initial, dir };
     cluster.children = (1..=3).map(|id| cluster.spawn(id)).collect();
     cluster
 }
@@ -110,17 +85,10 @@ fn start_cluster() -> Cluster {
 async fn channel(addr: &str) -> Channel {
     let deadline = Instant::now() + READY_DEADLINE;
     loop {
-        if let Ok(channel) = Channel::from_shared(format!("http://{addr}"))
-            .expect("uri")
-            .connect()
-            .await
-        {
+        if let Ok(channel) = Channel::from_shared(format!("http://{addr}")).expect("uri").connect().await {
             return channel;
         }
-        assert!(
-            Instant::now() < deadline,
-            "{addr} never accepted a connection"
-        );
+        assert!(Instant::now() < deadline, "{addr} never accepted a connection");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -137,10 +105,7 @@ async fn wait_for_leaders(cluster: &Cluster) {
                     break;
                 }
             }
-            assert!(
-                Instant::now() < deadline,
-                "{addr}: not every group elected a leader in time"
-            );
+            assert!(Instant::now() < deadline, "{addr}: not every group elected a leader in time");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -201,10 +166,7 @@ async fn a_three_node_cluster_serves_writes_and_linearizable_reads_from_every_no
     // Every node answers every key (linearizable reads are forwarded to leaders).
     for (n, client) in clients.iter().enumerate() {
         for i in (n..KEYS).step_by(7) {
-            let request = GetRequest {
-                key: Bytes::from(format!("key-{i}")),
-                serializable: false,
-            };
+            let request = GetRequest { key: Bytes::from(format!("key-{i}")), serializable: false };
             let response = retry(|| {
                 let (mut c, r) = (client.clone(), request.clone());
                 async move { c.get(r).await }
@@ -221,12 +183,8 @@ async fn a_three_node_cluster_serves_writes_and_linearizable_reads_from_every_no
     let log_a = LogClient::new(channel(&cluster.addrs[0]).await);
     let log_b = LogClient::new(channel(&cluster.addrs[2]).await);
     for n in 1..=3u64 {
-        let request = LogAppendRequest {
-            log: "wal".into(),
-            data: Bytes::from(format!("rec{n}")),
-            client_id: 7,
-            sequence: n,
-        };
+        let request =
+            LogAppendRequest { log: "wal".into(), data: Bytes::from(format!("rec{n}")), client_id: 7, sequence: n };
         let index = retry(|| {
             let (mut c, r) = (log_a.clone(), request.clone());
             async move { c.append(r).await }
@@ -237,12 +195,7 @@ async fn a_three_node_cluster_serves_writes_and_linearizable_reads_from_every_no
         .index;
         assert_eq!(index, n);
     }
-    let read = LogReadRequest {
-        log: "wal".into(),
-        from: 2,
-        limit: 10,
-        serializable: false,
-    };
+    let read = LogReadRequest { log: "wal".into(), from: 2, limit: 10, serializable: false };
     let entries = retry(|| {
         let (mut c, r) = (log_b.clone(), read.clone());
         async move { c.read(r).await }
@@ -255,36 +208,13 @@ async fn a_three_node_cluster_serves_writes_and_linearizable_reads_from_every_no
 
     // Bad input: clear errors, and the node keeps serving.
     let mut kv = clients[1].clone();
-    let oversize = PutRequest {
-        key: Bytes::from("big"),
-        value: Bytes::from(vec![0u8; 2 << 20]),
-        client_id: 0,
-        sequence: 0,
-    };
+    let oversize =
+        PutRequest { key: Bytes::from("big"), value: Bytes::from(vec![0u8; 2 << 20]), client_id: 0, sequence: 0 };
     let err = kv.put(oversize).await.expect_err("oversize value refused");
-    assert!(
-        matches!(
-            err.code(),
-            Code::InvalidArgument | Code::OutOfRange | Code::ResourceExhausted
-        ),
-        "{err:?}"
-    );
-    let empty = PutRequest {
-        key: Bytes::new(),
-        value: Bytes::new(),
-        client_id: 0,
-        sequence: 0,
-    };
-    assert_eq!(
-        kv.put(empty).await.expect_err("empty key refused").code(),
-        Code::InvalidArgument
-    );
-    let unknown = LogReadRequest {
-        log: "no-such-log".into(),
-        from: 1,
-        limit: 1,
-        serializable: false,
-    };
+    assert!(matches!(err.code(), Code::InvalidArgument | Code::OutOfRange | Code::ResourceExhausted), "{err:?}");
+    let empty = PutRequest { key: Bytes::new(), value: Bytes::new(), client_id: 0, sequence: 0 };
+    assert_eq!(kv.put(empty).await.expect_err("empty key refused").code(), Code::InvalidArgument);
+    let unknown = LogReadRequest { log: "no-such-log".into(), from: 1, limit: 1, serializable: false };
     let err = retry(|| {
         let (mut c, r) = (log_b.clone(), unknown.clone());
         async move { c.read(r).await }
@@ -292,10 +222,7 @@ async fn a_three_node_cluster_serves_writes_and_linearizable_reads_from_every_no
     .await
     .expect_err("unknown log refused");
     assert_eq!(err.code(), Code::NotFound);
-    let get = GetRequest {
-        key: Bytes::from("key-1"),
-        serializable: false,
-    };
+    let get = GetRequest { key: Bytes::from("key-1"), serializable: false };
     let still = retry(|| {
         let (mut c, r) = (kv.clone(), get.clone());
         async move { c.get(r).await }
@@ -310,14 +237,7 @@ async fn a_three_node_cluster_serves_writes_and_linearizable_reads_from_every_no
 #[test]
 fn bad_configuration_exits_with_code_2_and_one_line() {
     let output = Command::new(env!("CARGO_BIN_EXE_quarryd"))
-        .args([
-            "--node-id",
-            "9",
-            "--data-dir",
-            "/nonexistent/q",
-            "--initial-cluster",
-            "1=127.0.0.1:1",
-        ])
+        .args(["--node-id", "9", "--data-dir", "/nonexistent/q", "--initial-cluster", "1=127.0.0.1:1"])
         .output()
         .expect("quarryd runs");
     assert_eq!(output.status.code(), Some(2));
@@ -331,31 +251,20 @@ async fn sigterm_stops_a_node_cleanly_and_the_rest_keep_serving() {
     let mut cluster = start_cluster();
     wait_for_leaders(&cluster).await;
     let pid = cluster.children[0].id().to_string();
-    let sent = Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .expect("kill runs");
+    let sent = Command::new("kill").args(["-TERM", &pid]).status().expect("kill runs");
     assert!(sent.success());
     let deadline = Instant::now() + Duration::from_secs(20);
     let status = loop {
         if let Some(status) = cluster.children[0].try_wait().expect("wait") {
             break status;
         }
-        assert!(
-            Instant::now() < deadline,
-            "node 1 did not stop within 20 s of SIGTERM"
-        );
+        assert!(Instant::now() < deadline, "node 1 did not stop within 20 s of SIGTERM");
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert!(status.success(), "node 1 exited with {status}");
     // Nodes 2 and 3 still form a majority.
     let kv = KvClient::new(channel(&cluster.addrs[1]).await);
-    let put = PutRequest {
-        key: Bytes::from("after"),
-        value: Bytes::from("stop"),
-        client_id: 0,
-        sequence: 0,
-    };
+    let put = PutRequest { key: Bytes::from("after"), value: Bytes::from("stop"), client_id: 0, sequence: 0 };
     retry(|| {
         let (mut c, r) = (kv.clone(), put.clone());
         async move { c.put(r).await }
@@ -368,11 +277,7 @@ async fn sigterm_stops_a_node_cleanly_and_the_rest_keep_serving() {
 async fn leader_of(cluster: &Cluster, via: usize, group: u64) -> Option<usize> {
     let mut admin = AdminClient::new(channel(&cluster.addrs[via - 1]).await);
     let status = admin.status(StatusRequest {}).await.ok()?.into_inner();
-    status
-        .groups
-        .iter()
-        .find(|g| g.group == group && g.leader != 0)
-        .map(|g| g.leader as usize)
+    status.groups.iter().find(|g| g.group == group && g.leader != 0).map(|g| g.leader as usize)
 }
 
 const LIN_KEYS: u8 = 4;
@@ -401,41 +306,20 @@ async fn run_clients(
                 let call = micros(Instant::now());
                 if n % 2 == 0 {
                     let value = worker * 1_000_000 + n; // unique per operation
-                    let put = PutRequest {
-                        key: name,
-                        value: Bytes::from(value.to_string()),
-                        client_id: 0,
-                        sequence: 0,
-                    };
-                    let result =
-                        tokio::time::timeout(Duration::from_secs(5), client.put(put)).await;
+                    let put =
+                        PutRequest { key: name, value: Bytes::from(value.to_string()), client_id: 0, sequence: 0 };
+                    let result = tokio::time::timeout(Duration::from_secs(5), client.put(put)).await;
                     let (ret, outcome) = match result {
                         Ok(Ok(_)) => (micros(Instant::now()), Outcome::Done),
                         Ok(Err(s)) if s.code() == Code::Aborted => continue, // certainly not applied
                         _ => (u64::MAX, Outcome::Unknown),
                     };
-                    history.push(Operation {
-                        client: worker,
-                        key,
-                        kind: OpKind::Put(value),
-                        call,
-                        ret,
-                        outcome,
-                    });
+                    history.push(Operation { client: worker, key, kind: OpKind::Put(value), call, ret, outcome });
                 } else {
-                    let get = GetRequest {
-                        key: name,
-                        serializable: false,
-                    };
-                    if let Ok(Ok(response)) =
-                        tokio::time::timeout(Duration::from_secs(5), client.get(get)).await
-                    {
+                    let get = GetRequest { key: name, serializable: false };
+                    if let Ok(Ok(response)) = tokio::time::timeout(Duration::from_secs(5), client.get(get)).await {
                         let r = response.into_inner();
-                        let seen = r.found.then(|| {
-                            String::from_utf8_lossy(&r.value)
-                                .parse::<u64>()
-                                .expect("numeric")
-                        });
+                        let seen = r.found.then(|| String::from_utf8_lossy(&r.value).parse::<u64>().expect("numeric"));
                         let ret = micros(Instant::now());
                         history.push(Operation {
                             client: worker,
@@ -468,11 +352,7 @@ async fn killing_a_leader_loses_no_acknowledged_write_and_stays_linearizable() {
     }
     let started = Instant::now();
     let lin_clients = clients.clone();
-    let lin = tokio::spawn(run_clients(
-        lin_clients,
-        started,
-        started + Duration::from_secs(6),
-    ));
+    let lin = tokio::spawn(run_clients(lin_clients, started, started + Duration::from_secs(6)));
 
     // A writer of distinct keys, recording which writes were acknowledged.
     let writer_client = clients[1].clone();
@@ -497,20 +377,14 @@ async fn killing_a_leader_loses_no_acknowledged_write_and_stays_linearizable() {
     // Kill -9 the leader of the first key's group mid-stream, then bring it back.
     tokio::time::sleep(Duration::from_secs(1)).await;
     let group = u64::from(crc32fast::hash(b"lin-0")) % GROUPS;
-    let victim = leader_of(&cluster, 2, group)
-        .await
-        .expect("group has a leader");
+    let victim = leader_of(&cluster, 2, group).await.expect("group has a leader");
     cluster.kill(victim);
     tokio::time::sleep(Duration::from_secs(2)).await;
     cluster.restart(victim);
 
     let history = lin.await.expect("clients");
     let acknowledged = writer.await.expect("writer");
-    assert!(
-        acknowledged.len() > 100,
-        "only {} writes acknowledged",
-        acknowledged.len()
-    );
+    assert!(acknowledged.len() > 100, "only {} writes acknowledged", acknowledged.len());
     let completed = history.iter().filter(|o| o.ret != u64::MAX).count();
     assert!(completed > 50, "only {completed} operations completed");
     let unknown = history.len() - completed;
@@ -521,10 +395,7 @@ async fn killing_a_leader_loses_no_acknowledged_write_and_stays_linearizable() {
     );
     match quarry::sim::linearizability::check(&history) {
         quarry::sim::linearizability::Verdict::Linearizable => {}
-        verdict => panic!(
-            "history of {} operations is not linearizable: {verdict:?}",
-            history.len()
-        ),
+        verdict => panic!("history of {} operations is not linearizable: {verdict:?}", history.len()),
     }
 
     // Every acknowledged write is on every node, the restarted one included.
@@ -532,10 +403,7 @@ async fn killing_a_leader_loses_no_acknowledged_write_and_stays_linearizable() {
     for (n, addr) in cluster.addrs.iter().enumerate() {
         let kv = KvClient::new(channel(addr).await);
         for &i in &acknowledged {
-            let get = GetRequest {
-                key: Bytes::from(format!("ack-{i}")),
-                serializable: true,
-            };
+            let get = GetRequest { key: Bytes::from(format!("ack-{i}")), serializable: true };
             let deadline = Instant::now() + Duration::from_secs(30);
             loop {
                 let mut c = kv.clone();
@@ -545,11 +413,7 @@ async fn killing_a_leader_loses_no_acknowledged_write_and_stays_linearizable() {
                         break;
                     }
                 }
-                assert!(
-                    Instant::now() < deadline,
-                    "acknowledged ack-{i} never appeared on node {}",
-                    n + 1
-                );
+                assert!(Instant::now() < deadline, "acknowledged ack-{i} never appeared on node {}", n + 1);
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }

@@ -21,11 +21,7 @@ const GROUPS: u64 = 4;
 const DIR_VAR: &str = "QUARRY_LOG_CRASH_DIR";
 
 fn config(dir: &str) -> ShardLogConfig {
-    ShardLogConfig {
-        segment_bytes: 256 << 10,
-        free_segments_max: 2,
-        ..ShardLogConfig::new(dir)
-    }
+    ShardLogConfig { segment_bytes: 256 << 10, free_segments_max: 2, ..ShardLogConfig::new(dir) }
 }
 
 fn payload(group: u64, index: Index) -> Bytes {
@@ -45,30 +41,18 @@ fn crash_child_appender() {
                 let next = log.borrow().last_index(group) + 1;
                 let count = 1 + (round + group) % 3;
                 let entries: Vec<Entry> = (next..next + count)
-                    .map(|index| Entry {
-                        index,
-                        term: 1,
-                        payload: EntryPayload::Normal(payload(group, index)),
-                    })
+                    .map(|index| Entry { index, term: 1, payload: EntryPayload::Normal(payload(group, index)) })
                     .collect();
                 log.borrow_mut().append(group, &entries).expect("append");
                 if round % 25 == 24 {
                     let index = next.saturating_sub(10).max(1);
-                    let meta = SnapshotMeta {
-                        index,
-                        term: 1,
-                        conf_state: ConfState::new([1]),
-                    };
+                    let meta = SnapshotMeta { index, term: 1, conf_state: ConfState::new([1]) };
                     log.borrow_mut().compact(group, meta).expect("compact");
-                    log.borrow_mut()
-                        .release_unneeded_segments()
-                        .expect("release");
+                    log.borrow_mut().release_unneeded_segments().expect("release");
                 }
             }
             flush(&log, &mut writer).await.expect("flush");
-            let acked: Vec<String> = (0..GROUPS)
-                .map(|g| log.borrow().last_index(g).to_string())
-                .collect();
+            let acked: Vec<String> = (0..GROUPS).map(|g| log.borrow().last_index(g).to_string()).collect();
             println!("ack {}", acked.join(" "));
         }
     });
@@ -78,13 +62,7 @@ fn crash_child_appender() {
 fn killed_appender_loses_no_acknowledged_entry() {
     let dir = TempDir::new("crash");
     let mut child = Command::new(std::env::current_exe().expect("test binary path"))
-        .args([
-            "crash_child_appender",
-            "--exact",
-            "--ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ])
+        .args(["crash_child_appender", "--exact", "--ignored", "--nocapture", "--test-threads=1"])
         .env(DIR_VAR, dir.path())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -110,25 +88,15 @@ fn killed_appender_loses_no_acknowledged_entry() {
     // SIGKILL mid-stream, by PID (Child::kill sends SIGKILL on Unix).
     child.kill().expect("kill child");
     child.wait().expect("reap child");
-    assert!(
-        acks >= 100,
-        "child acknowledged only {acks} rounds before the deadline"
-    );
+    assert!(acks >= 100, "child acknowledged only {acks} rounds before the deadline");
 
-    let log = ShardLog::open(config(dir.path().to_str().expect("utf-8 temp path")))
-        .expect("reopens after SIGKILL");
+    let log = ShardLog::open(config(dir.path().to_str().expect("utf-8 temp path"))).expect("reopens after SIGKILL");
     for group in 0..GROUPS {
         let (first, last) = (log.first_index(group), log.last_index(group));
         let acked_last = acked[&group];
-        assert!(
-            last >= acked_last,
-            "group {group}: acknowledged {acked_last} but recovered only {last}"
-        );
+        assert!(last >= acked_last, "group {group}: acknowledged {acked_last} but recovered only {last}");
         // Everything present — acknowledged or not — is whole and exactly what was written.
-        for entry in log
-            .entries(group, first, last + 1, u64::MAX)
-            .expect("entries readable")
-        {
+        for entry in log.entries(group, first, last + 1, u64::MAX).expect("entries readable") {
             assert_eq!(
                 entry.payload,
                 EntryPayload::Normal(payload(group, entry.index)),

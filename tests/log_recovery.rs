@@ -39,17 +39,11 @@ fn write_flushes(config: ShardLogConfig) -> Written {
         let (mut ends, mut batches_at_end) = (Vec::new(), Vec::new());
         for f in 0..FLUSHES {
             for group in 0..3 {
-                let entries: Vec<_> = (1..=4)
-                    .map(|i| entry(f * 4 + i, 1, (f * 3 + group) as u8))
-                    .collect();
+                let entries: Vec<_> = (1..=4).map(|i| entry(f * 4 + i, 1, (f * 3 + group) as u8)).collect();
                 reference.append(group, &entries).unwrap();
                 log.borrow_mut().append(group, &entries).unwrap();
                 dumps.push(dump(&reference));
-                let hs = HardState {
-                    term: 1,
-                    vote: Some(1),
-                    commit: f * 4,
-                };
+                let hs = HardState { term: 1, vote: Some(1), commit: f * 4 };
                 reference.set_hard_state(group, hs).unwrap();
                 log.borrow_mut().set_hard_state(group, hs).unwrap();
                 dumps.push(dump(&reference));
@@ -59,21 +53,13 @@ fn write_flushes(config: ShardLogConfig) -> Written {
             batches_at_end.push(dumps.len() - 1);
         }
         let path = log.borrow().active_position().0;
-        Written {
-            dumps,
-            ends,
-            batches_at_end,
-            path,
-        }
+        Written { dumps, ends, batches_at_end, path }
     })
 }
 
 fn setup(label: &str) -> (TempDir, ShardLogConfig, Written) {
     let dir = TempDir::new(label);
-    let config = ShardLogConfig {
-        segment_bytes: 1 << 20,
-        ..ShardLogConfig::new(dir.path())
-    };
+    let config = ShardLogConfig { segment_bytes: 1 << 20, ..ShardLogConfig::new(dir.path()) };
     let written = write_flushes(config.clone());
     (dir, config, written)
 }
@@ -81,10 +67,7 @@ fn setup(label: &str) -> (TempDir, ShardLogConfig, Written) {
 /// How many batches the reopened log holds (it must hold exactly a prefix), or its error.
 fn reopen(config: ShardLogConfig, dumps: &[String]) -> Result<usize, LogError> {
     let recovered = dump(&ShardLog::open(config)?);
-    Ok(dumps
-        .iter()
-        .position(|d| *d == recovered)
-        .expect("recovered state is exactly a prefix of whole batches"))
+    Ok(dumps.iter().position(|d| *d == recovered).expect("recovered state is exactly a prefix of whole batches"))
 }
 
 proptest! {

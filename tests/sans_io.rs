@@ -29,8 +29,5 @@ fn raft_core_reads_no_clock_and_does_no_io() {
             assert!(!source.contains(needle), "{} uses {needle}", path.display());
         }
     }
-    assert!(
-        scanned >= 10,
-        "expected the core's modules, scanned {scanned}"
-    );
+    assert!(scanned >= 10, "expected the core's modules, scanned {scanned}");
 }

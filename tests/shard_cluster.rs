@@ -25,14 +25,8 @@ fn open(node: NodeId, dir: &Path) -> Shard<BuiltinState> {
         node,
         groups: (0..GROUPS).collect(),
         voters: VOTERS.to_vec(),
-        raft: Config {
-            seed: node * 7919,
-            ..Config::new(node)
-        },
-        log: ShardLogConfig {
-            segment_bytes: 1 << 20,
-            ..ShardLogConfig::new(dir)
-        },
+        raft: Config { seed: node * 7919, ..Config::new(node) },
+        log: ShardLogConfig { segment_bytes: 1 << 20, ..ShardLogConfig::new(dir) },
     };
     Shard::open(config).expect("shard opens")
 }
@@ -70,26 +64,15 @@ impl Cluster {
     }
 
     async fn leader(&mut self, group: GroupId) -> NodeId {
-        self.until("a leader", |c| {
-            c.shards.values().any(|s| s.is_leader(group))
-        })
-        .await;
-        *self
-            .shards
-            .iter()
-            .find(|(_, s)| s.is_leader(group))
-            .expect("leader")
-            .0
+        self.until("a leader", |c| c.shards.values().any(|s| s.is_leader(group))).await;
+        *self.shards.iter().find(|(_, s)| s.is_leader(group)).expect("leader").0
     }
 
     /// Proposes through the leader and runs turns until the answer arrives.
     async fn write(&mut self, group: GroupId, command: Command) -> Result<Outcome, RequestError> {
         let leader = self.leader(group).await;
         let (tx, rx) = flume::bounded(1);
-        self.shards
-            .get_mut(&leader)
-            .expect("leader")
-            .propose(group, &command, tx);
+        self.shards.get_mut(&leader).expect("leader").propose(group, &command, tx);
         for _ in 0..TURNS_MAX {
             if let Ok(answer) = rx.try_recv() {
                 return answer;
@@ -102,13 +85,8 @@ impl Cluster {
     async fn read(&mut self, group: GroupId, key: &'static [u8]) -> Option<Bytes> {
         let leader = self.leader(group).await;
         let (tx, rx) = flume::bounded(1);
-        let query = Box::new(move |s: &BuiltinState| {
-            s.get(key).map(|v| v.value.clone()).unwrap_or_default()
-        });
-        self.shards
-            .get_mut(&leader)
-            .expect("leader")
-            .read(group, query, tx);
+        let query = Box::new(move |s: &BuiltinState| s.get(key).map(|v| v.value.clone()).unwrap_or_default());
+        self.shards.get_mut(&leader).expect("leader").read(group, query, tx);
         for _ in 0..TURNS_MAX {
             if let Ok(answer) = rx.try_recv() {
                 let value = answer.expect("read answered");
@@ -121,77 +99,41 @@ impl Cluster {
 }
 
 fn put(client: u64, sequence: u64, key: &'static [u8], value: String) -> Command {
-    Command {
-        client,
-        sequence,
-        operation: Operation::Put {
-            key: Bytes::from_static(key),
-            value: Bytes::from(value),
-        },
-    }
+    Command { client, sequence, operation: Operation::Put { key: Bytes::from_static(key), value: Bytes::from(value) } }
 }
 
 #[test]
 fn shards_replicate_read_restart_and_deduplicate() {
-    let dirs: Vec<TempDir> = VOTERS
-        .iter()
-        .map(|id| TempDir::new(&format!("shard{id}")))
-        .collect();
+    let dirs: Vec<TempDir> = VOTERS.iter().map(|id| TempDir::new(&format!("shard{id}"))).collect();
     let paths: Vec<PathBuf> = dirs.iter().map(|d| d.path().to_path_buf()).collect();
     run_glommio(move || async move {
-        let shards = VOTERS
-            .iter()
-            .map(|&id| (id, open(id, &paths[id as usize - 1])))
-            .collect();
-        let mut c = Cluster {
-            dirs: paths,
-            shards,
-            turns: 0,
-        };
+        let shards = VOTERS.iter().map(|&id| (id, open(id, &paths[id as usize - 1]))).collect();
+        let mut c = Cluster { dirs: paths, shards, turns: 0 };
         for group in 0..GROUPS {
             let outcome = c.write(group, put(0, 0, b"k", format!("v{group}"))).await;
-            assert!(
-                matches!(outcome, Ok(Outcome::Written { .. })),
-                "{outcome:?}"
-            );
-            assert_eq!(
-                c.read(group, b"k").await,
-                Some(Bytes::from(format!("v{group}")))
-            );
+            assert!(matches!(outcome, Ok(Outcome::Written { .. })), "{outcome:?}");
+            assert_eq!(c.read(group, b"k").await, Some(Bytes::from(format!("v{group}"))));
         }
         for (id, shard) in &c.shards {
-            assert!(
-                shard.fdatasyncs <= c.turns,
-                "node {id}: {} fdatasyncs in {} turns",
-                shard.fdatasyncs,
-                c.turns
-            );
+            assert!(shard.fdatasyncs <= c.turns, "node {id}: {} fdatasyncs in {} turns", shard.fdatasyncs, c.turns);
         }
 
         // A retried write (same client and sequence) applies once and answers the same.
         let append = Command {
             client: 42,
             sequence: 1,
-            operation: Operation::Append {
-                log: Bytes::from_static(b"wal"),
-                data: Bytes::from_static(b"r1"),
-            },
+            operation: Operation::Append { log: Bytes::from_static(b"wal"), data: Bytes::from_static(b"r1") },
         };
         let first = c.write(0, append.clone()).await.expect("append");
         let retry = c.write(0, append).await.expect("retry");
         assert_eq!(first, retry);
         let leader = c.leader(0).await;
-        assert_eq!(
-            c.shards[&leader].state(0).and_then(|s| s.log_len(b"wal")),
-            Some(1)
-        );
+        assert_eq!(c.shards[&leader].state(0).and_then(|s| s.log_len(b"wal")), Some(1));
 
         // Node 3 stops; writes go on; it restarts from its log and catches up.
         c.shards.remove(&3);
         for group in 0..GROUPS {
-            c.write(group, put(0, 0, b"k", format!("w{group}")))
-                .await
-                .expect("write without node 3");
+            c.write(group, put(0, 0, b"k", format!("w{group}"))).await.expect("write without node 3");
         }
         let dir = c.dirs[2].clone();
         c.shards.insert(3, open(3, &dir));
@@ -205,9 +147,7 @@ fn shards_replicate_read_restart_and_deduplicate() {
         for group in 0..GROUPS {
             let value = c.shards[&3].read_local(
                 group,
-                Box::new(|s: &BuiltinState| {
-                    s.get(b"k").map(|v| v.value.clone()).unwrap_or_default()
-                }),
+                Box::new(|s: &BuiltinState| s.get(b"k").map(|v| v.value.clone()).unwrap_or_default()),
             );
             assert_eq!(value, Ok(Bytes::from(format!("w{group}"))));
         }

@@ -7,16 +7,8 @@
 use quarry::sim::run_seed;
 
 fn run_range(seeds: std::ops::Range<u64>) {
-    let failures: Vec<String> = seeds
-        .filter_map(|seed| run_seed(seed).err())
-        .map(|f| f.to_string())
-        .collect();
-    assert!(
-        failures.is_empty(),
-        "{} seeds failed:\n{}",
-        failures.len(),
-        failures.join("\n")
-    );
+    let failures: Vec<String> = seeds.filter_map(|seed| run_seed(seed).err()).map(|f| f.to_string()).collect();
+    assert!(failures.is_empty(), "{} seeds failed:\n{}", failures.len(), failures.join("\n"));
 }
 
 #[test]

@@ -15,11 +15,7 @@ use serde::Serialize;
 #[command(name = "quarryctl", about = "Quarry command-line client")]
 struct Cli {
     /// Nodes to talk to, host:port, comma-separated.
-    #[arg(
-        long,
-        default_value = "127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003",
-        value_delimiter = ','
-    )]
+    #[arg(long, default_value = "127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003", value_delimiter = ',')]
     endpoints: Vec<String>,
     /// Print JSON instead of text.
     #[arg(long, global = true)]
@@ -79,35 +75,21 @@ async fn run(client: &Client, command: Cmd, json: bool) -> Result<ExitCode, Clie
     match command {
         Cmd::Put { key, value } => {
             let revision = client.put(Bytes::from(key), Bytes::from(value)).await?;
-            print(
-                json,
-                &serde_json::json!({ "revision": revision }),
-                &format!("OK revision {revision}"),
-            );
+            print(json, &serde_json::json!({ "revision": revision }), &format!("OK revision {revision}"));
         }
-        Cmd::Get { key, serializable } => {
-            match client.get(Bytes::from(key.clone()), serializable).await? {
-                Some((value, revision)) => {
-                    let text = String::from_utf8_lossy(&value).into_owned();
-                    print(
-                        json,
-                        &serde_json::json!({ "key": key, "value": text, "revision": revision }),
-                        &text,
-                    );
-                }
-                None => {
-                    eprintln!("quarryctl: key {key:?} not found");
-                    return Ok(ExitCode::from(3));
-                }
+        Cmd::Get { key, serializable } => match client.get(Bytes::from(key.clone()), serializable).await? {
+            Some((value, revision)) => {
+                let text = String::from_utf8_lossy(&value).into_owned();
+                print(json, &serde_json::json!({ "key": key, "value": text, "revision": revision }), &text);
             }
-        }
+            None => {
+                eprintln!("quarryctl: key {key:?} not found");
+                return Ok(ExitCode::from(3));
+            }
+        },
         Cmd::Delete { key } => {
             let existed = client.delete(Bytes::from(key)).await?;
-            print(
-                json,
-                &serde_json::json!({ "existed": existed }),
-                if existed { "deleted" } else { "not found" },
-            );
+            print(json, &serde_json::json!({ "existed": existed }), if existed { "deleted" } else { "not found" });
         }
         Cmd::Status => status(client, json).await?,
     }
@@ -132,11 +114,7 @@ async fn status(client: &Client, json: bool) -> Result<(), ClientError> {
     // Output errors (a closed pipe, say) are ignored: there is no one left to tell.
     let mut out = std::io::stdout().lock();
     if json {
-        let _ = writeln!(
-            out,
-            "{}",
-            serde_json::to_string_pretty(&rows).expect("rows serialize")
-        );
+        let _ = writeln!(out, "{}", serde_json::to_string_pretty(&rows).expect("rows serialize"));
         return Ok(());
     }
     let _ = writeln!(
@@ -156,9 +134,5 @@ async fn status(client: &Client, json: bool) -> Result<(), ClientError> {
 
 fn print(json: bool, value: &serde_json::Value, text: &str) {
     let mut out = std::io::stdout().lock();
-    let _ = if json {
-        writeln!(out, "{value}")
-    } else {
-        writeln!(out, "{text}")
-    };
+    let _ = if json { writeln!(out, "{value}") } else { writeln!(out, "{text}") };
 }

@@ -14,9 +14,7 @@
 
 use bytes::{Buf, BufMut, Bytes};
 
-use crate::raft::{
-    ConfChange, ConfState, Entry, EntryPayload, HardState, Index, NodeId, SingleChange, Term,
-};
+use crate::raft::{ConfChange, ConfState, Entry, EntryPayload, HardState, Index, NodeId, SingleChange, Term};
 
 pub type GroupId = u64;
 
@@ -32,13 +30,19 @@ pub const BATCH_BODY_MAX_BYTES: usize = 16 << 20;
 pub enum Record {
     /// A log entry; an entry at an index the group already has replaces it and
     /// everything after it.
-    Entry { group: GroupId, entry: Entry },
+    Entry {
+        group: GroupId,
+        entry: Entry,
+    },
     HardState {
         group: GroupId,
         hard_state: HardState,
     },
     /// Entries from `from` onward are discarded (a follower's conflict).
-    Truncate { group: GroupId, from: Index },
+    Truncate {
+        group: GroupId,
+        from: Index,
+    },
     /// The group's state machine snapshot covers everything up to `index`: entries up
     /// to it are released, and a group with no entries restarts from here.
     Snapshot {
@@ -106,10 +110,7 @@ impl Record {
             Record::HardState { .. } => 16,
             Record::Truncate { .. } | Record::Seal => 0,
             Record::Snapshot { conf_state, .. } => {
-                12 + 8
-                    * (conf_state.voters.len()
-                        + conf_state.voters_outgoing.len()
-                        + conf_state.learners.len())
+                12 + 8 * (conf_state.voters.len() + conf_state.voters_outgoing.len() + conf_state.learners.len())
             }
         }
     }
@@ -117,13 +118,9 @@ impl Record {
     pub fn encode(&self, out: &mut Vec<u8>) {
         let (kind, group, term, index) = match self {
             Record::Entry { group, entry } => (KIND_ENTRY, *group, entry.term, entry.index),
-            Record::HardState { group, hard_state } => {
-                (KIND_HARD_STATE, *group, hard_state.term, hard_state.commit)
-            }
+            Record::HardState { group, hard_state } => (KIND_HARD_STATE, *group, hard_state.term, hard_state.commit),
             Record::Truncate { group, from } => (KIND_TRUNCATE, *group, 0, *from),
-            Record::Snapshot {
-                group, index, term, ..
-            } => (KIND_SNAPSHOT, *group, *term, *index),
+            Record::Snapshot { group, index, term, .. } => (KIND_SNAPSHOT, *group, *term, *index),
             Record::Seal => (KIND_SEAL, 0, 0, 0),
         };
         out.put_u8(kind);
@@ -138,11 +135,7 @@ impl Record {
                 out.put_u64_le(hard_state.commit);
             }
             Record::Snapshot { conf_state, .. } => {
-                for set in [
-                    &conf_state.voters,
-                    &conf_state.voters_outgoing,
-                    &conf_state.learners,
-                ] {
+                for set in [&conf_state.voters, &conf_state.voters_outgoing, &conf_state.learners] {
                     out.put_u32_le(set.len() as u32);
                     set.iter().for_each(|&id| out.put_u64_le(id));
                 }
@@ -163,24 +156,14 @@ impl Record {
         let record = match kind {
             KIND_ENTRY => {
                 let payload = decode_payload(&mut payload)?;
-                Record::Entry {
-                    group,
-                    entry: Entry {
-                        term,
-                        index,
-                        payload,
-                    },
-                }
+                Record::Entry { group, entry: Entry { term, index, payload } }
             }
             KIND_HARD_STATE => {
                 need(payload, 16)?;
                 let vote = payload.get_u64_le();
                 let commit = payload.get_u64_le();
                 let vote = (vote != 0).then_some(vote);
-                Record::HardState {
-                    group,
-                    hard_state: HardState { term, vote, commit },
-                }
+                Record::HardState { group, hard_state: HardState { term, vote, commit } }
             }
             KIND_TRUNCATE => Record::Truncate { group, from: index },
             KIND_SNAPSHOT => {
@@ -194,24 +177,10 @@ impl Record {
                 let learners = sets.pop().expect("three sets");
                 let voters_outgoing = sets.pop().expect("three sets");
                 let voters = sets.pop().expect("three sets");
-                Record::Snapshot {
-                    group,
-                    index,
-                    term,
-                    conf_state: ConfState {
-                        voters,
-                        voters_outgoing,
-                        learners,
-                    },
-                }
+                Record::Snapshot { group, index, term, conf_state: ConfState { voters, voters_outgoing, learners } }
             }
             KIND_SEAL => Record::Seal,
-            tag => {
-                return Err(CodecError::UnknownTag {
-                    what: "record",
-                    tag,
-                })
-            }
+            tag => return Err(CodecError::UnknownTag { what: "record", tag }),
         };
         Ok(record)
     }
@@ -219,10 +188,7 @@ impl Record {
 
 fn need(buf: &[u8], needed: usize) -> Result<(), CodecError> {
     if buf.len() < needed {
-        return Err(CodecError::Truncated {
-            needed,
-            available: buf.len(),
-        });
+        return Err(CodecError::Truncated { needed, available: buf.len() });
     }
     Ok(())
 }
@@ -277,20 +243,12 @@ fn decode_payload(buf: &mut &[u8]) -> Result<EntryPayload, CodecError> {
                     1 => SingleChange::AddVoter(id),
                     2 => SingleChange::AddLearner(id),
                     3 => SingleChange::RemoveNode(id),
-                    tag => {
-                        return Err(CodecError::UnknownTag {
-                            what: "membership change",
-                            tag,
-                        })
-                    }
+                    tag => return Err(CodecError::UnknownTag { what: "membership change", tag }),
                 });
             }
             Ok(EntryPayload::ConfChange(ConfChange::Change(changes)))
         }
-        tag => Err(CodecError::UnknownTag {
-            what: "payload",
-            tag,
-        }),
+        tag => Err(CodecError::UnknownTag { what: "payload", tag }),
     }
 }
 
@@ -298,11 +256,7 @@ fn decode_payload(buf: &mut &[u8]) -> Result<EntryPayload, CodecError> {
 /// of a write.
 pub fn encode_batch(segment_seq: u64, starts_flush: bool, records: &[Record], out: &mut Vec<u8>) {
     let start = out.len();
-    out.put_u32_le(if starts_flush {
-        FLUSH_MAGIC
-    } else {
-        BATCH_MAGIC
-    });
+    out.put_u32_le(if starts_flush { FLUSH_MAGIC } else { BATCH_MAGIC });
     out.put_u32_le(0); // body length, patched below
     out.put_u64_le(segment_seq);
     out.put_u32_le(records.len() as u32);
@@ -310,10 +264,7 @@ pub fn encode_batch(segment_seq: u64, starts_flush: bool, records: &[Record], ou
     let body_start = out.len();
     records.iter().for_each(|r| r.encode(out));
     let body_len = out.len() - body_start;
-    assert!(
-        body_len <= BATCH_BODY_MAX_BYTES,
-        "batch body of {body_len} bytes exceeds the limit"
-    );
+    assert!(body_len <= BATCH_BODY_MAX_BYTES, "batch body of {body_len} bytes exceeds the limit");
     out[start + 4..start + 8].copy_from_slice(&(body_len as u32).to_le_bytes());
     let mut hasher = crc32fast::Hasher::new();
     hasher.update(&out[start..start + 20]);
@@ -360,17 +311,9 @@ pub fn decode_batch(buf: &[u8]) -> Result<DecodedBatch, CodecError> {
         records.push(Record::decode(&mut rest)?);
     }
     if records.len() != count as usize {
-        return Err(CodecError::CountMismatch {
-            declared: count,
-            found: records.len() as u32,
-        });
+        return Err(CodecError::CountMismatch { declared: count, found: records.len() as u32 });
     }
-    Ok(DecodedBatch {
-        segment_seq,
-        starts_flush: magic == FLUSH_MAGIC,
-        len: BATCH_HEADER_BYTES + body_len,
-        records,
-    })
+    Ok(DecodedBatch { segment_seq, starts_flush: magic == FLUSH_MAGIC, len: BATCH_HEADER_BYTES + body_len, records })
 }
 
 #[cfg(test)]
@@ -401,47 +344,18 @@ mod tests {
     pub(crate) fn arb_record() -> impl Strategy<Value = Record> {
         let ids = || btree_set(1u64..20, 0..4);
         prop_oneof![
-            (any::<u64>(), any::<u64>(), 1u64..u64::MAX, arb_payload()).prop_map(
-                |(group, term, index, payload)| Record::Entry {
-                    group,
-                    entry: Entry {
-                        term,
-                        index,
-                        payload
-                    }
+            (any::<u64>(), any::<u64>(), 1u64..u64::MAX, arb_payload()).prop_map(|(group, term, index, payload)| {
+                Record::Entry { group, entry: Entry { term, index, payload } }
+            }),
+            (any::<u64>(), any::<u64>(), proptest::option::of(1u64..u64::MAX), any::<u64>()).prop_map(
+                |(group, term, vote, commit)| Record::HardState { group, hard_state: HardState { term, vote, commit } }
+            ),
+            (any::<u64>(), any::<u64>()).prop_map(|(group, from)| Record::Truncate { group, from }),
+            (any::<u64>(), any::<u64>(), any::<u64>(), ids(), ids(), ids()).prop_map(
+                |(group, index, term, voters, voters_outgoing, learners)| {
+                    Record::Snapshot { group, index, term, conf_state: ConfState { voters, voters_outgoing, learners } }
                 }
             ),
-            (
-                any::<u64>(),
-                any::<u64>(),
-                proptest::option::of(1u64..u64::MAX),
-                any::<u64>()
-            )
-                .prop_map(|(group, term, vote, commit)| Record::HardState {
-                    group,
-                    hard_state: HardState { term, vote, commit }
-                }),
-            (any::<u64>(), any::<u64>()).prop_map(|(group, from)| Record::Truncate { group, from }),
-            (
-                any::<u64>(),
-                any::<u64>(),
-                any::<u64>(),
-                ids(),
-                ids(),
-                ids()
-            )
-                .prop_map(|(group, index, term, voters, voters_outgoing, learners)| {
-                    Record::Snapshot {
-                        group,
-                        index,
-                        term,
-                        conf_state: ConfState {
-                            voters,
-                            voters_outgoing,
-                            learners,
-                        },
-                    }
-                }),
             Just(Record::Seal),
         ]
     }

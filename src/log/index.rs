@@ -68,8 +68,7 @@ impl GroupLog {
             self.entries_base = from.saturating_sub(1).max(self.snapshot.index);
             return;
         }
-        self.entries
-            .truncate((from - self.entries_base - 1) as usize);
+        self.entries.truncate((from - self.entries_base - 1) as usize);
     }
 
     fn apply_entry(&mut self, entry: &Entry, location: Location, cache: bool) {
@@ -85,29 +84,17 @@ impl GroupLog {
             self.entries_base = entry.index - 1;
         }
         self.truncate_from(entry.index);
-        self.entries.push_back(EntryLoc {
-            term: entry.term,
-            location,
-            cached: cache.then(|| entry.clone()),
-        });
+        self.entries.push_back(EntryLoc { term: entry.term, location, cached: cache.then(|| entry.clone()) });
     }
 
     /// Entries up to `index` are released; entries above it are kept if they agree
     /// with the marker (log compaction) and dropped otherwise (snapshot install also
     /// writes a truncate marker before it).
-    fn apply_snapshot_marker(
-        &mut self,
-        index: Index,
-        term: Term,
-        conf_state: &ConfState,
-        at: Location,
-    ) {
+    fn apply_snapshot_marker(&mut self, index: Index, term: Term, conf_state: &ConfState, at: Location) {
         if index < self.snapshot.index {
             return;
         }
-        let consistent = index > self.last_index()
-            || index <= self.entries_base
-            || self.term(index) == Some(term);
+        let consistent = index > self.last_index() || index <= self.entries_base || self.term(index) == Some(term);
         if !consistent || index >= self.last_index() {
             self.entries.clear();
             self.entries_base = self.entries_base.max(index);
@@ -118,11 +105,7 @@ impl GroupLog {
         if self.entries.is_empty() {
             self.entries_base = index;
         }
-        self.snapshot = SnapshotMeta {
-            index,
-            term,
-            conf_state: conf_state.clone(),
-        };
+        self.snapshot = SnapshotMeta { index, term, conf_state: conf_state.clone() };
         self.snapshot_at = Some(at);
     }
 }
@@ -138,12 +121,7 @@ impl LogIndex {
     }
 
     /// Applies one record (written at `location`) to the index.
-    pub fn apply(
-        &mut self,
-        record: &Record,
-        location: Location,
-        cache: bool,
-    ) -> Result<(), LogError> {
+    pub fn apply(&mut self, record: &Record, location: Location, cache: bool) -> Result<(), LogError> {
         let Some(group_id) = record.group() else {
             return Ok(());
         };
@@ -155,12 +133,9 @@ impl LogIndex {
                 group.hard_state_at = Some(location);
             }
             Record::Truncate { from, .. } => group.truncate_from(*from),
-            Record::Snapshot {
-                index,
-                term,
-                conf_state,
-                ..
-            } => group.apply_snapshot_marker(*index, *term, conf_state, location),
+            Record::Snapshot { index, term, conf_state, .. } => {
+                group.apply_snapshot_marker(*index, *term, conf_state, location)
+            }
             Record::Seal => {}
         }
         Ok(())

@@ -27,10 +27,7 @@ fn open_options(create: bool) -> OpenOptions {
 }
 
 fn io_error(path: &Path, e: impl std::fmt::Display) -> LogError {
-    LogError::Io {
-        path: path.to_path_buf(),
-        reason: e.to_string(),
-    }
+    LogError::Io { path: path.to_path_buf(), reason: e.to_string() }
 }
 
 impl SegmentWriter {
@@ -40,15 +37,10 @@ impl SegmentWriter {
         } else if self.active.as_ref().map(|(seq, _)| *seq) != Some(job.seq) {
             // A log reopened after a restart continues its newest segment in place.
             self.close().await?;
-            let file = open_options(false)
-                .dma_open(&job.path)
-                .await
-                .map_err(|e| io_error(&job.path, e))?;
+            let file = open_options(false).dma_open(&job.path).await.map_err(|e| io_error(&job.path, e))?;
             self.active = Some((job.seq, file));
         }
-        let Some((_, file)) = &self.active else {
-            unreachable!("opened above")
-        };
+        let Some((_, file)) = &self.active else { unreachable!("opened above") };
         if !job.bytes.is_empty() {
             write_page_aligned(file, &job.bytes, job.offset, &job.path).await?;
         }
@@ -67,20 +59,9 @@ impl SegmentWriter {
     /// (a new file could vanish in a crash otherwise).
     async fn create(&mut self, job: &FlushJob) -> Result<(), LogError> {
         self.close().await?;
-        let file = open_options(true)
-            .dma_open(&job.path)
-            .await
-            .map_err(|e| io_error(&job.path, e))?;
-        file.pre_allocate(job.segment_bytes, false)
-            .await
-            .map_err(|e| io_error(&job.path, e))?;
-        write_page_aligned(
-            &file,
-            &encode_header(job.seq, job.segment_bytes),
-            0,
-            &job.path,
-        )
-        .await?;
+        let file = open_options(true).dma_open(&job.path).await.map_err(|e| io_error(&job.path, e))?;
+        file.pre_allocate(job.segment_bytes, false).await.map_err(|e| io_error(&job.path, e))?;
+        write_page_aligned(&file, &encode_header(job.seq, job.segment_bytes), 0, &job.path).await?;
         file.fdatasync().await.map_err(|e| io_error(&job.path, e))?;
         sync_parent_dir(&job.path).await?;
         self.active = Some((job.seq, file));
@@ -96,27 +77,13 @@ impl SegmentWriter {
     }
 }
 
-async fn write_page_aligned(
-    file: &DmaFile,
-    bytes: &[u8],
-    offset: u64,
-    path: &Path,
-) -> Result<(), LogError> {
-    assert!(
-        offset % PAGE_BYTES == 0 && bytes.len() as u64 % PAGE_BYTES == 0,
-        "unaligned direct write"
-    );
+async fn write_page_aligned(file: &DmaFile, bytes: &[u8], offset: u64, path: &Path) -> Result<(), LogError> {
+    assert!(offset % PAGE_BYTES == 0 && bytes.len() as u64 % PAGE_BYTES == 0, "unaligned direct write");
     let mut buf = file.alloc_dma_buffer(bytes.len());
     buf.as_bytes_mut().copy_from_slice(bytes);
-    let written = file
-        .write_at(buf, offset)
-        .await
-        .map_err(|e| io_error(path, e))?;
+    let written = file.write_at(buf, offset).await.map_err(|e| io_error(path, e))?;
     if written != bytes.len() {
-        return Err(io_error(
-            path,
-            format!("short write: {written} of {} bytes", bytes.len()),
-        ));
+        return Err(io_error(path, format!("short write: {written} of {} bytes", bytes.len())));
     }
     Ok(())
 }
@@ -132,11 +99,7 @@ async fn sync_parent_dir(path: &Path) -> Result<(), LogError> {
 /// corrupt header followed by a valid batch is then always real damage: a new
 /// segment's header is durable before its first batch is written.)
 async fn release_file(path: &Path) -> Result<(), LogError> {
-    let file = OpenOptions::new()
-        .write(true)
-        .dma_open(path)
-        .await
-        .map_err(|e| io_error(path, e))?;
+    let file = OpenOptions::new().write(true).dma_open(path).await.map_err(|e| io_error(path, e))?;
     write_page_aligned(&file, &vec![0u8; 2 * PAGE_BYTES as usize], 0, path).await?;
     file.fdatasync().await.map_err(|e| io_error(path, e))?;
     file.close().await.map_err(|e| io_error(path, e))
@@ -145,10 +108,7 @@ async fn release_file(path: &Path) -> Result<(), LogError> {
 /// Writes and syncs one buffer of what is staged, if anything is. Writes staged while
 /// it is in flight fill the next buffer (double buffering). Returns the new durable
 /// ticket, or `None` when there was nothing to write.
-pub async fn flush_one(
-    log: &RefCell<ShardLog>,
-    writer: &mut SegmentWriter,
-) -> Result<Option<u64>, LogError> {
+pub async fn flush_one(log: &RefCell<ShardLog>, writer: &mut SegmentWriter) -> Result<Option<u64>, LogError> {
     let job = log.borrow_mut().begin_flush()?;
     let Some(job) = job else { return Ok(None) };
     let result = writer.execute(&job).await;

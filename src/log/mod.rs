@@ -29,17 +29,9 @@ pub enum LogError {
     Io { path: PathBuf, reason: String },
     /// Damage that recovery must not paper over: it names the file and offset.
     #[error("corrupt log {path} at offset {offset}: {reason}")]
-    Corrupt {
-        path: PathBuf,
-        offset: u64,
-        reason: String,
-    },
+    Corrupt { path: PathBuf, offset: u64, reason: String },
     #[error("group {group}: entry {index} does not follow last index {last}")]
-    Gap {
-        group: GroupId,
-        index: Index,
-        last: Index,
-    },
+    Gap { group: GroupId, index: Index, last: Index },
     #[error("group {group}: entry {index} is not where the index says")]
     Missing { group: GroupId, index: Index },
     #[error("unknown group {0}")]
@@ -55,9 +47,6 @@ pub enum LogError {
 
 impl LogError {
     pub fn io(path: &Path, e: std::io::Error) -> LogError {
-        LogError::Io {
-            path: path.to_path_buf(),
-            reason: e.to_string(),
-        }
+        LogError::Io { path: path.to_path_buf(), reason: e.to_string() }
     }
 }

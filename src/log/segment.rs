@@ -116,12 +116,7 @@ pub fn scan(data: &[u8], seq: u64, mut on_batch: impl FnMut(u64, &DecodedBatch))
                 }
             }
             Ok(_) => return ScanEnd::Clean { end: pos },
-            Err(e) => {
-                return ScanEnd::Corrupt {
-                    at: pos,
-                    reason: e.to_string(),
-                }
-            }
+            Err(e) => return ScanEnd::Corrupt { at: pos, reason: e.to_string() },
         }
     }
 }

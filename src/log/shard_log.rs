@@ -15,13 +15,12 @@ use memmap2::Mmap;
 use crate::raft::{Entry, Index};
 
 use super::codec::{
-    encode_batch, GroupId, Record, BATCH_BODY_MAX_BYTES, BATCH_HEADER_BYTES, BATCH_MAGIC,
-    FLUSH_MAGIC, RECORD_HEADER_BYTES,
+    encode_batch, GroupId, Record, BATCH_BODY_MAX_BYTES, BATCH_HEADER_BYTES, BATCH_MAGIC, FLUSH_MAGIC,
+    RECORD_HEADER_BYTES,
 };
 use super::index::{Location, LogIndex};
 use super::segment::{
-    align_up, decode_header, later_flush_exists, parse_slot, scan, slot_path, HeaderError, ScanEnd,
-    PAGE_BYTES,
+    align_up, decode_header, later_flush_exists, parse_slot, scan, slot_path, HeaderError, ScanEnd, PAGE_BYTES,
 };
 use super::store::LogStore;
 use super::LogError;
@@ -40,18 +39,12 @@ pub struct ShardLogConfig {
 
 impl ShardLogConfig {
     pub fn new(dir: impl Into<PathBuf>) -> Self {
-        ShardLogConfig {
-            dir: dir.into(),
-            segment_bytes: 64 << 20,
-            free_segments_max: 4,
-        }
+        ShardLogConfig { dir: dir.into(), segment_bytes: 64 << 20, free_segments_max: 4 }
     }
 
     fn validate(&self) -> Result<(), LogError> {
         if self.segment_bytes % PAGE_BYTES != 0 || self.segment_bytes < 16 * PAGE_BYTES {
-            return Err(LogError::Invalid(
-                "segment_bytes must be a multiple of 4 KiB and at least 64 KiB",
-            ));
+            return Err(LogError::Invalid("segment_bytes must be a multiple of 4 KiB and at least 64 KiB"));
         }
         Ok(())
     }
@@ -121,11 +114,7 @@ impl ShardLog {
     pub fn open(config: ShardLogConfig) -> Result<ShardLog, LogError> {
         config.validate()?;
         fs::create_dir_all(&config.dir).map_err(|e| LogError::io(&config.dir, e))?;
-        let Listing {
-            live,
-            free: free_slots,
-            next_slot,
-        } = list_segments(&config.dir)?;
+        let Listing { live, free: free_slots, next_slot } = list_segments(&config.dir)?;
         let mut log = ShardLog {
             config,
             index: LogIndex::default(),
@@ -160,10 +149,7 @@ impl ShardLog {
             let end = scan(&map, seq, |offset, batch| {
                 let mut at = offset + BATCH_HEADER_BYTES as u64;
                 for record in &batch.records {
-                    let location = Location {
-                        segment: seq,
-                        offset: at,
-                    };
+                    let location = Location { segment: seq, offset: at };
                     if let Err(e) = self.index.apply(record, location, is_newest) {
                         failure.get_or_insert(e);
                     }
@@ -171,45 +157,21 @@ impl ShardLog {
                 }
             });
             if let Some(e) = failure {
-                return Err(LogError::Corrupt {
-                    path,
-                    offset: 0,
-                    reason: e.to_string(),
-                });
+                return Err(LogError::Corrupt { path, offset: 0, reason: e.to_string() });
             }
             match end {
                 ScanEnd::Sealed { .. } => {
-                    self.sealed.insert(
-                        seq,
-                        Sealed {
-                            slot,
-                            path,
-                            map,
-                            releasing: false,
-                        },
-                    );
+                    self.sealed.insert(seq, Sealed { slot, path, map, releasing: false });
                 }
-                ScanEnd::Corrupt { at, reason }
-                    if !is_newest || later_flush_exists(&map, seq, at) =>
-                {
-                    return Err(LogError::Corrupt {
-                        path,
-                        offset: at,
-                        reason,
-                    });
+                ScanEnd::Corrupt { at, reason } if !is_newest || later_flush_exists(&map, seq, at) => {
+                    return Err(LogError::Corrupt { path, offset: at, reason });
                 }
                 ScanEnd::Clean { end } if !is_newest => {
                     let reason = "sealed segment ends without a seal".to_string();
-                    return Err(LogError::Corrupt {
-                        path,
-                        offset: end,
-                        reason,
-                    });
+                    return Err(LogError::Corrupt { path, offset: end, reason });
                 }
                 // The newest segment's torn or clean tail: writing resumes there.
-                ScanEnd::Corrupt { at: end, .. } | ScanEnd::Clean { end } => {
-                    active = Some((seq, slot, end))
-                }
+                ScanEnd::Corrupt { at: end, .. } | ScanEnd::Clean { end } => active = Some((seq, slot, end)),
             }
         }
         self.index.validate()?;
@@ -250,10 +212,7 @@ impl ShardLog {
 
     /// The active segment's file and the offset its next write goes to.
     pub fn active_position(&self) -> (PathBuf, u64) {
-        (
-            slot_path(&self.config.dir, self.active_slot),
-            self.write_pos,
-        )
+        (slot_path(&self.config.dir, self.active_slot), self.write_pos)
     }
 
     /// Live segment files (sealed ones plus the active one).
@@ -271,12 +230,7 @@ impl ShardLog {
     /// Closes the active segment with a seal and starts the next one.
     fn roll(&mut self) {
         let starts_flush = self.staging.is_empty();
-        encode_batch(
-            self.active_seq,
-            starts_flush,
-            &[Record::Seal],
-            &mut self.staging,
-        );
+        encode_batch(self.active_seq, starts_flush, &[Record::Seal], &mut self.staging);
         let job = self.cut_job(true);
         self.jobs.push_back(job);
         self.active_seq += 1;
@@ -289,11 +243,7 @@ impl ShardLog {
     fn cut_job(&mut self, seal: bool) -> FlushJob {
         let mut bytes = std::mem::take(&mut self.staging);
         bytes.resize(align_up(bytes.len() as u64) as usize, 0);
-        let release = self
-            .releasing
-            .drain(..)
-            .map(|(seq, slot)| (seq, slot_path(&self.config.dir, slot)))
-            .collect();
+        let release = self.releasing.drain(..).map(|(seq, slot)| (seq, slot_path(&self.config.dir, slot))).collect();
         let job = FlushJob {
             seq: self.active_seq,
             path: slot_path(&self.config.dir, self.active_slot),
@@ -326,11 +276,7 @@ impl ShardLog {
     }
 
     /// Records the outcome of a job from `begin_flush`.
-    pub fn finish_flush(
-        &mut self,
-        job: FlushJob,
-        result: Result<(), LogError>,
-    ) -> Result<(), LogError> {
+    pub fn finish_flush(&mut self, job: FlushJob, result: Result<(), LogError>) -> Result<(), LogError> {
         assert!(self.flushing, "finish_flush without begin_flush");
         self.flushing = false;
         if let Err(e) = result {
@@ -339,10 +285,7 @@ impl ShardLog {
             self.failed = Some(e.to_string());
             return Err(e);
         }
-        assert!(
-            job.ticket >= self.durable_ticket,
-            "durable ticket went back"
-        );
+        assert!(job.ticket >= self.durable_ticket, "durable ticket went back");
         self.durable_ticket = job.ticket;
         if job.seal {
             self.seal_done(job.seq, &job.path)?;
@@ -365,21 +308,9 @@ impl ShardLog {
     fn seal_done(&mut self, seq: u64, path: &Path) -> Result<(), LogError> {
         let map = map_file(path)?;
         let slot = parse_slot(path).expect("segment paths are slot paths");
-        self.sealed.insert(
-            seq,
-            Sealed {
-                slot,
-                path: path.to_path_buf(),
-                map,
-                releasing: false,
-            },
-        );
+        self.sealed.insert(seq, Sealed { slot, path: path.to_path_buf(), map, releasing: false });
         for group in self.index.groups.values_mut() {
-            for entry in group
-                .entries
-                .iter_mut()
-                .filter(|e| e.location.segment == seq)
-            {
+            for entry in group.entries.iter_mut().filter(|e| e.location.segment == seq) {
                 entry.cached = None;
             }
         }
@@ -391,12 +322,8 @@ impl ShardLog {
     /// (otherwise a restart would forget a vote), and the files are freed only once
     /// those copies are durable.
     pub fn release_unneeded_segments(&mut self) -> Result<usize, LogError> {
-        let candidates: Vec<(u64, u32)> = self
-            .sealed
-            .iter()
-            .filter(|(_, s)| !s.releasing)
-            .map(|(&seq, s)| (seq, s.slot))
-            .collect();
+        let candidates: Vec<(u64, u32)> =
+            self.sealed.iter().filter(|(_, s)| !s.releasing).map(|(&seq, s)| (seq, s.slot)).collect();
         let oldest_needed = self
             .index
             .groups
@@ -412,10 +339,7 @@ impl ShardLog {
             let mut carry = Vec::new();
             for (&group, g) in &self.index.groups {
                 if g.hard_state_at.is_some_and(|at| at.segment == seq) {
-                    carry.push(Record::HardState {
-                        group,
-                        hard_state: g.hard_state,
-                    });
+                    carry.push(Record::HardState { group, hard_state: g.hard_state });
                 }
                 if g.snapshot_at.is_some_and(|at| at.segment == seq) {
                     let snap = g.snapshot.clone();
@@ -431,10 +355,7 @@ impl ShardLog {
                 self.write(carry)?;
             }
             self.releasing.push((seq, slot));
-            self.sealed
-                .get_mut(&seq)
-                .expect("candidate is sealed")
-                .releasing = true;
+            self.sealed.get_mut(&seq).expect("candidate is sealed").releasing = true;
             released += 1;
         }
         Ok(released)
@@ -447,10 +368,7 @@ impl LogStore for ShardLog {
         let body: u64 = records.iter().map(|r| r.encoded_len() as u64).sum();
         let batch_bytes = BATCH_HEADER_BYTES as u64 + body;
         if batch_bytes > self.config.batch_max_bytes() {
-            return Err(LogError::TooLarge {
-                bytes: batch_bytes,
-                max: self.config.batch_max_bytes(),
-            });
+            return Err(LogError::TooLarge { bytes: batch_bytes, max: self.config.batch_max_bytes() });
         }
         let end = self.write_pos + self.staging.len() as u64 + batch_bytes + SEAL_RESERVE_BYTES;
         if end > self.config.segment_bytes {
@@ -461,14 +379,7 @@ impl LogStore for ShardLog {
         encode_batch(self.active_seq, starts_flush, &records, &mut self.staging);
         let mut at = batch_start + BATCH_HEADER_BYTES as u64;
         for record in &records {
-            self.index.apply(
-                record,
-                Location {
-                    segment: self.active_seq,
-                    offset: at,
-                },
-                true,
-            )?;
+            self.index.apply(record, Location { segment: self.active_seq, offset: at }, true)?;
             at += record.encoded_len() as u64;
         }
         self.staged_ticket += 1;
@@ -479,20 +390,9 @@ impl LogStore for ShardLog {
         &self.index
     }
 
-    fn read_entry(
-        &self,
-        group: GroupId,
-        index: Index,
-        location: Location,
-    ) -> Result<Entry, LogError> {
-        let sealed = self
-            .sealed
-            .get(&location.segment)
-            .ok_or(LogError::Missing { group, index })?;
-        let mut at = sealed
-            .map
-            .get(location.offset as usize..)
-            .ok_or(LogError::Missing { group, index })?;
+    fn read_entry(&self, group: GroupId, index: Index, location: Location) -> Result<Entry, LogError> {
+        let sealed = self.sealed.get(&location.segment).ok_or(LogError::Missing { group, index })?;
+        let mut at = sealed.map.get(location.offset as usize..).ok_or(LogError::Missing { group, index })?;
         match Record::decode(&mut at) {
             Ok(Record::Entry { entry, .. }) if entry.index == index => Ok(entry),
             _ => Err(LogError::Corrupt {
@@ -527,26 +427,16 @@ fn list_segments(dir: &Path) -> Result<Listing, LogError> {
         match decode_header(&pages[..read.min(PAGE_BYTES as usize)]) {
             Ok((seq, _)) => live.push((seq, slot)),
             Err(HeaderError::Corrupt(reason))
-                if starts_with_batch(
-                    &pages[PAGE_BYTES as usize..read.max(PAGE_BYTES as usize)],
-                ) =>
+                if starts_with_batch(&pages[PAGE_BYTES as usize..read.max(PAGE_BYTES as usize)]) =>
             {
                 // Headers are durable before the first batch: this is damage, not a crash.
-                return Err(LogError::Corrupt {
-                    path,
-                    offset: 0,
-                    reason: reason.to_string(),
-                });
+                return Err(LogError::Corrupt { path, offset: 0, reason: reason.to_string() });
             }
             // A free slot, or a segment whose creation crashed before its header was
             // durable (no record in it was ever acknowledged).
             Err(HeaderError::Free) | Err(HeaderError::Corrupt(_)) => free.push(slot),
             Err(HeaderError::UnsupportedVersion(v)) => {
-                return Err(LogError::Corrupt {
-                    path,
-                    offset: 0,
-                    reason: format!("unsupported format version {v}"),
-                })
+                return Err(LogError::Corrupt { path, offset: 0, reason: format!("unsupported format version {v}") })
             }
         }
     }
@@ -554,32 +444,16 @@ fn list_segments(dir: &Path) -> Result<Listing, LogError> {
     for pair in live.windows(2) {
         if pair[1].0 != pair[0].0 + 1 {
             let path = slot_path(dir, pair[1].1);
-            let reason = format!(
-                "segment {} missing before segment {}",
-                pair[0].0 + 1,
-                pair[1].0
-            );
-            return Err(LogError::Corrupt {
-                path,
-                offset: 0,
-                reason,
-            });
+            let reason = format!("segment {} missing before segment {}", pair[0].0 + 1, pair[1].0);
+            return Err(LogError::Corrupt { path, offset: 0, reason });
         }
     }
     free.sort_unstable_by(|a, b| b.cmp(a));
-    Ok(Listing {
-        live,
-        free,
-        next_slot,
-    })
+    Ok(Listing { live, free, next_slot })
 }
 
 fn starts_with_batch(page: &[u8]) -> bool {
-    page.len() >= 4
-        && matches!(
-            u32::from_le_bytes([page[0], page[1], page[2], page[3]]),
-            BATCH_MAGIC | FLUSH_MAGIC
-        )
+    page.len() >= 4 && matches!(u32::from_le_bytes([page[0], page[1], page[2], page[3]]), BATCH_MAGIC | FLUSH_MAGIC)
 }
 
 fn read_prefix(path: &Path, buf: &mut [u8]) -> Result<usize, LogError> {
@@ -587,10 +461,7 @@ fn read_prefix(path: &Path, buf: &mut [u8]) -> Result<usize, LogError> {
     let mut file = fs::File::open(path).map_err(|e| LogError::io(path, e))?;
     let mut read = 0;
     while read < buf.len() {
-        match file
-            .read(&mut buf[read..])
-            .map_err(|e| LogError::io(path, e))?
-        {
+        match file.read(&mut buf[read..]).map_err(|e| LogError::io(path, e))? {
             0 => break,
             n => read += n,
         }

@@ -5,8 +5,7 @@ use std::cell::RefCell;
 use std::rc::Rc;
 
 use crate::raft::{
-    limit_size, ConfState, Entry, HardState, Index, Snapshot, SnapshotMeta, Storage, StorageError,
-    Term,
+    limit_size, ConfState, Entry, HardState, Index, Snapshot, SnapshotMeta, Storage, StorageError, Term,
 };
 
 use super::codec::{GroupId, Record};
@@ -27,46 +26,24 @@ pub trait LogStore {
     fn write(&mut self, records: Vec<Record>) -> Result<(), LogError>;
     fn index(&self) -> &LogIndex;
     /// Reads an entry that the index places at `location` (not cached in memory).
-    fn read_entry(
-        &self,
-        group: GroupId,
-        index: Index,
-        location: Location,
-    ) -> Result<Entry, LogError>;
+    fn read_entry(&self, group: GroupId, index: Index, location: Location) -> Result<Entry, LogError>;
 
     fn append(&mut self, group: GroupId, entries: &[Entry]) -> Result<(), LogError> {
         let Some(first) = entries.first() else {
             return Ok(());
         };
-        let (snapshot_index, last) = self
-            .index()
-            .group(group)
-            .map_or((0, 0), |g| (g.snapshot.index, g.last_index()));
+        let (snapshot_index, last) = self.index().group(group).map_or((0, 0), |g| (g.snapshot.index, g.last_index()));
         if first.index <= snapshot_index || first.index > last + 1 {
-            return Err(LogError::Gap {
-                group,
-                index: first.index,
-                last,
-            });
+            return Err(LogError::Gap { group, index: first.index, last });
         }
-        if entries
-            .iter()
-            .enumerate()
-            .any(|(i, e)| e.index != first.index + i as u64)
-        {
+        if entries.iter().enumerate().any(|(i, e)| e.index != first.index + i as u64) {
             return Err(LogError::Invalid("entries are not contiguous"));
         }
         let mut records = Vec::with_capacity(entries.len() + 1);
         if first.index <= last {
-            records.push(Record::Truncate {
-                group,
-                from: first.index,
-            });
+            records.push(Record::Truncate { group, from: first.index });
         }
-        records.extend(entries.iter().map(|entry| Record::Entry {
-            group,
-            entry: entry.clone(),
-        }));
+        records.extend(entries.iter().map(|entry| Record::Entry { group, entry: entry.clone() }));
         self.write(records)
     }
 
@@ -77,72 +54,36 @@ pub trait LogStore {
     /// Records a snapshot of the group's state machine at `meta.index` (which it has
     /// applied) and releases the entries it covers.
     fn compact(&mut self, group: GroupId, meta: SnapshotMeta) -> Result<(), LogError> {
-        let g = self
-            .index()
-            .group(group)
-            .ok_or(LogError::UnknownGroup(group))?;
+        let g = self.index().group(group).ok_or(LogError::UnknownGroup(group))?;
         if meta.index <= g.snapshot.index {
             return Ok(());
         }
         if g.term(meta.index) != Some(meta.term) {
-            return Err(LogError::Invalid(
-                "compaction index is not in the log with that term",
-            ));
+            return Err(LogError::Invalid("compaction index is not in the log with that term"));
         }
-        let SnapshotMeta {
-            index,
-            term,
-            conf_state,
-        } = meta;
-        self.write(vec![Record::Snapshot {
-            group,
-            index,
-            term,
-            conf_state,
-        }])
+        let SnapshotMeta { index, term, conf_state } = meta;
+        self.write(vec![Record::Snapshot { group, index, term, conf_state }])
     }
 
     /// Replaces the group's log with a snapshot received from the leader.
     fn install_snapshot(&mut self, group: GroupId, meta: SnapshotMeta) -> Result<(), LogError> {
-        let SnapshotMeta {
-            index,
-            term,
-            conf_state,
-        } = meta;
-        let hard_state = self
-            .index()
-            .group(group)
-            .map(|g| g.hard_state)
-            .unwrap_or_default();
-        let hard_state = HardState {
-            term: hard_state.term.max(term),
-            commit: hard_state.commit.max(index),
-            ..hard_state
-        };
+        let SnapshotMeta { index, term, conf_state } = meta;
+        let hard_state = self.index().group(group).map(|g| g.hard_state).unwrap_or_default();
+        let hard_state =
+            HardState { term: hard_state.term.max(term), commit: hard_state.commit.max(index), ..hard_state };
         self.write(vec![
             Record::Truncate { group, from: 0 },
-            Record::Snapshot {
-                group,
-                index,
-                term,
-                conf_state,
-            },
+            Record::Snapshot { group, index, term, conf_state },
             Record::HardState { group, hard_state },
         ])
     }
 
     fn hard_state(&self, group: GroupId) -> HardState {
-        self.index()
-            .group(group)
-            .map(|g| g.hard_state)
-            .unwrap_or_default()
+        self.index().group(group).map(|g| g.hard_state).unwrap_or_default()
     }
 
     fn snapshot_meta(&self, group: GroupId) -> SnapshotMeta {
-        self.index()
-            .group(group)
-            .map(|g| g.snapshot.clone())
-            .unwrap_or_default()
+        self.index().group(group).map(|g| g.snapshot.clone()).unwrap_or_default()
     }
 
     fn first_index(&self, group: GroupId) -> Index {
@@ -155,11 +96,7 @@ pub trait LogStore {
 
     fn term(&self, group: GroupId, index: Index) -> Result<Term, StorageError> {
         let Some(g) = self.index().group(group) else {
-            return if index == 0 {
-                Ok(0)
-            } else {
-                Err(StorageError::Unavailable)
-            };
+            return if index == 0 { Ok(0) } else { Err(StorageError::Unavailable) };
         };
         if index < g.snapshot.index {
             return Err(StorageError::Compacted);
@@ -167,19 +104,9 @@ pub trait LogStore {
         g.term(index).ok_or(StorageError::Unavailable)
     }
 
-    fn entries(
-        &self,
-        group: GroupId,
-        lo: Index,
-        hi: Index,
-        max_bytes: u64,
-    ) -> Result<Vec<Entry>, StorageError> {
+    fn entries(&self, group: GroupId, lo: Index, hi: Index, max_bytes: u64) -> Result<Vec<Entry>, StorageError> {
         let Some(g) = self.index().group(group) else {
-            return if lo >= hi {
-                Ok(Vec::new())
-            } else {
-                Err(StorageError::Unavailable)
-            };
+            return if lo >= hi { Ok(Vec::new()) } else { Err(StorageError::Unavailable) };
         };
         if lo < g.first_index() {
             return Err(StorageError::Compacted);
@@ -193,9 +120,7 @@ pub trait LogStore {
             let loc = g.entry_loc(index).ok_or(StorageError::Unavailable)?;
             let entry = match &loc.cached {
                 Some(entry) => entry.clone(),
-                None => self
-                    .read_entry(group, index, loc.location)
-                    .map_err(|e| StorageError::Fatal(e.to_string()))?,
+                None => self.read_entry(group, index, loc.location).map_err(|e| StorageError::Fatal(e.to_string()))?,
             };
             bytes += entry.size_bytes();
             out.push(entry);
@@ -218,13 +143,8 @@ pub struct MemLogStore {
 
 impl LogStore for MemLogStore {
     fn write(&mut self, records: Vec<Record>) -> Result<(), LogError> {
-        let here = Location {
-            segment: 0,
-            offset: 0,
-        };
-        records
-            .iter()
-            .try_for_each(|record| self.index.apply(record, here, true))
+        let here = Location { segment: 0, offset: 0 };
+        records.iter().try_for_each(|record| self.index.apply(record, here, true))
     }
 
     fn index(&self) -> &LogIndex {
@@ -245,10 +165,7 @@ pub struct GroupStorage<L: LogStore> {
 impl<L: LogStore> Storage for GroupStorage<L> {
     fn initial_state(&self) -> (HardState, ConfState) {
         let log = self.log.borrow();
-        (
-            log.hard_state(self.group),
-            log.snapshot_meta(self.group).conf_state,
-        )
+        (log.hard_state(self.group), log.snapshot_meta(self.group).conf_state)
     }
 
     fn entries(&self, lo: Index, hi: Index, max_bytes: u64) -> Result<Vec<Entry>, StorageError> {

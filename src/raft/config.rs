@@ -103,9 +103,7 @@ impl Config {
             if !self.check_quorum {
                 return invalid("lease reads require check_quorum");
             }
-            if self.lease_drift_margin_ticks == 0
-                || self.lease_drift_margin_ticks >= self.election_ticks
-            {
+            if self.lease_drift_margin_ticks == 0 || self.lease_drift_margin_ticks >= self.election_ticks {
                 return invalid("lease_drift_margin_ticks must be in 1..election_ticks");
             }
         }

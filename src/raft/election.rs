@@ -38,11 +38,7 @@ impl<S: Storage> RaftNode<S> {
     /// the activity marks for the next round.
     fn quorum_recently_active(&mut self) -> bool {
         let id = self.id;
-        let active = self
-            .progress
-            .iter()
-            .map(|(&pid, pr)| (pid, pid == id || pr.recent_active))
-            .collect();
+        let active = self.progress.iter().map(|(&pid, pr)| (pid, pid == id || pr.recent_active)).collect();
         for (&pid, pr) in self.progress.iter_mut() {
             pr.recent_active = pid == id;
         }
@@ -66,24 +62,13 @@ impl<S: Storage> RaftNode<S> {
         };
         let (last_index, last_term) = (self.log.last_index(), self.log.last_term());
         let id = self.id;
-        let voters: Vec<NodeId> = self
-            .conf
-            .members()
-            .into_iter()
-            .filter(|&to| to != id && self.conf.is_voter(to))
-            .collect();
+        let voters: Vec<NodeId> =
+            self.conf.members().into_iter().filter(|&to| to != id && self.conf.is_voter(to)).collect();
         for to in voters {
             let request = if pre {
-                MessageKind::PreVote {
-                    last_index,
-                    last_term,
-                }
+                MessageKind::PreVote { last_index, last_term }
             } else {
-                MessageKind::Vote {
-                    last_index,
-                    last_term,
-                    transfer,
-                }
+                MessageKind::Vote { last_index, last_term, transfer }
             };
             self.send_with_term(to, request_term, request);
         }
@@ -94,11 +79,7 @@ impl<S: Storage> RaftNode<S> {
     }
 
     pub(super) fn become_follower(&mut self, term: Term, leader: Option<NodeId>) {
-        assert!(
-            term >= self.term,
-            "term went back from {} to {term}",
-            self.term
-        );
+        assert!(term >= self.term, "term went back from {} to {term}", self.term);
         if term > self.term {
             self.term = term;
             self.vote = None;
@@ -127,11 +108,7 @@ impl<S: Storage> RaftNode<S> {
     }
 
     pub(super) fn become_leader(&mut self) {
-        assert_eq!(
-            self.role,
-            Role::Candidate,
-            "only a candidate becomes leader"
-        );
+        assert_eq!(self.role, Role::Candidate, "only a candidate becomes leader");
         self.role = Role::Leader;
         self.leader = Some(self.id);
         self.reset_role_state();
@@ -162,11 +139,7 @@ impl<S: Storage> RaftNode<S> {
     /// Returns whether the message should be processed further.
     pub(super) fn step_term(&mut self, m: &Message) -> bool {
         if m.term > self.term {
-            if let MessageKind::PreVote { .. }
-            | MessageKind::Vote {
-                transfer: false, ..
-            } = m.kind
-            {
+            if let MessageKind::PreVote { .. } | MessageKind::Vote { transfer: false, .. } = m.kind {
                 if self.in_lease() {
                     // A leader we hear from holds a lease: the requester is disruptive.
                     return false;
@@ -190,13 +163,7 @@ impl<S: Storage> RaftNode<S> {
                 MessageKind::Append { .. } | MessageKind::Heartbeat { .. }
                     if self.config.check_quorum || self.config.pre_vote =>
                 {
-                    self.send(
-                        m.from,
-                        MessageKind::AppendResponse {
-                            index: 0,
-                            reject: None,
-                        },
-                    );
+                    self.send(m.from, MessageKind::AppendResponse { index: 0, reject: None });
                 }
                 MessageKind::PreVote { .. } => {
                     self.send(m.from, MessageKind::PreVoteResponse { reject: true });
@@ -209,16 +176,9 @@ impl<S: Storage> RaftNode<S> {
     }
 
     /// Raft §5.2 and §5.4.1: grant a (pre-)vote to an up-to-date candidate once per term.
-    pub(super) fn on_vote_request(
-        &mut self,
-        m: &Message,
-        pre: bool,
-        last_index: Index,
-        last_term: Term,
-    ) {
-        let can_vote = self.vote == Some(m.from)
-            || (self.vote.is_none() && self.leader.is_none())
-            || (pre && m.term > self.term);
+    pub(super) fn on_vote_request(&mut self, m: &Message, pre: bool, last_index: Index, last_term: Term) {
+        let can_vote =
+            self.vote == Some(m.from) || (self.vote.is_none() && self.leader.is_none()) || (pre && m.term > self.term);
         let up_to_date = self.log.is_up_to_date(last_index, last_term);
         #[cfg(test)]
         // Deliberately wrong (§5.4.1 ignored): vote for candidates with stale logs.
@@ -238,17 +198,13 @@ impl<S: Storage> RaftNode<S> {
 
     pub(super) fn step_candidate(&mut self, m: Message) {
         match m.kind {
-            MessageKind::Append { .. }
-            | MessageKind::Heartbeat { .. }
-            | MessageKind::Snapshot { .. } => {
+            MessageKind::Append { .. } | MessageKind::Heartbeat { .. } | MessageKind::Snapshot { .. } => {
                 // A leader of our term exists (Raft §5.2): follow it.
                 self.become_follower(m.term, Some(m.from));
                 self.step_follower(m);
             }
             // A pre-vote answer is for the term we would campaign in.
-            MessageKind::PreVoteResponse { reject }
-                if self.role == Role::PreCandidate && m.term == self.term + 1 =>
-            {
+            MessageKind::PreVoteResponse { reject } if self.role == Role::PreCandidate && m.term == self.term + 1 => {
                 self.record_vote(m.from, !reject);
             }
             MessageKind::VoteResponse { reject } if self.role == Role::Candidate => {

@@ -38,22 +38,12 @@ impl<S: Storage> RaftLog<S> {
         let last = storage.last_index();
         // A state machine restored from a snapshot may be ahead of the persisted commit.
         let committed = committed.max(first - 1);
-        assert!(
-            committed <= last,
-            "commit {committed} beyond last index {last}"
-        );
+        assert!(committed <= last, "commit {committed} beyond last index {last}");
         let applied = applied.max(first - 1);
-        assert!(
-            applied <= committed,
-            "applied {applied} beyond commit {committed}"
-        );
+        assert!(applied <= committed, "applied {applied} beyond commit {committed}");
         RaftLog {
             storage,
-            unstable: Unstable {
-                offset: last + 1,
-                handed_out_to: last + 1,
-                ..Unstable::default()
-            },
+            unstable: Unstable { offset: last + 1, handed_out_to: last + 1, ..Unstable::default() },
             committed,
             applying: applied,
             applied,
@@ -79,8 +69,7 @@ impl<S: Storage> RaftLog<S> {
     }
 
     pub fn last_term(&self) -> Term {
-        self.term(self.last_index())
-            .unwrap_or_else(|e| panic!("term of last index unreadable: {e}"))
+        self.term(self.last_index()).unwrap_or_else(|e| panic!("term of last index unreadable: {e}"))
     }
 
     pub fn term(&self, index: Index) -> Result<Term, StorageError> {
@@ -122,20 +111,11 @@ impl<S: Storage> RaftLog<S> {
     }
 
     /// Entries in `[lo, hi)` within `max_bytes` (at least one when `lo < hi`).
-    pub fn entries(
-        &self,
-        lo: Index,
-        hi: Index,
-        max_bytes: u64,
-    ) -> Result<Vec<Entry>, StorageError> {
+    pub fn entries(&self, lo: Index, hi: Index, max_bytes: u64) -> Result<Vec<Entry>, StorageError> {
         if lo < self.first_index() {
             return Err(StorageError::Compacted);
         }
-        assert!(
-            hi <= self.last_index() + 1,
-            "entries [{lo}, {hi}) beyond last {}",
-            self.last_index()
-        );
+        assert!(hi <= self.last_index() + 1, "entries [{lo}, {hi}) beyond last {}", self.last_index());
         if lo >= hi {
             return Ok(Vec::new());
         }
@@ -150,9 +130,7 @@ impl<S: Storage> RaftLog<S> {
             }
         }
         let from = lo.max(offset);
-        out.extend_from_slice(
-            &self.unstable.entries[(from - offset) as usize..(hi - offset) as usize],
-        );
+        out.extend_from_slice(&self.unstable.entries[(from - offset) as usize..(hi - offset) as usize]);
         let len = limit_size(&out, max_bytes).len();
         out.truncate(len);
         Ok(out)
@@ -161,10 +139,7 @@ impl<S: Storage> RaftLog<S> {
     /// The first index at which `entries` disagree with the log (or run past its end);
     /// 0 when every entry is already present.
     fn find_conflict(&self, entries: &[Entry]) -> Index {
-        entries
-            .iter()
-            .find(|e| !self.match_term(e.index, e.term))
-            .map_or(0, |e| e.index)
+        entries.iter().find(|e| !self.match_term(e.index, e.term)).map_or(0, |e| e.index)
     }
 
     /// The largest index at or below `index` whose term is at most `term`, with its term.
@@ -212,20 +187,11 @@ impl<S: Storage> RaftLog<S> {
             return self.last_index();
         };
         let after = first.index - 1;
-        assert!(
-            after >= self.committed,
-            "append after {after} rewrites committed {}",
-            self.committed
-        );
-        assert!(
-            after <= self.last_index(),
-            "append after {after} leaves a gap"
-        );
+        assert!(after >= self.committed, "append after {after} rewrites committed {}", self.committed);
+        assert!(after <= self.last_index(), "append after {after} leaves a gap");
         let unstable = &mut self.unstable;
         if after + 1 >= unstable.offset {
-            unstable
-                .entries
-                .truncate((after + 1 - unstable.offset) as usize);
+            unstable.entries.truncate((after + 1 - unstable.offset) as usize);
         } else {
             // The conflict reaches into stable storage: the host overwrites from `after + 1`.
             unstable.entries.clear();
@@ -239,11 +205,7 @@ impl<S: Storage> RaftLog<S> {
 
     pub fn commit_to(&mut self, index: Index) {
         if index > self.committed {
-            assert!(
-                index <= self.last_index(),
-                "commit {index} beyond last {}",
-                self.last_index()
-            );
+            assert!(index <= self.last_index(), "commit {index} beyond last {}", self.last_index());
             self.committed = index;
         }
     }
@@ -272,8 +234,7 @@ impl<S: Storage> RaftLog<S> {
 
     pub fn has_unstable_to_hand_out(&self) -> bool {
         (self.unstable.snapshot.is_some() && !self.unstable.snapshot_handed_out)
-            || self.unstable.handed_out_to
-                < self.unstable.offset + self.unstable.entries.len() as u64
+            || self.unstable.handed_out_to < self.unstable.offset + self.unstable.entries.len() as u64
     }
 
     /// Takes the snapshot and entries the host must persist next, marking them handed out.
@@ -300,9 +261,7 @@ impl<S: Storage> RaftLog<S> {
         }
         let unstable = &mut self.unstable;
         if index >= unstable.offset && unstable.snapshot.is_none() {
-            unstable
-                .entries
-                .drain(..(index + 1 - unstable.offset) as usize);
+            unstable.entries.drain(..(index + 1 - unstable.offset) as usize);
             unstable.offset = index + 1;
         }
         self.persisted = self.persisted.max(index);
@@ -328,12 +287,7 @@ impl<S: Storage> RaftLog<S> {
         }
         let entries = self
             .entries(self.applying + 1, hi + 1, max_bytes)
-            .unwrap_or_else(|e| {
-                panic!(
-                    "committed entries unreadable from {}: {e}",
-                    self.applying + 1
-                )
-            });
+            .unwrap_or_else(|e| panic!("committed entries unreadable from {}: {e}", self.applying + 1));
         if let Some(last) = entries.last() {
             self.applying = last.index;
         }
@@ -341,38 +295,14 @@ impl<S: Storage> RaftLog<S> {
     }
 
     pub fn applied_to(&mut self, index: Index) {
-        assert!(
-            index <= self.applying,
-            "applied {index} beyond handed out {}",
-            self.applying
-        );
+        assert!(index <= self.applying, "applied {index} beyond handed out {}", self.applying);
         self.applied = self.applied.max(index);
     }
 
     pub fn check_invariants(&self) {
-        assert!(
-            self.applied <= self.applying,
-            "applied {} > applying {}",
-            self.applied,
-            self.applying
-        );
-        assert!(
-            self.applying <= self.committed,
-            "applying {} > committed {}",
-            self.applying,
-            self.committed
-        );
-        assert!(
-            self.committed <= self.last_index(),
-            "committed {} > last {}",
-            self.committed,
-            self.last_index()
-        );
-        assert!(
-            self.persisted <= self.last_index(),
-            "persisted {} > last {}",
-            self.persisted,
-            self.last_index()
-        );
+        assert!(self.applied <= self.applying, "applied {} > applying {}", self.applied, self.applying);
+        assert!(self.applying <= self.committed, "applying {} > committed {}", self.applying, self.committed);
+        assert!(self.committed <= self.last_index(), "committed {} > last {}", self.committed, self.last_index());
+        assert!(self.persisted <= self.last_index(), "persisted {} > last {}", self.persisted, self.last_index());
     }
 }

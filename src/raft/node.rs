@@ -88,10 +88,7 @@ impl<S: Storage> RaftNode<S> {
         config.validate()?;
         let (hard_state, conf) = storage.initial_state();
         let log = RaftLog::new(storage, hard_state.commit, config.applied);
-        let soft = SoftState {
-            leader: None,
-            role: Role::Follower,
-        };
+        let soft = SoftState { leader: None, role: Role::Follower };
         let mut node = RaftNode {
             id: config.id,
             term: hard_state.term,
@@ -151,11 +148,7 @@ impl<S: Storage> RaftNode<S> {
         &self.conf
     }
     pub fn hard_state(&self) -> HardState {
-        HardState {
-            term: self.term,
-            vote: self.vote,
-            commit: self.log.committed,
-        }
+        HardState { term: self.term, vote: self.vote, commit: self.log.committed }
     }
     pub fn committed(&self) -> Index {
         self.log.committed
@@ -179,9 +172,7 @@ impl<S: Storage> RaftNode<S> {
     }
     /// The follower's replication state as the leader sees it (leader only).
     pub fn progress(&self, id: NodeId) -> Option<&Progress> {
-        (self.role == Role::Leader)
-            .then(|| self.progress.get(&id))
-            .flatten()
+        (self.role == Role::Leader).then(|| self.progress.get(&id)).flatten()
     }
     pub fn leadership_transfer(&self) -> Option<NodeId> {
         self.transferee
@@ -192,10 +183,7 @@ impl<S: Storage> RaftNode<S> {
     pub fn propose(&mut self, data: Bytes) -> Result<Proposed, ProposeError> {
         let size_bytes = data.len() as u64;
         if size_bytes > self.config.entry_max_bytes {
-            return Err(ProposeError::TooLarge {
-                size_bytes,
-                max_bytes: self.config.entry_max_bytes,
-            });
+            return Err(ProposeError::TooLarge { size_bytes, max_bytes: self.config.entry_max_bytes });
         }
         self.check_can_propose(size_bytes)?;
         Ok(self.append_proposal(EntryPayload::Normal(data), size_bytes))
@@ -206,9 +194,7 @@ impl<S: Storage> RaftNode<S> {
     pub fn propose_conf_change(&mut self, change: ConfChange) -> Result<Proposed, ProposeError> {
         self.check_can_propose(0)?;
         if self.pending_conf_index > self.log.applying {
-            return Err(ProposeError::ConfChangeInProgress {
-                pending_index: self.pending_conf_index,
-            });
+            return Err(ProposeError::ConfChangeInProgress { pending_index: self.pending_conf_index });
         }
         if let Err(reason) = apply_conf_change(&self.conf, &change) {
             return Err(ProposeError::InvalidConfChange { reason });
@@ -220,9 +206,7 @@ impl<S: Storage> RaftNode<S> {
 
     fn check_can_propose(&self, size_bytes: u64) -> Result<(), ProposeError> {
         if self.role != Role::Leader {
-            return Err(ProposeError::NotLeader {
-                leader_hint: self.leader,
-            });
+            return Err(ProposeError::NotLeader { leader_hint: self.leader });
         }
         if let Some(to) = self.transferee {
             return Err(ProposeError::TransferInProgress { to });
@@ -236,18 +220,11 @@ impl<S: Storage> RaftNode<S> {
 
     pub(super) fn append_proposal(&mut self, payload: EntryPayload, size_bytes: u64) -> Proposed {
         let index = self.log.last_index() + 1;
-        let entry = Entry {
-            term: self.term,
-            index,
-            payload,
-        };
+        let entry = Entry { term: self.term, index, payload };
         self.log.append(&[entry]);
         self.uncommitted_bytes += size_bytes;
         self.append_broadcast_needed = true;
-        Proposed {
-            index,
-            term: self.term,
-        }
+        Proposed { index, term: self.term }
     }
 
     /// Advances the logical clock by one tick.
@@ -266,15 +243,8 @@ impl<S: Storage> RaftNode<S> {
             return Ok(());
         }
         match m.kind {
-            MessageKind::PreVote {
-                last_index,
-                last_term,
-            } => self.on_vote_request(&m, true, last_index, last_term),
-            MessageKind::Vote {
-                last_index,
-                last_term,
-                ..
-            } => self.on_vote_request(&m, false, last_index, last_term),
+            MessageKind::PreVote { last_index, last_term } => self.on_vote_request(&m, true, last_index, last_term),
+            MessageKind::Vote { last_index, last_term, .. } => self.on_vote_request(&m, false, last_index, last_term),
             _ => match self.role {
                 Role::Leader => self.step_leader(m),
                 Role::Candidate | Role::PreCandidate => self.step_candidate(m),
@@ -287,30 +257,14 @@ impl<S: Storage> RaftNode<S> {
     /// Guards at the trust boundary: a peer's message must be well-formed.
     fn validate(&self, m: &Message) -> Result<(), StepError> {
         if m.to != self.id {
-            return Err(StepError::WrongRecipient {
-                to: m.to,
-                id: self.id,
-            });
+            return Err(StepError::WrongRecipient { to: m.to, id: self.id });
         }
-        let malformed = |reason| {
-            Err(StepError::Malformed {
-                from: m.from,
-                reason,
-            })
-        };
+        let malformed = |reason| Err(StepError::Malformed { from: m.from, reason });
         if m.from == self.id || m.from == 0 {
             return malformed("bad sender id");
         }
-        if let MessageKind::Append {
-            prev_index,
-            entries,
-            ..
-        } = &m.kind
-        {
-            let contiguous = entries
-                .iter()
-                .enumerate()
-                .all(|(i, e)| e.index == prev_index + 1 + i as u64);
+        if let MessageKind::Append { prev_index, entries, .. } = &m.kind {
+            let contiguous = entries.iter().enumerate().all(|(i, e)| e.index == prev_index + 1 + i as u64);
             if !contiguous {
                 return malformed("append entries are not contiguous");
             }
@@ -333,8 +287,7 @@ impl<S: Storage> RaftNode<S> {
         if self.in_flight.len() >= READIES_IN_FLIGHT_MAX {
             return false;
         }
-        let leader_work = self.role == Role::Leader
-            && (self.append_broadcast_needed || self.reads.round_needed());
+        let leader_work = self.role == Role::Leader && (self.append_broadcast_needed || self.reads.round_needed());
         leader_work
             || !self.msgs.is_empty()
             || !self.msgs_after_persist.is_empty()
@@ -342,23 +295,16 @@ impl<S: Storage> RaftNode<S> {
             || self.hard_state() != self.prev_hard_state
             || self.soft_state() != self.prev_soft_state
             || self.log.has_unstable_to_hand_out()
-            || self.log.committed.min(self.log.persisted) > self.log.applying
-                && self.log.unstable_snapshot().is_none()
+            || self.log.committed.min(self.log.persisted) > self.log.applying && self.log.unstable_snapshot().is_none()
     }
 
     fn soft_state(&self) -> SoftState {
-        SoftState {
-            leader: self.leader,
-            role: self.role,
-        }
+        SoftState { leader: self.leader, role: self.role }
     }
 
     /// Collects everything the host must do next. See [`Ready`] for the order.
     pub fn ready(&mut self) -> Ready {
-        assert!(
-            self.in_flight.len() < READIES_IN_FLIGHT_MAX,
-            "too many unacknowledged readies"
-        );
+        assert!(self.in_flight.len() < READIES_IN_FLIGHT_MAX, "too many unacknowledged readies");
         if self.role == Role::Leader {
             if self.append_broadcast_needed {
                 self.broadcast_append();
@@ -381,10 +327,7 @@ impl<S: Storage> RaftNode<S> {
 
         let number = self.next_ready_number;
         self.next_ready_number += 1;
-        if self.role == Role::Candidate
-            && self.self_vote_ready.is_none()
-            && self.vote == Some(self.id)
-        {
+        if self.role == Role::Candidate && self.self_vote_ready.is_none() && self.vote == Some(self.id) {
             self.self_vote_ready = Some(number);
         }
         self.in_flight.push_back(InFlightReady {
@@ -411,11 +354,8 @@ impl<S: Storage> RaftNode<S> {
         for entry in &entries {
             match &entry.payload {
                 EntryPayload::ConfChange(change) => self.apply_conf_entry(entry.index, change),
-                EntryPayload::Normal(data)
-                    if self.role == Role::Leader && entry.term == self.term =>
-                {
-                    self.uncommitted_bytes =
-                        self.uncommitted_bytes.saturating_sub(data.len() as u64);
+                EntryPayload::Normal(data) if self.role == Role::Leader && entry.term == self.term => {
+                    self.uncommitted_bytes = self.uncommitted_bytes.saturating_sub(data.len() as u64);
                 }
                 _ => {}
             }
@@ -426,10 +366,7 @@ impl<S: Storage> RaftNode<S> {
     /// Acknowledges every Ready up to and including `number`: its snapshot and entries
     /// are durable, its hard state is durable, and its committed entries are applied.
     pub fn advance(&mut self, number: u64) {
-        assert!(
-            number < self.next_ready_number,
-            "ack of ready {number} never handed out"
-        );
+        assert!(number < self.next_ready_number, "ack of ready {number} never handed out");
         while let Some(r) = self.in_flight.front() {
             if r.number > number {
                 break;
@@ -467,10 +404,7 @@ impl<S: Storage> RaftNode<S> {
         if self.role != Role::Leader {
             return;
         }
-        if self
-            .transferee
-            .is_some_and(|to| !self.conf.voters.contains(&to))
-        {
+        if self.transferee.is_some_and(|to| !self.conf.voters.contains(&to)) {
             self.transferee = None;
         }
         if !self.conf.is_voter(self.id) {
@@ -489,11 +423,7 @@ impl<S: Storage> RaftNode<S> {
         let next = self.log.last_index() + 1;
         for id in members {
             self.progress.entry(id).or_insert_with(|| {
-                let mut pr = Progress::new(
-                    next,
-                    self.config.inflight_max_msgs,
-                    self.config.inflight_max_bytes,
-                );
+                let mut pr = Progress::new(next, self.config.inflight_max_msgs, self.config.inflight_max_bytes);
                 pr.recent_active = true;
                 pr
             });
@@ -517,11 +447,10 @@ impl<S: Storage> RaftNode<S> {
         if !self.config.check_quorum {
             return false;
         }
-        let hears_leader =
-            self.leader.is_some() && self.election_elapsed < self.config.election_ticks;
+        let hears_leader = self.leader.is_some() && self.election_elapsed < self.config.election_ticks;
         // A restarted node cannot know whether it promised a lease before the crash.
-        let just_booted = self.config.read_only == ReadOnlyOption::LeaseBased
-            && self.ticks < u64::from(self.config.election_ticks);
+        let just_booted =
+            self.config.read_only == ReadOnlyOption::LeaseBased && self.ticks < u64::from(self.config.election_ticks);
         hears_leader || just_booted
     }
 
@@ -535,16 +464,9 @@ impl<S: Storage> RaftNode<S> {
         assert_ne!(to, self.id, "message to self");
         let after_persist = matches!(
             kind,
-            MessageKind::AppendResponse { .. }
-                | MessageKind::VoteResponse { .. }
-                | MessageKind::PreVoteResponse { .. }
+            MessageKind::AppendResponse { .. } | MessageKind::VoteResponse { .. } | MessageKind::PreVoteResponse { .. }
         );
-        let m = Message {
-            from: self.id,
-            to,
-            term,
-            kind,
-        };
+        let m = Message { from: self.id, to, term, kind };
         if after_persist {
             self.msgs_after_persist.push(m);
         } else {
@@ -556,16 +478,9 @@ impl<S: Storage> RaftNode<S> {
     pub fn check_invariants(&self) {
         self.log.check_invariants();
         if self.role == Role::Leader {
-            assert_eq!(
-                self.leader,
-                Some(self.id),
-                "leader does not know itself as leader"
-            );
+            assert_eq!(self.leader, Some(self.id), "leader does not know itself as leader");
             let pr = &self.progress[&self.id];
-            assert!(
-                pr.matched <= self.log.persisted,
-                "self match beyond persisted"
-            );
+            assert!(pr.matched <= self.log.persisted, "self match beyond persisted");
         }
         if let Some(vote) = self.vote {
             if self.role == Role::Candidate {
@@ -573,12 +488,7 @@ impl<S: Storage> RaftNode<S> {
             }
         }
         for (id, pr) in &self.progress {
-            assert!(
-                pr.matched < pr.next,
-                "progress of {id}: match {} >= next {}",
-                pr.matched,
-                pr.next
-            );
+            assert!(pr.matched < pr.next, "progress of {id}: match {} >= next {}", pr.matched, pr.next);
         }
     }
 }

@@ -28,12 +28,7 @@ pub struct Inflights {
 
 impl Inflights {
     pub fn new(max_msgs: usize, max_bytes: u64) -> Self {
-        Inflights {
-            window: VecDeque::with_capacity(max_msgs.min(64)),
-            bytes: 0,
-            max_msgs,
-            max_bytes,
-        }
+        Inflights { window: VecDeque::with_capacity(max_msgs.min(64)), bytes: 0, max_msgs, max_bytes }
     }
 
     pub fn is_full(&self) -> bool {
@@ -43,10 +38,7 @@ impl Inflights {
     pub fn add(&mut self, last_index: Index, bytes: u64) {
         assert!(!self.is_full(), "in-flight window overflow");
         if let Some(&(prev, _)) = self.window.back() {
-            assert!(
-                last_index > prev,
-                "in-flight indices must increase: {prev} then {last_index}"
-            );
+            assert!(last_index > prev, "in-flight indices must increase: {prev} then {last_index}");
         }
         self.window.push_back((last_index, bytes));
         self.bytes += bytes;

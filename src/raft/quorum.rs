@@ -54,10 +54,7 @@ fn majority_vote(voters: &BTreeSet<NodeId>, votes: &BTreeMap<NodeId, bool>) -> V
 
 /// An election is won when both halves of a joint configuration grant it.
 pub fn vote_result(conf: &ConfState, votes: &BTreeMap<NodeId, bool>) -> VoteResult {
-    match (
-        majority_vote(&conf.voters, votes),
-        majority_vote(&conf.voters_outgoing, votes),
-    ) {
+    match (majority_vote(&conf.voters, votes), majority_vote(&conf.voters_outgoing, votes)) {
         (VoteResult::Won, VoteResult::Won) => VoteResult::Won,
         (VoteResult::Lost, _) | (_, VoteResult::Lost) => VoteResult::Lost,
         _ => VoteResult::Pending,
@@ -80,22 +77,14 @@ mod tests {
 
     #[test]
     fn joint_value_takes_the_lower_half() {
-        let conf = ConfState {
-            voters: [1, 2, 3].into(),
-            voters_outgoing: [3, 4, 5].into(),
-            learners: BTreeSet::new(),
-        };
+        let conf = ConfState { voters: [1, 2, 3].into(), voters_outgoing: [3, 4, 5].into(), learners: BTreeSet::new() };
         let matched = BTreeMap::from([(1, 10), (2, 10), (3, 10), (4, 2), (5, 1)]);
         assert_eq!(joint_value(&conf, |id| matched[&id]), 2);
     }
 
     #[test]
     fn joint_vote_needs_both_halves() {
-        let conf = ConfState {
-            voters: [1, 2, 3].into(),
-            voters_outgoing: [1, 4, 5].into(),
-            learners: BTreeSet::new(),
-        };
+        let conf = ConfState { voters: [1, 2, 3].into(), voters_outgoing: [1, 4, 5].into(), learners: BTreeSet::new() };
         let votes = BTreeMap::from([(1, true), (2, true), (3, true)]);
         assert_eq!(vote_result(&conf, &votes), VoteResult::Pending);
         let votes = BTreeMap::from([(1, true), (2, true), (4, false), (5, false)]);

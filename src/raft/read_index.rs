@@ -25,11 +25,7 @@ pub struct ReadIndexQueue {
 
 impl ReadIndexQueue {
     pub fn new(max: usize) -> Self {
-        ReadIndexQueue {
-            pending: VecDeque::new(),
-            max,
-            round_needed: false,
-        }
+        ReadIndexQueue { pending: VecDeque::new(), max, round_needed: false }
     }
 
     pub fn is_full(&self) -> bool {
@@ -43,22 +39,14 @@ impl ReadIndexQueue {
     /// A read that can be confirmed once the next round (`next_round`) is acknowledged.
     pub fn add(&mut self, ctx: ReadCtx, index: Index, next_round: u64) {
         assert!(!self.is_full(), "read queue overflow");
-        self.pending.push_back(PendingRead {
-            ctx,
-            index,
-            round: next_round,
-        });
+        self.pending.push_back(PendingRead { ctx, index, round: next_round });
         self.round_needed = true;
     }
 
     /// A read that must wait until the leader commits an entry of its term.
     pub fn add_awaiting_commit(&mut self, ctx: ReadCtx) {
         assert!(!self.is_full(), "read queue overflow");
-        self.pending.push_back(PendingRead {
-            ctx,
-            index: 0,
-            round: 0,
-        });
+        self.pending.push_back(PendingRead { ctx, index: 0, round: 0 });
     }
 
     /// The leader committed `index` in its term: reads waiting for that get it as
@@ -82,10 +70,7 @@ impl ReadIndexQueue {
                 break;
             }
             let read = self.pending.pop_front().expect("front exists");
-            out.push(ReadState {
-                ctx: read.ctx,
-                index: read.index,
-            });
+            out.push(ReadState { ctx: read.ctx, index: read.index });
         }
     }
 
@@ -146,10 +131,7 @@ impl Rounds {
         if round <= self.quorum_acked {
             return false;
         }
-        assert!(
-            round <= self.last_sent,
-            "round {round} acked but never sent"
-        );
+        assert!(round <= self.last_sent, "round {round} acked but never sent");
         self.quorum_acked = round;
         while let Some(&(r, sent_tick)) = self.sent_at.front() {
             if r > round {

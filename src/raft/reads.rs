@@ -15,14 +15,10 @@ impl<S: Storage> RaftNode<S> {
     /// state shows the change) and the host should fail or retry it.
     pub fn read_index(&mut self, ctx: ReadCtx) -> Result<(), ProposeError> {
         if self.role != Role::Leader {
-            return Err(ProposeError::NotLeader {
-                leader_hint: self.leader,
-            });
+            return Err(ProposeError::NotLeader { leader_hint: self.leader });
         }
         if self.reads.is_full() {
-            return Err(ProposeError::ReadQueueFull {
-                max: self.config.pending_reads_max,
-            });
+            return Err(ProposeError::ReadQueueFull { max: self.config.pending_reads_max });
         }
         let committed = self.log.committed;
         if self.log.term_or_zero(committed) != self.term {
@@ -30,13 +26,9 @@ impl<S: Storage> RaftNode<S> {
             self.reads.add_awaiting_commit(ctx);
             return Ok(());
         }
-        let lease = self.config.read_only == ReadOnlyOption::LeaseBased
-            && self.rounds.lease_valid(self.ticks);
+        let lease = self.config.read_only == ReadOnlyOption::LeaseBased && self.rounds.lease_valid(self.ticks);
         if lease {
-            self.read_states.push(ReadState {
-                ctx,
-                index: committed,
-            });
+            self.read_states.push(ReadState { ctx, index: committed });
             return Ok(());
         }
         self.reads.add(ctx, committed, self.rounds.next_round());
@@ -71,11 +63,9 @@ impl<S: Storage> RaftNode<S> {
                 self.progress.get(&pid).map_or(0, |pr| pr.acked_round)
             }
         });
-        let lease_ticks =
-            u64::from(self.config.election_ticks - self.config.lease_drift_margin_ticks);
+        let lease_ticks = u64::from(self.config.election_ticks - self.config.lease_drift_margin_ticks);
         if self.rounds.acked(acked.min(own_round), lease_ticks) {
-            self.reads
-                .confirm(self.rounds.quorum_acked, &mut self.read_states);
+            self.reads.confirm(self.rounds.quorum_acked, &mut self.read_states);
         }
     }
 }

@@ -17,22 +17,11 @@ impl<S: Storage> RaftNode<S> {
             return; // Not a member (removed, or not yet added): nothing to track.
         }
         match m.kind {
-            MessageKind::AppendResponse {
-                index,
-                reject: Some(hint),
-            } => self.on_append_rejected(m.from, index, hint),
-            MessageKind::AppendResponse {
-                index,
-                reject: None,
-            } => self.on_append_accepted(m.from, index),
+            MessageKind::AppendResponse { index, reject: Some(hint) } => self.on_append_rejected(m.from, index, hint),
+            MessageKind::AppendResponse { index, reject: None } => self.on_append_accepted(m.from, index),
             MessageKind::HeartbeatResponse { round } => self.on_heartbeat_response(m.from, round),
-            MessageKind::Append { .. }
-            | MessageKind::Heartbeat { .. }
-            | MessageKind::Snapshot { .. } => {
-                panic!(
-                    "election safety: node {} leads term {} but {} sent {:?}",
-                    self.id, self.term, m.from, m.kind
-                )
+            MessageKind::Append { .. } | MessageKind::Heartbeat { .. } | MessageKind::Snapshot { .. } => {
+                panic!("election safety: node {} leads term {} but {} sent {:?}", self.id, self.term, m.from, m.kind)
             }
             _ => {}
         }
@@ -40,12 +29,7 @@ impl<S: Storage> RaftNode<S> {
 
     pub(super) fn step_follower(&mut self, m: Message) {
         match m.kind {
-            MessageKind::Append {
-                prev_index,
-                prev_term,
-                entries,
-                commit,
-            } => {
+            MessageKind::Append { prev_index, prev_term, entries, commit } => {
                 self.hear_from_leader(m.from);
                 self.on_append(m.from, prev_index, prev_term, &entries, commit);
             }
@@ -69,95 +53,46 @@ impl<S: Storage> RaftNode<S> {
     }
 
     /// Raft §5.3: accept entries that follow a matching `prev`, else hint where to retry.
-    fn on_append(
-        &mut self,
-        leader: NodeId,
-        prev_index: Index,
-        prev_term: Term,
-        entries: &[Entry],
-        commit: Index,
-    ) {
+    fn on_append(&mut self, leader: NodeId, prev_index: Index, prev_term: Term, entries: &[Entry], commit: Index) {
         if prev_index < self.log.committed {
             // Everything up to our commit matches the leader already.
             let index = self.log.committed;
-            self.send(
-                leader,
-                MessageKind::AppendResponse {
-                    index,
-                    reject: None,
-                },
-            );
+            self.send(leader, MessageKind::AppendResponse { index, reject: None });
             return;
         }
-        if let Some(last_new) = self
-            .log
-            .maybe_append(prev_index, prev_term, commit, entries)
-        {
-            self.send(
-                leader,
-                MessageKind::AppendResponse {
-                    index: last_new,
-                    reject: None,
-                },
-            );
+        if let Some(last_new) = self.log.maybe_append(prev_index, prev_term, commit, entries) {
+            self.send(leader, MessageKind::AppendResponse { index: last_new, reject: None });
             return;
         }
         let (index, term) = self.log.find_conflict_by_term(prev_index, prev_term);
         let hint = RejectHint { index, term };
-        self.send(
-            leader,
-            MessageKind::AppendResponse {
-                index: prev_index,
-                reject: Some(hint),
-            },
-        );
+        self.send(leader, MessageKind::AppendResponse { index: prev_index, reject: Some(hint) });
     }
 
     fn on_snapshot(&mut self, leader: NodeId, snapshot: Snapshot) {
         let (index, term) = (snapshot.meta.index, snapshot.meta.term);
         if index <= self.log.committed {
             let committed = self.log.committed;
-            self.send(
-                leader,
-                MessageKind::AppendResponse {
-                    index: committed,
-                    reject: None,
-                },
-            );
+            self.send(leader, MessageKind::AppendResponse { index: committed, reject: None });
             return;
         }
         if self.log.match_term(index, term) {
             // We hold the snapshot's last entry: the log is a superset; just commit.
             self.log.commit_to(index);
-            self.send(
-                leader,
-                MessageKind::AppendResponse {
-                    index,
-                    reject: None,
-                },
-            );
+            self.send(leader, MessageKind::AppendResponse { index, reject: None });
             return;
         }
         self.conf = snapshot.meta.conf_state.clone();
         self.pending_conf_index = index;
         self.log.restore(snapshot);
         self.rebuild_progress();
-        self.send(
-            leader,
-            MessageKind::AppendResponse {
-                index,
-                reject: None,
-            },
-        );
+        self.send(leader, MessageKind::AppendResponse { index, reject: None });
     }
 
     fn on_append_rejected(&mut self, from: NodeId, rejected: Index, hint: RejectHint) {
         // Skip the follower's whole conflicting term at once (etcd's fast back-off).
-        let next_hint = if hint.term > 0 {
-            self.log.find_conflict_by_term(hint.index, hint.term).0 + 1
-        } else {
-            hint.index + 1
-        };
+        let next_hint =
+            if hint.term > 0 { self.log.find_conflict_by_term(hint.index, hint.term).0 + 1 } else { hint.index + 1 };
         let pr = self.progress.get_mut(&from).expect("member has progress");
         if !pr.maybe_decr_to(rejected, next_hint) {
             return;
@@ -230,11 +165,7 @@ impl<S: Storage> RaftNode<S> {
             }
         }
         let pending_conf_applied = self.log.applied >= self.pending_conf_index;
-        if self.role == Role::Leader
-            && self.conf.is_joint()
-            && pending_conf_applied
-            && self.transferee.is_none()
-        {
+        if self.role == Role::Leader && self.conf.is_joint() && pending_conf_applied && self.transferee.is_none() {
             // The joint configuration is in force everywhere that matters: leave it.
             let proposed = self.propose_conf_change(ConfChange::LeaveJoint);
             debug_assert!(proposed.is_ok(), "auto-leave refused: {proposed:?}");
@@ -243,9 +174,7 @@ impl<S: Storage> RaftNode<S> {
 
     /// Raft §5.3/§5.4.2: commit the highest index a quorum has, if it is of this term.
     pub(super) fn maybe_commit(&mut self) -> bool {
-        let quorum_index = joint_value(&self.conf, |id| {
-            self.progress.get(&id).map_or(0, |pr| pr.matched)
-        });
+        let quorum_index = joint_value(&self.conf, |id| self.progress.get(&id).map_or(0, |pr| pr.matched));
         #[cfg(test)]
         if self.broken_commit_rule {
             // Deliberately wrong (Figure 8 hazard): commit by counting in any term.
@@ -274,12 +203,7 @@ impl<S: Storage> RaftNode<S> {
 
     pub(super) fn broadcast_append(&mut self) {
         self.append_broadcast_needed = false;
-        let peers: Vec<NodeId> = self
-            .progress
-            .keys()
-            .copied()
-            .filter(|&id| id != self.id)
-            .collect();
+        let peers: Vec<NodeId> = self.progress.keys().copied().filter(|&id| id != self.id).collect();
         for to in peers {
             self.maybe_send_append(to, true);
         }
@@ -295,16 +219,10 @@ impl<S: Storage> RaftNode<S> {
         let next = pr.next;
         let prev_index = next - 1;
         let prev_term = self.log.term(prev_index);
-        let entries = self.log.entries(
-            next,
-            self.log.last_index() + 1,
-            self.config.append_max_bytes,
-        );
+        let entries = self.log.entries(next, self.log.last_index() + 1, self.config.append_max_bytes);
         let (prev_term, entries) = match (prev_term, entries) {
             (Ok(term), Ok(entries)) => (term, entries),
-            (Err(StorageError::Compacted), _) | (_, Err(StorageError::Compacted)) => {
-                return self.send_snapshot(to)
-            }
+            (Err(StorageError::Compacted), _) | (_, Err(StorageError::Compacted)) => return self.send_snapshot(to),
             (Err(e), _) | (_, Err(e)) => panic!("leader cannot read its log at {next}: {e}"),
         };
         if entries.is_empty() && !send_if_empty {
@@ -314,19 +232,8 @@ impl<S: Storage> RaftNode<S> {
         let count = entries.len();
         let last = entries.last().map_or(prev_index, |e| e.index);
         let commit = self.log.committed;
-        self.send(
-            to,
-            MessageKind::Append {
-                prev_index,
-                prev_term,
-                entries,
-                commit,
-            },
-        );
-        self.progress
-            .get_mut(&to)
-            .expect("member has progress")
-            .sent_entries(last, bytes, count);
+        self.send(to, MessageKind::Append { prev_index, prev_term, entries, commit });
+        self.progress.get_mut(&to).expect("member has progress").sent_entries(last, bytes, count);
         count > 0
     }
 
@@ -339,12 +246,7 @@ impl<S: Storage> RaftNode<S> {
         assert!(snapshot.meta.index > 0, "entries compacted but no snapshot");
         let pr = self.progress.get_mut(&to).expect("member has progress");
         pr.become_snapshot(snapshot.meta.index);
-        self.send(
-            to,
-            MessageKind::Snapshot {
-                snapshot: Box::new(snapshot),
-            },
-        );
+        self.send(to, MessageKind::Snapshot { snapshot: Box::new(snapshot) });
         false
     }
 
@@ -352,9 +254,7 @@ impl<S: Storage> RaftNode<S> {
     /// Proposals are refused until the transfer completes or times out.
     pub fn transfer_leader(&mut self, to: NodeId) -> Result<(), ProposeError> {
         if self.role != Role::Leader {
-            return Err(ProposeError::NotLeader {
-                leader_hint: self.leader,
-            });
+            return Err(ProposeError::NotLeader { leader_hint: self.leader });
         }
         if to == self.id || self.transferee == Some(to) {
             return Ok(());

@@ -5,8 +5,7 @@
 
 use super::error::StorageError;
 use super::types::{
-    ConfChange, ConfState, Entry, EntryPayload, HardState, Index, NodeId, SingleChange, Snapshot,
-    SnapshotMeta, Term,
+    ConfChange, ConfState, Entry, EntryPayload, HardState, Index, NodeId, SingleChange, Snapshot, SnapshotMeta, Term,
 };
 
 /// What the core reads from its host's log. Implementations must guarantee:
@@ -52,11 +51,7 @@ impl MemStorage {
     /// replaying the log like every other change.
     pub fn bootstrap(voters: impl IntoIterator<Item = NodeId>) -> Self {
         let (entry, hard_state) = bootstrap_state(voters);
-        MemStorage {
-            hard_state,
-            entries: vec![entry],
-            ..MemStorage::default()
-        }
+        MemStorage { hard_state, entries: vec![entry], ..MemStorage::default() }
     }
 
     pub fn hard_state(&self) -> HardState {
@@ -102,18 +97,9 @@ impl MemStorage {
         if index <= offset {
             return;
         }
-        let term = self
-            .term(index)
-            .expect("compaction index must be in the log");
+        let term = self.term(index).expect("compaction index must be in the log");
         self.entries.drain(..(index - offset) as usize);
-        self.snapshot = Snapshot {
-            meta: SnapshotMeta {
-                index,
-                term,
-                conf_state,
-            },
-            data,
-        };
+        self.snapshot = Snapshot { meta: SnapshotMeta { index, term, conf_state }, data };
     }
 
     pub fn entries_all(&self) -> &[Entry] {
@@ -150,10 +136,7 @@ impl Storage for MemStorage {
         if index == snap.index {
             return Ok(snap.term);
         }
-        self.entries
-            .get((index - snap.index - 1) as usize)
-            .map(|e| e.term)
-            .ok_or(StorageError::Unavailable)
+        self.entries.get((index - snap.index - 1) as usize).map(|e| e.term).ok_or(StorageError::Unavailable)
     }
 
     fn first_index(&self) -> Index {
@@ -174,18 +157,7 @@ impl Storage for MemStorage {
 pub fn bootstrap_state(voters: impl IntoIterator<Item = NodeId>) -> (Entry, HardState) {
     let changes = voters.into_iter().map(SingleChange::AddVoter).collect();
     let payload = EntryPayload::ConfChange(ConfChange::Change(changes));
-    (
-        Entry {
-            term: 1,
-            index: 1,
-            payload,
-        },
-        HardState {
-            term: 1,
-            vote: None,
-            commit: 1,
-        },
-    )
+    (Entry { term: 1, index: 1, payload }, HardState { term: 1, vote: None, commit: 1 })
 }
 
 /// The longest prefix of `entries` within `max_bytes`, but at least one entry.

@@ -37,36 +37,19 @@ fn log_of(voters: &[NodeId], terms: &[Term]) -> MemStorage {
         .collect();
     storage.append(&entries);
     let term = terms.iter().copied().max().unwrap_or(0);
-    storage.set_hard_state(HardState {
-        term,
-        vote: None,
-        commit: 0,
-    });
+    storage.set_hard_state(HardState { term, vote: None, commit: 0 });
     storage
 }
 
 impl Net {
     fn new(logs: Vec<(NodeId, MemStorage)>) -> Net {
-        let nodes = logs
-            .into_iter()
-            .map(|(id, storage)| (id, RaftNode::new(config(id), storage).unwrap()))
-            .collect();
-        Net {
-            nodes,
-            queue: VecDeque::new(),
-            isolated: BTreeSet::new(),
-            applied: BTreeMap::new(),
-        }
+        let nodes = logs.into_iter().map(|(id, storage)| (id, RaftNode::new(config(id), storage).unwrap())).collect();
+        Net { nodes, queue: VecDeque::new(), isolated: BTreeSet::new(), applied: BTreeMap::new() }
     }
 
     fn with_empty_logs(n: u64) -> Net {
         let voters: Vec<NodeId> = (1..=n).collect();
-        Net::new(
-            voters
-                .iter()
-                .map(|&id| (id, log_of(&voters, &[])))
-                .collect(),
-        )
+        Net::new(voters.iter().map(|&id| (id, log_of(&voters, &[]))).collect())
     }
 
     fn node(&mut self, id: NodeId) -> &mut RaftNode<MemStorage> {
@@ -85,12 +68,8 @@ impl Net {
             if let Some(hs) = ready.hard_state {
                 store.set_hard_state(hs);
             }
-            self.applied
-                .entry(id)
-                .or_default()
-                .extend(ready.committed_entries.iter().map(|e| (e.index, e.term)));
-            self.queue
-                .extend(ready.messages.into_iter().chain(ready.persisted_messages));
+            self.applied.entry(id).or_default().extend(ready.committed_entries.iter().map(|e| (e.index, e.term)));
+            self.queue.extend(ready.messages.into_iter().chain(ready.persisted_messages));
             node.advance(ready.number);
         }
     }
@@ -119,9 +98,7 @@ impl Net {
 
     fn terms(&self, id: NodeId) -> Vec<Term> {
         let node = &self.nodes[&id];
-        (1..=node.last_index())
-            .map(|i| node.term_at(i).unwrap())
-            .collect()
+        (1..=node.last_index()).map(|i| node.term_at(i).unwrap()).collect()
     }
 }
 
@@ -228,26 +205,15 @@ fn figure_8(broken: bool) -> (Index, Applied, Applied, Option<Term>) {
     net.campaign(5);
     assert_eq!(net.node(5).role(), Role::Leader);
     let s5_at_2 = net.node(5).term_at(2);
-    (
-        s1_commit,
-        net.applied.remove(&1).unwrap_or_default(),
-        net.applied.remove(&3).unwrap_or_default(),
-        s5_at_2,
-    )
+    (s1_commit, net.applied.remove(&1).unwrap_or_default(), net.applied.remove(&3).unwrap_or_default(), s5_at_2)
 }
 
 #[test]
 fn figure_8_old_term_entries_are_not_committed_by_counting() {
     let (s1_commit, s1_applied, s3_applied, _) = figure_8(false);
-    assert_eq!(
-        s1_commit, 1,
-        "index 2 (term 2) must not commit on replica count alone"
-    );
+    assert_eq!(s1_commit, 1, "index 2 (term 2) must not commit on replica count alone");
     assert!(!s1_applied.contains(&(2, 2)));
-    assert!(
-        s3_applied.contains(&(2, 3)),
-        "S5 legitimately replaces index 2 with its term-3 entry"
-    );
+    assert!(s3_applied.contains(&(2, 3)), "S5 legitimately replaces index 2 with its term-3 entry");
 }
 
 #[test]
@@ -255,11 +221,7 @@ fn figure_8_hazard_appears_when_the_rule_is_broken() {
     let (s1_commit, s1_applied, _, s5_at_2) = figure_8(true);
     assert_eq!(s1_commit, 2, "the broken rule commits index 2 of term 2");
     assert!(s1_applied.contains(&(2, 2)), "S1 applied (2, term 2)");
-    assert_eq!(
-        s5_at_2,
-        Some(3),
-        "S5 leads term 5 without the committed entry: leader completeness is lost"
-    );
+    assert_eq!(s5_at_2, Some(3), "S5 leads term 5 without the committed entry: leader completeness is lost");
 }
 
 #[test]
@@ -269,27 +231,12 @@ fn follower_rejects_a_mismatched_append_with_a_hint_that_skips_its_term() {
         from: 1,
         to: 2,
         term: 3,
-        kind: MessageKind::Append {
-            prev_index: 5,
-            prev_term: 3,
-            entries: vec![],
-            commit: 0,
-        },
+        kind: MessageKind::Append { prev_index: 5, prev_term: 3, entries: vec![], commit: 0 },
     })
     .unwrap();
     let ready = node.ready();
-    assert!(
-        ready.messages.is_empty(),
-        "a rejection waits for the new term to be durable"
-    );
-    assert_eq!(
-        ready.hard_state,
-        Some(HardState {
-            term: 3,
-            vote: None,
-            commit: 0
-        })
-    );
+    assert!(ready.messages.is_empty(), "a rejection waits for the new term to be durable");
+    assert_eq!(ready.hard_state, Some(HardState { term: 3, vote: None, commit: 0 }));
     // The hint is our last index whose term is at most the leader's prev_term: (5, 2).
     assert_eq!(
         ready.persisted_messages,
@@ -297,10 +244,7 @@ fn follower_rejects_a_mismatched_append_with_a_hint_that_skips_its_term() {
             from: 2,
             to: 1,
             term: 3,
-            kind: MessageKind::AppendResponse {
-                index: 5,
-                reject: Some(RejectHint { index: 5, term: 2 })
-            },
+            kind: MessageKind::AppendResponse { index: 5, reject: Some(RejectHint { index: 5, term: 2 }) },
         }]
     );
 }
@@ -308,51 +252,23 @@ fn follower_rejects_a_mismatched_append_with_a_hint_that_skips_its_term() {
 #[test]
 fn follower_truncates_a_conflicting_suffix_and_acknowledges_after_persisting() {
     let mut node = RaftNode::new(config(2), log_of(&[1, 2, 3], &[1, 1, 2, 2])).unwrap();
-    let entries = vec![Entry {
-        term: 3,
-        index: 3,
-        payload: EntryPayload::Noop,
-    }];
+    let entries = vec![Entry { term: 3, index: 3, payload: EntryPayload::Noop }];
     node.step(Message {
         from: 1,
         to: 2,
         term: 3,
-        kind: MessageKind::Append {
-            prev_index: 2,
-            prev_term: 1,
-            entries: entries.clone(),
-            commit: 3,
-        },
+        kind: MessageKind::Append { prev_index: 2, prev_term: 1, entries: entries.clone(), commit: 3 },
     })
     .unwrap();
     let ready = node.ready();
     assert_eq!(ready.entries, entries, "the host overwrites from index 3");
-    assert_eq!(
-        ready.hard_state,
-        Some(HardState {
-            term: 3,
-            vote: None,
-            commit: 3
-        })
-    );
+    assert_eq!(ready.hard_state, Some(HardState { term: 3, vote: None, commit: 3 }));
     assert_eq!(
         ready.persisted_messages,
-        vec![Message {
-            from: 2,
-            to: 1,
-            term: 3,
-            kind: MessageKind::AppendResponse {
-                index: 3,
-                reject: None
-            }
-        }]
+        vec![Message { from: 2, to: 1, term: 3, kind: MessageKind::AppendResponse { index: 3, reject: None } }]
     );
     let applied: Vec<Index> = ready.committed_entries.iter().map(|e| e.index).collect();
-    assert_eq!(
-        applied,
-        vec![1, 2],
-        "index 3 is not applied before it is durable"
-    );
+    assert_eq!(applied, vec![1, 2], "index 3 is not applied before it is durable");
     node.storage_mut().append(&ready.entries);
     node.advance(ready.number);
     let ready = node.ready();
@@ -367,21 +283,13 @@ fn vote_requires_an_up_to_date_log_and_is_given_once_per_term() {
         from,
         to: 3,
         term: 5,
-        kind: MessageKind::Vote {
-            last_index,
-            last_term,
-            transfer: false,
-        },
+        kind: MessageKind::Vote { last_index, last_term, transfer: false },
     };
     node.step(vote(1, 5, 1)).unwrap(); // longer log, older last term: stale
     node.step(vote(2, 2, 2)).unwrap(); // as up to date as ours: granted
     node.step(vote(1, 9, 9)).unwrap(); // more up to date, but we voted this term
     let ready = node.ready();
-    let replies: Vec<(NodeId, MessageKind)> = ready
-        .persisted_messages
-        .into_iter()
-        .map(|m| (m.to, m.kind))
-        .collect();
+    let replies: Vec<(NodeId, MessageKind)> = ready.persisted_messages.into_iter().map(|m| (m.to, m.kind)).collect();
     assert_eq!(
         replies,
         vec![
@@ -390,14 +298,7 @@ fn vote_requires_an_up_to_date_log_and_is_given_once_per_term() {
             (1, MessageKind::VoteResponse { reject: true }),
         ]
     );
-    assert_eq!(
-        ready.hard_state,
-        Some(HardState {
-            term: 5,
-            vote: Some(2),
-            commit: 0
-        })
-    );
+    assert_eq!(ready.hard_state, Some(HardState { term: 5, vote: Some(2), commit: 0 }));
 }
 
 #[test]
@@ -422,10 +323,7 @@ fn leadership_transfer_catches_up_the_target_then_hands_over() {
     net.stabilize();
     net.isolated.clear();
     net.node(1).transfer_leader(3).unwrap();
-    assert!(matches!(
-        net.node(1).propose(Bytes::new()),
-        Err(ProposeError::TransferInProgress { to: 3 })
-    ));
+    assert!(matches!(net.node(1).propose(Bytes::new()), Err(ProposeError::TransferInProgress { to: 3 })));
     net.stabilize();
     assert_eq!(net.node(3).role(), Role::Leader);
     assert_eq!(net.node(1).leader(), Some(3));
@@ -438,15 +336,8 @@ fn read_index_is_answered_after_a_quorum_confirms_leadership() {
     net.campaign(1);
     net.node(1).read_index(42).unwrap();
     let ready = net.node(1).ready();
-    assert!(
-        ready.read_states.is_empty(),
-        "not before the heartbeat round is acknowledged"
-    );
-    let heartbeats = ready
-        .messages
-        .iter()
-        .filter(|m| matches!(m.kind, MessageKind::Heartbeat { .. }))
-        .count();
+    assert!(ready.read_states.is_empty(), "not before the heartbeat round is acknowledged");
+    let heartbeats = ready.messages.iter().filter(|m| matches!(m.kind, MessageKind::Heartbeat { .. })).count();
     assert_eq!(heartbeats, 2);
     net.queue.extend(ready.messages);
     net.node(1).advance(ready.number);
@@ -458,8 +349,7 @@ fn read_index_is_answered_after_a_quorum_confirms_leadership() {
         while node.has_ready() {
             let ready = node.ready();
             answered.extend(ready.read_states.iter().copied());
-            net.queue
-                .extend(ready.messages.into_iter().chain(ready.persisted_messages));
+            net.queue.extend(ready.messages.into_iter().chain(ready.persisted_messages));
             node.advance(ready.number);
         }
     }
@@ -471,46 +361,28 @@ fn proposals_beyond_the_bounds_are_refused_with_a_reason() {
     let mut net = Net::with_empty_logs(1);
     net.campaign(1);
     let too_big = Bytes::from(vec![0; (net.node(1).config.entry_max_bytes + 1) as usize]);
-    assert!(matches!(
-        net.node(1).propose(too_big),
-        Err(ProposeError::TooLarge { .. })
-    ));
+    assert!(matches!(net.node(1).propose(too_big), Err(ProposeError::TooLarge { .. })));
     let mut follower = Net::with_empty_logs(3);
-    assert!(matches!(
-        follower.node(2).propose(Bytes::new()),
-        Err(ProposeError::NotLeader { leader_hint: None })
-    ));
+    assert!(matches!(follower.node(2).propose(Bytes::new()), Err(ProposeError::NotLeader { leader_hint: None })));
     let change = ConfChange::Change(vec![SingleChange::RemoveNode(1)]);
-    assert!(matches!(
-        net.node(1).propose_conf_change(change),
-        Err(ProposeError::InvalidConfChange { .. })
-    ));
+    assert!(matches!(net.node(1).propose_conf_change(change), Err(ProposeError::InvalidConfChange { .. })));
 }
 
 #[test]
 fn a_removed_leader_steps_down_once_the_change_commits() {
     let mut net = Net::with_empty_logs(3);
     net.campaign(1);
-    net.node(1)
-        .propose_conf_change(ConfChange::Change(vec![SingleChange::RemoveNode(1)]))
-        .unwrap();
+    net.node(1).propose_conf_change(ConfChange::Change(vec![SingleChange::RemoveNode(1)])).unwrap();
     net.stabilize();
     // Joint (C_old,new) commits, the leader leaves it on its own, then steps down.
     assert_eq!(net.node(1).conf_state(), &ConfState::new([2, 3]));
     assert_ne!(net.node(1).role(), Role::Leader);
-    assert!([2, 3]
-        .into_iter()
-        .any(|id| net.nodes[&id].role() == Role::Leader));
+    assert!([2, 3].into_iter().any(|id| net.nodes[&id].role() == Role::Leader));
 }
 
 fn lease_net() -> Net {
     let voters = [1, 2, 3];
-    let mut net = Net::new(
-        voters
-            .iter()
-            .map(|&id| (id, log_of(&voters, &[])))
-            .collect(),
-    );
+    let mut net = Net::new(voters.iter().map(|&id| (id, log_of(&voters, &[]))).collect());
     for id in 1..=3 {
         let node = net.node(id);
         node.config.read_only = ReadOnlyOption::LeaseBased;
@@ -547,15 +419,8 @@ fn no_lease_read_after_a_leadership_transfer_starts() {
     net.node(1).transfer_leader(3).unwrap();
     net.node(1).read_index(2).unwrap();
     let ready = net.node(1).ready();
-    assert!(
-        ready.read_states.is_empty(),
-        "the lease is revoked: reads need a quorum round again"
-    );
-    let rounds = ready
-        .messages
-        .iter()
-        .filter(|m| matches!(m.kind, MessageKind::Heartbeat { .. }))
-        .count();
+    assert!(ready.read_states.is_empty(), "the lease is revoked: reads need a quorum round again");
+    let rounds = ready.messages.iter().filter(|m| matches!(m.kind, MessageKind::Heartbeat { .. })).count();
     assert_eq!(rounds, 2);
 }
 
@@ -563,61 +428,26 @@ fn no_lease_read_after_a_leadership_transfer_starts() {
 fn malformed_messages_are_refused_and_change_nothing() {
     let mut node = RaftNode::new(config(2), log_of(&[1, 2, 3], &[1])).unwrap();
     let before = node.hard_state();
-    let gap = vec![Entry {
-        term: 1,
-        index: 3,
-        payload: EntryPayload::Noop,
-    }];
+    let gap = vec![Entry { term: 1, index: 3, payload: EntryPayload::Noop }];
     let cases = [
+        (3, MessageKind::Append { prev_index: 1, prev_term: 1, entries: gap, commit: 0 }),
         (
             3,
             MessageKind::Append {
                 prev_index: 1,
                 prev_term: 1,
-                entries: gap,
+                entries: vec![Entry { term: 9, index: 2, payload: EntryPayload::Noop }],
                 commit: 0,
             },
         ),
-        (
-            3,
-            MessageKind::Append {
-                prev_index: 1,
-                prev_term: 1,
-                entries: vec![Entry {
-                    term: 9,
-                    index: 2,
-                    payload: EntryPayload::Noop,
-                }],
-                commit: 0,
-            },
-        ),
-        (
-            2,
-            MessageKind::Heartbeat {
-                commit: 0,
-                round: 1,
-            },
-        ),
+        (2, MessageKind::Heartbeat { commit: 0, round: 1 }),
     ];
     for (from, kind) in cases {
-        let m = Message {
-            from,
-            to: 2,
-            term: 5,
-            kind,
-        };
+        let m = Message { from, to: 2, term: 5, kind };
         assert!(node.step(m).is_err());
     }
-    let wrong_recipient = Message {
-        from: 1,
-        to: 3,
-        term: 5,
-        kind: MessageKind::TimeoutNow,
-    };
-    assert!(matches!(
-        node.step(wrong_recipient),
-        Err(StepError::WrongRecipient { .. })
-    ));
+    let wrong_recipient = Message { from: 1, to: 3, term: 5, kind: MessageKind::TimeoutNow };
+    assert!(matches!(node.step(wrong_recipient), Err(StepError::WrongRecipient { .. })));
     assert_eq!(node.hard_state(), before);
     assert!(!node.has_ready());
 }

@@ -68,10 +68,7 @@ pub struct ConfState {
 
 impl ConfState {
     pub fn new(voters: impl IntoIterator<Item = NodeId>) -> Self {
-        ConfState {
-            voters: voters.into_iter().collect(),
-            ..ConfState::default()
-        }
+        ConfState { voters: voters.into_iter().collect(), ..ConfState::default() }
     }
 
     pub fn is_joint(&self) -> bool {
@@ -204,12 +201,7 @@ impl Message {
     /// Messages whose sender may be the leader of `term`: receiving one from a higher
     /// term tells the receiver who leads.
     pub fn is_from_leader(&self) -> bool {
-        matches!(
-            self.kind,
-            MessageKind::Append { .. }
-                | MessageKind::Heartbeat { .. }
-                | MessageKind::Snapshot { .. }
-        )
+        matches!(self.kind, MessageKind::Append { .. } | MessageKind::Heartbeat { .. } | MessageKind::Snapshot { .. })
     }
 }
 

@@ -10,10 +10,7 @@ use clap::Parser;
 use crate::raft::NodeId;
 
 #[derive(Parser, Debug, Clone)]
-#[command(
-    name = "quarryd",
-    about = "Quarry server: replicated key-value store and logs over multi-Raft"
-)]
+#[command(name = "quarryd", about = "Quarry server: replicated key-value store and logs over multi-Raft")]
 pub struct Args {
     /// This node's id (must appear in --initial-cluster).
     #[arg(long)]
@@ -84,9 +81,7 @@ impl Args {
             return Err("--tick-ms must be positive".into());
         }
         if self.heartbeat_ticks == 0 || self.election_ticks <= self.heartbeat_ticks {
-            return Err(
-                "--election-ticks must exceed --heartbeat-ticks, which must be positive".into(),
-            );
+            return Err("--election-ticks must exceed --heartbeat-ticks, which must be positive".into());
         }
         if self.max_value_bytes == 0 || self.max_value_bytes > 64 << 20 {
             return Err("--max-value-bytes must be in 1..=64 MiB".into());
@@ -110,20 +105,14 @@ impl Args {
 fn parse_cluster(spec: &str) -> Result<BTreeMap<NodeId, SocketAddr>, String> {
     let mut members = BTreeMap::new();
     for part in spec.split(',').filter(|p| !p.trim().is_empty()) {
-        let (id, addr) = part
-            .split_once('=')
-            .ok_or_else(|| format!("--initial-cluster entry {part:?} is not id=host:port"))?;
-        let id: NodeId = id
-            .trim()
-            .parse()
-            .map_err(|_| format!("--initial-cluster: bad node id {id:?}"))?;
+        let (id, addr) =
+            part.split_once('=').ok_or_else(|| format!("--initial-cluster entry {part:?} is not id=host:port"))?;
+        let id: NodeId = id.trim().parse().map_err(|_| format!("--initial-cluster: bad node id {id:?}"))?;
         if id == 0 {
             return Err("--initial-cluster: node id 0 is reserved".into());
         }
-        let addr: SocketAddr = addr
-            .trim()
-            .parse()
-            .map_err(|_| format!("--initial-cluster: bad address {addr:?} for node {id}"))?;
+        let addr: SocketAddr =
+            addr.trim().parse().map_err(|_| format!("--initial-cluster: bad address {addr:?} for node {id}"))?;
         if members.insert(id, addr).is_some() {
             return Err(format!("--initial-cluster: node {id} appears twice"));
         }
@@ -139,19 +128,10 @@ mod tests {
     use super::*;
 
     fn args(extra: &[&str]) -> Result<NodeConfig, String> {
-        let mut argv = vec![
-            "quarryd",
-            "--node-id",
-            "2",
-            "--data-dir",
-            "/tmp/q",
-            "--initial-cluster",
-        ];
+        let mut argv = vec!["quarryd", "--node-id", "2", "--data-dir", "/tmp/q", "--initial-cluster"];
         argv.push("1=127.0.0.1:7001,2=127.0.0.1:7002,3=127.0.0.1:7003");
         argv.extend_from_slice(extra);
-        Args::try_parse_from(argv)
-            .map_err(|e| e.to_string())?
-            .check()
+        Args::try_parse_from(argv).map_err(|e| e.to_string())?.check()
     }
 
     #[test]
@@ -165,9 +145,7 @@ mod tests {
     fn bad_configurations_get_one_clear_line() {
         assert!(args(&["--groups", "0"]).unwrap_err().contains("--groups"));
         assert!(args(&["--shards", "0"]).unwrap_err().contains("--shards"));
-        assert!(args(&["--election-ticks", "2"])
-            .unwrap_err()
-            .contains("--election-ticks"));
+        assert!(args(&["--election-ticks", "2"]).unwrap_err().contains("--election-ticks"));
         let bad = Args::try_parse_from([
             "quarryd",
             "--node-id",
@@ -177,16 +155,8 @@ mod tests {
             "--initial-cluster",
             "1=127.0.0.1:1",
         ]);
-        assert!(bad
-            .unwrap()
-            .check()
-            .unwrap_err()
-            .contains("not in --initial-cluster"));
-        assert!(parse_cluster("1=nowhere")
-            .unwrap_err()
-            .contains("bad address"));
-        assert!(parse_cluster("1=127.0.0.1:1,1=127.0.0.1:2")
-            .unwrap_err()
-            .contains("twice"));
+        assert!(bad.unwrap().check().unwrap_err().contains("not in --initial-cluster"));
+        assert!(parse_cluster("1=nowhere").unwrap_err().contains("bad address"));
+        assert!(parse_cluster("1=127.0.0.1:1,1=127.0.0.1:2").unwrap_err().contains("twice"));
     }
 }

@@ -16,9 +16,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::Server;
 
 use crate::log::ShardLogConfig;
-use crate::proto::{
-    admin_server::AdminServer, kv_server::KvServer, log_server::LogServer, peer_server::PeerServer,
-};
+use crate::proto::{admin_server::AdminServer, kv_server::KvServer, log_server::LogServer, peer_server::PeerServer};
 use crate::raft::Config;
 use crate::shard::ShardConfig;
 use crate::state::KEY_MAX_BYTES;
@@ -47,9 +45,8 @@ pub fn run(config: NodeConfig) -> Result<(), String> {
         let (inbox, inbox_rx) = flume::bounded(shard_thread::INBOX_MAX);
         let shard_config = shard_config(&config, index);
         let name = format!("quarry-shard-{index}");
-        let thread =
-            shard_thread::spawn(name, shard_config, config.tick, inbox_rx, outbound.clone())
-                .map_err(|e| format!("cannot start shard {index}: {e}"))?;
+        let thread = shard_thread::spawn(name, shard_config, config.tick, inbox_rx, outbound.clone())
+            .map_err(|e| format!("cannot start shard {index}: {e}"))?;
         inboxes.push(inbox);
         threads.push(thread);
     }
@@ -82,9 +79,7 @@ fn shard_config(config: &NodeConfig, index: usize) -> ShardConfig {
     raft.seed = config.node_id.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ index as u64;
     ShardConfig {
         node: config.node_id,
-        groups: (0..config.groups)
-            .filter(|g| g % shards == index as u64)
-            .collect(),
+        groups: (0..config.groups).filter(|g| g % shards == index as u64).collect(),
         voters: config.members.keys().copied().collect(),
         raft,
         log: ShardLogConfig::new(config.data_dir.join(format!("shard-{index}"))),
@@ -96,13 +91,7 @@ async fn serve(
     inboxes: Vec<flume::Sender<shard_thread::ShardInput>>,
     outbound: flume::Receiver<(crate::raft::NodeId, Vec<crate::proto::RaftMessage>)>,
 ) -> Result<(), String> {
-    let router = Router::new(
-        config.node_id,
-        config.groups,
-        config.max_value_bytes,
-        inboxes,
-        config.members.clone(),
-    );
+    let router = Router::new(config.node_id, config.groups, config.max_value_bytes, inboxes, config.members.clone());
     let peers = config
         .members
         .keys()
@@ -113,14 +102,8 @@ async fn serve(
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
-    let services = Services {
-        router,
-        cluster_id: config.cluster_id,
-    };
-    eprintln!(
-        "quarryd: node {} serving on {}",
-        config.node_id, config.listen
-    );
+    let services = Services { router, cluster_id: config.cluster_id };
+    eprintln!("quarryd: node {} serving on {}", config.node_id, config.listen);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = Server::builder()
         .add_service(KvServer::new(services.clone()))
@@ -146,10 +129,7 @@ async fn serve(
 
 async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
         // Without signal handlers the node runs until killed.
         return std::future::pending().await;
     };

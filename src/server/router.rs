@@ -42,14 +42,7 @@ impl Router {
         shards: Vec<flume::Sender<ShardInput>>,
         members: BTreeMap<NodeId, SocketAddr>,
     ) -> Self {
-        Router {
-            node,
-            groups,
-            max_value_bytes,
-            shards,
-            members,
-            channels: Arc::default(),
-        }
+        Router { node, groups, max_value_bytes, shards, members, channels: Arc::default() }
     }
 
     /// A key's group: a stable hash, so every node and version agrees.
@@ -67,24 +60,15 @@ impl Router {
 
     fn submit(&self, group: GroupId, input: ShardInput) -> Result<(), Status> {
         self.shard_of(group).try_send(input).map_err(|e| match e {
-            flume::TrySendError::Full(_) => {
-                Status::resource_exhausted("node overloaded: shard queue full; retry")
-            }
+            flume::TrySendError::Full(_) => Status::resource_exhausted("node overloaded: shard queue full; retry"),
             flume::TrySendError::Disconnected(_) => Status::unavailable("node shutting down"),
         })
     }
 
     pub async fn propose(&self, group: GroupId, command: Command) -> Result<Outcome, RequestError> {
         let (reply, answer) = flume::bounded(1);
-        self.submit(
-            group,
-            ShardInput::Propose {
-                group,
-                command,
-                reply,
-            },
-        )
-        .map_err(|s| RequestError::Refused(s.message().to_string()))?;
+        self.submit(group, ShardInput::Propose { group, command, reply })
+            .map_err(|s| RequestError::Refused(s.message().to_string()))?;
         wait(answer).await
     }
 
@@ -95,16 +79,8 @@ impl Router {
         serializable: bool,
     ) -> Result<Bytes, RequestError> {
         let (reply, answer) = flume::bounded(1);
-        self.submit(
-            group,
-            ShardInput::Read {
-                group,
-                query,
-                reply,
-                serializable,
-            },
-        )
-        .map_err(|s| RequestError::Refused(s.message().to_string()))?;
+        self.submit(group, ShardInput::Read { group, query, reply, serializable })
+            .map_err(|s| RequestError::Refused(s.message().to_string()))?;
         wait(answer).await
     }
 

@@ -35,9 +35,7 @@ fn header(group: GroupId, leader: NodeId) -> Option<proto::ResponseHeader> {
 fn check_key(key: &[u8]) -> Result<(), Status> {
     match key.len() {
         0 => Err(Status::invalid_argument("empty key")),
-        n if n > KEY_MAX_BYTES => Err(Status::invalid_argument(format!(
-            "key of {n} bytes exceeds {KEY_MAX_BYTES}"
-        ))),
+        n if n > KEY_MAX_BYTES => Err(Status::invalid_argument(format!("key of {n} bytes exceeds {KEY_MAX_BYTES}"))),
         _ => Ok(()),
     }
 }
@@ -46,10 +44,7 @@ impl Services {
     fn check_value(&self, value: &[u8]) -> Result<(), Status> {
         let max = self.router.max_value_bytes;
         if value.len() as u64 > max {
-            return Err(Status::invalid_argument(format!(
-                "value of {} bytes exceeds {max}",
-                value.len()
-            )));
+            return Err(Status::invalid_argument(format!("value of {} bytes exceeds {max}", value.len())));
         }
         Ok(())
     }
@@ -57,9 +52,9 @@ impl Services {
     /// Where to forward a request this node cannot serve, if anywhere.
     fn forward_target(&self, error: &RequestError, already_forwarded: bool) -> Option<NodeId> {
         match error {
-            RequestError::NotLeader {
-                leader: Some(leader),
-            } if *leader != self.router.node && !already_forwarded => Some(*leader),
+            RequestError::NotLeader { leader: Some(leader) } if *leader != self.router.node && !already_forwarded => {
+                Some(*leader)
+            }
             _ => None,
         }
     }
@@ -71,9 +66,7 @@ fn forwarded<T>(request: &Request<T>) -> bool {
 
 fn forward_request<T>(inner: T) -> Request<T> {
     let mut request = Request::new(inner);
-    request
-        .metadata_mut()
-        .insert(FORWARDED, tonic::metadata::MetadataValue::from_static("1"));
+    request.metadata_mut().insert(FORWARDED, tonic::metadata::MetadataValue::from_static("1"));
     request
 }
 
@@ -86,10 +79,7 @@ macro_rules! serve_or_forward {
             Ok(response) => Ok(Response::new(response)),
             Err(error) => match $self.forward_target(&error, already) {
                 Some(leader) => {
-                    let mut client = $self
-                        .router
-                        .$client(leader)
-                        .ok_or_else(|| status_of(error))?;
+                    let mut client = $self.router.$client(leader).ok_or_else(|| status_of(error))?;
                     client.$method(forward_request($req)).await
                 }
                 None => Err(status_of(error)),
@@ -129,101 +119,56 @@ fn decode_found(mut data: Bytes) -> (bool, u64, Bytes) {
 
 #[tonic::async_trait]
 impl Kv for Services {
-    async fn put(
-        &self,
-        request: Request<proto::PutRequest>,
-    ) -> Result<Response<proto::PutResponse>, Status> {
+    async fn put(&self, request: Request<proto::PutRequest>) -> Result<Response<proto::PutResponse>, Status> {
         check_key(&request.get_ref().key)?;
         self.check_value(&request.get_ref().value)?;
         serve_or_forward!(self, request, kv_client, put, |req| {
             let group = self.router.group_of(&req.key);
-            let operation = Operation::Put {
-                key: req.key.clone(),
-                value: req.value.clone(),
-            };
-            let command = Command {
-                client: req.client_id,
-                sequence: req.sequence,
-                operation,
-            };
-            match self
-                .router
-                .propose(group, command)
-                .await
-                .and_then(write_outcome)
-            {
-                Ok(Outcome::Written { revision }) => Ok(proto::PutResponse {
-                    header: header(group, self.router.node),
-                    revision,
-                }),
-                Ok(other) => Err(RequestError::Refused(format!(
-                    "unexpected outcome {other:?}"
-                ))),
+            let operation = Operation::Put { key: req.key.clone(), value: req.value.clone() };
+            let command = Command { client: req.client_id, sequence: req.sequence, operation };
+            match self.router.propose(group, command).await.and_then(write_outcome) {
+                Ok(Outcome::Written { revision }) => {
+                    Ok(proto::PutResponse { header: header(group, self.router.node), revision })
+                }
+                Ok(other) => Err(RequestError::Refused(format!("unexpected outcome {other:?}"))),
                 Err(e) => Err(e),
             }
         })
     }
 
-    async fn get(
-        &self,
-        request: Request<proto::GetRequest>,
-    ) -> Result<Response<proto::GetResponse>, Status> {
+    async fn get(&self, request: Request<proto::GetRequest>) -> Result<Response<proto::GetResponse>, Status> {
         check_key(&request.get_ref().key)?;
         serve_or_forward!(self, request, kv_client, get, |req| {
             let group = self.router.group_of(&req.key);
             let key = req.key.clone();
             let query = Box::new(move |s: &BuiltinState| encode_found(s.get(&key)));
-            self.router
-                .read(group, query, req.serializable)
-                .await
-                .map(|data| {
-                    let (found, revision, value) = decode_found(data);
-                    proto::GetResponse {
-                        header: header(group, self.router.node),
-                        found,
-                        value,
-                        revision,
-                    }
-                })
+            self.router.read(group, query, req.serializable).await.map(|data| {
+                let (found, revision, value) = decode_found(data);
+                proto::GetResponse { header: header(group, self.router.node), found, value, revision }
+            })
         })
     }
 
-    async fn delete(
-        &self,
-        request: Request<proto::DeleteRequest>,
-    ) -> Result<Response<proto::DeleteResponse>, Status> {
+    async fn delete(&self, request: Request<proto::DeleteRequest>) -> Result<Response<proto::DeleteResponse>, Status> {
         check_key(&request.get_ref().key)?;
         serve_or_forward!(self, request, kv_client, delete, |req| {
             let group = self.router.group_of(&req.key);
             let command = Command {
                 client: req.client_id,
                 sequence: req.sequence,
-                operation: Operation::Delete {
-                    key: req.key.clone(),
-                },
+                operation: Operation::Delete { key: req.key.clone() },
             };
-            match self
-                .router
-                .propose(group, command)
-                .await
-                .and_then(write_outcome)
-            {
-                Ok(Outcome::Deleted { existed }) => Ok(proto::DeleteResponse {
-                    header: header(group, self.router.node),
-                    existed,
-                }),
-                Ok(other) => Err(RequestError::Refused(format!(
-                    "unexpected outcome {other:?}"
-                ))),
+            match self.router.propose(group, command).await.and_then(write_outcome) {
+                Ok(Outcome::Deleted { existed }) => {
+                    Ok(proto::DeleteResponse { header: header(group, self.router.node), existed })
+                }
+                Ok(other) => Err(RequestError::Refused(format!("unexpected outcome {other:?}"))),
                 Err(e) => Err(e),
             }
         })
     }
 
-    async fn range(
-        &self,
-        request: Request<proto::RangeRequest>,
-    ) -> Result<Response<proto::RangeResponse>, Status> {
+    async fn range(&self, request: Request<proto::RangeRequest>) -> Result<Response<proto::RangeResponse>, Status> {
         let req = request.into_inner();
         let limit = req.limit.clamp(1, RANGE_LIMIT_MAX) as usize;
         let mut kvs = Vec::new();
@@ -243,11 +188,7 @@ impl Kv for Services {
             });
             // Only leaders answer linearizable reads; ranges need every group here.
             let serializable = req.serializable || !self.leads(group).await;
-            let data = self
-                .router
-                .read(group, query, serializable)
-                .await
-                .map_err(status_of)?;
+            let data = self.router.read(group, query, serializable).await.map_err(status_of)?;
             kvs.extend(decode_kvs(data));
         }
         kvs.sort_by(|a: &proto::KeyValue, b| a.key.cmp(&b.key));
@@ -256,10 +197,7 @@ impl Kv for Services {
         Ok(Response::new(proto::RangeResponse { kvs, more }))
     }
 
-    async fn cas(
-        &self,
-        request: Request<proto::CasRequest>,
-    ) -> Result<Response<proto::CasResponse>, Status> {
+    async fn cas(&self, request: Request<proto::CasRequest>) -> Result<Response<proto::CasResponse>, Status> {
         check_key(&request.get_ref().key)?;
         self.check_value(&request.get_ref().value)?;
         serve_or_forward!(self, request, kv_client, cas, |req| {
@@ -269,72 +207,32 @@ impl Kv for Services {
                 expected_revision: req.expected_revision,
                 value: req.value.clone(),
             };
-            let command = Command {
-                client: req.client_id,
-                sequence: req.sequence,
-                operation,
-            };
+            let command = Command { client: req.client_id, sequence: req.sequence, operation };
             let h = header(group, self.router.node);
-            match self
-                .router
-                .propose(group, command)
-                .await
-                .and_then(write_outcome)
-            {
-                Ok(Outcome::Written { revision }) => Ok(proto::CasResponse {
-                    header: h,
-                    succeeded: true,
-                    revision,
-                }),
-                Ok(Outcome::CasFailed { current_revision }) => Ok(proto::CasResponse {
-                    header: h,
-                    succeeded: false,
-                    revision: current_revision,
-                }),
-                Ok(other) => Err(RequestError::Refused(format!(
-                    "unexpected outcome {other:?}"
-                ))),
+            match self.router.propose(group, command).await.and_then(write_outcome) {
+                Ok(Outcome::Written { revision }) => Ok(proto::CasResponse { header: h, succeeded: true, revision }),
+                Ok(Outcome::CasFailed { current_revision }) => {
+                    Ok(proto::CasResponse { header: h, succeeded: false, revision: current_revision })
+                }
+                Ok(other) => Err(RequestError::Refused(format!("unexpected outcome {other:?}"))),
                 Err(e) => Err(e),
             }
         })
     }
 
-    async fn batch(
-        &self,
-        request: Request<proto::BatchRequest>,
-    ) -> Result<Response<proto::BatchResponse>, Status> {
+    async fn batch(&self, request: Request<proto::BatchRequest>) -> Result<Response<proto::BatchResponse>, Status> {
         let (group, operation) = self.batch_operation(request.get_ref())?;
         serve_or_forward!(self, request, kv_client, batch, |req| {
-            let command = Command {
-                client: req.client_id,
-                sequence: req.sequence,
-                operation: operation.clone(),
-            };
+            let command = Command { client: req.client_id, sequence: req.sequence, operation: operation.clone() };
             let h = header(group, self.router.node);
-            match self
-                .router
-                .propose(group, command)
-                .await
-                .and_then(write_outcome)
-            {
-                Ok(Outcome::Batch(_)) => Ok(proto::BatchResponse {
-                    header: h,
-                    succeeded: true,
-                    failed_at: 0,
-                    current_revision: 0,
-                }),
-                Ok(Outcome::BatchAborted {
-                    failed_at,
-                    current_revision,
-                }) => Ok(proto::BatchResponse {
-                    header: h,
-                    succeeded: false,
-                    failed_at,
-                    current_revision,
-                }),
-                Ok(other) => Err(RequestError::Refused(format!(
-                    "unexpected outcome {other:?}"
-                ))),
+            match self.router.propose(group, command).await.and_then(write_outcome) {
+                Ok(Outcome::Batch(_)) => {
+                    Ok(proto::BatchResponse { header: h, succeeded: true, failed_at: 0, current_revision: 0 })
+                }
+                Ok(Outcome::BatchAborted { failed_at, current_revision }) => {
+                    Ok(proto::BatchResponse { header: h, succeeded: false, failed_at, current_revision })
+                }
+                Ok(other) => Err(RequestError::Refused(format!("unexpected outcome {other:?}"))),
                 Err(e) => Err(e),
             }
         })
@@ -344,20 +242,13 @@ impl Kv for Services {
 impl Services {
     async fn leads(&self, group: GroupId) -> bool {
         let (reply, answer) = flume::bounded(1);
-        if self
-            .router
-            .shard_of(group)
-            .try_send(ShardInput::Status { reply })
-            .is_err()
-        {
+        if self.router.shard_of(group).try_send(ShardInput::Status { reply }).is_err() {
             return false;
         }
         let Ok(status) = answer.recv_async().await else {
             return false;
         };
-        status
-            .iter()
-            .any(|s| s.group == group && s.role == Role::Leader)
+        status.iter().any(|s| s.group == group && s.role == Role::Leader)
     }
 
     /// A batch's operations, checked: all keys must map to one group.
@@ -372,37 +263,26 @@ impl Services {
         let mut group = None;
         let mut ops = Vec::with_capacity(req.ops.len());
         for op in &req.ops {
-            let (key, operation) = match op
-                .op
-                .as_ref()
-                .ok_or_else(|| Status::invalid_argument("empty batch operation"))?
-            {
-                Op::Put(p) => (
-                    p.key.clone(),
-                    Operation::Put {
-                        key: p.key.clone(),
-                        value: p.value.clone(),
-                    },
-                ),
-                Op::Delete(d) => (d.key.clone(), Operation::Delete { key: d.key.clone() }),
-                Op::Cas(c) => (
-                    c.key.clone(),
-                    Operation::Cas {
-                        key: c.key.clone(),
-                        expected_revision: c.expected_revision,
-                        value: c.value.clone(),
-                    },
-                ),
-            };
+            let (key, operation) =
+                match op.op.as_ref().ok_or_else(|| Status::invalid_argument("empty batch operation"))? {
+                    Op::Put(p) => (p.key.clone(), Operation::Put { key: p.key.clone(), value: p.value.clone() }),
+                    Op::Delete(d) => (d.key.clone(), Operation::Delete { key: d.key.clone() }),
+                    Op::Cas(c) => (
+                        c.key.clone(),
+                        Operation::Cas {
+                            key: c.key.clone(),
+                            expected_revision: c.expected_revision,
+                            value: c.value.clone(),
+                        },
+                    ),
+                };
             check_key(&key)?;
             if let Operation::Put { value, .. } | Operation::Cas { value, .. } = &operation {
                 self.check_value(value)?;
             }
             let g = self.router.group_of(&key);
             if *group.get_or_insert(g) != g {
-                return Err(Status::invalid_argument(
-                    "a batch's keys must all map to one group",
-                ));
+                return Err(Status::invalid_argument("a batch's keys must all map to one group"));
             }
             ops.push(operation);
         }
@@ -418,11 +298,7 @@ fn decode_kvs(mut data: Bytes) -> Vec<proto::KeyValue> {
         let vlen = data.get_u32_le() as usize;
         let value = data.split_to(vlen);
         let revision = data.get_u64_le();
-        out.push(proto::KeyValue {
-            key,
-            value,
-            revision,
-        });
+        out.push(proto::KeyValue { key, value, revision });
     }
     out
 }
@@ -438,55 +314,29 @@ impl Log for Services {
         serve_or_forward!(self, request, log_client, append, |req| {
             let name = Bytes::from(req.log.clone().into_bytes());
             let group = self.router.group_of(&name);
-            let operation = Operation::Append {
-                log: name,
-                data: req.data.clone(),
-            };
-            let command = Command {
-                client: req.client_id,
-                sequence: req.sequence,
-                operation,
-            };
-            match self
-                .router
-                .propose(group, command)
-                .await
-                .and_then(write_outcome)
-            {
-                Ok(Outcome::Appended { log_index }) => Ok(proto::LogAppendResponse {
-                    header: header(group, self.router.node),
-                    index: log_index,
-                }),
-                Ok(other) => Err(RequestError::Refused(format!(
-                    "unexpected outcome {other:?}"
-                ))),
+            let operation = Operation::Append { log: name, data: req.data.clone() };
+            let command = Command { client: req.client_id, sequence: req.sequence, operation };
+            match self.router.propose(group, command).await.and_then(write_outcome) {
+                Ok(Outcome::Appended { log_index }) => {
+                    Ok(proto::LogAppendResponse { header: header(group, self.router.node), index: log_index })
+                }
+                Ok(other) => Err(RequestError::Refused(format!("unexpected outcome {other:?}"))),
                 Err(e) => Err(e),
             }
         })
     }
 
-    async fn read(
-        &self,
-        request: Request<proto::LogReadRequest>,
-    ) -> Result<Response<proto::LogReadResponse>, Status> {
+    async fn read(&self, request: Request<proto::LogReadRequest>) -> Result<Response<proto::LogReadResponse>, Status> {
         check_key(request.get_ref().log.as_bytes())?;
-        serve_or_forward!(self, request, log_client, read, |req| self
-            .read_log(&req)
-            .await)
+        serve_or_forward!(self, request, log_client, read, |req| self.read_log(&req).await)
     }
 }
 
 impl Services {
-    async fn read_log(
-        &self,
-        req: &proto::LogReadRequest,
-    ) -> Result<proto::LogReadResponse, RequestError> {
+    async fn read_log(&self, req: &proto::LogReadRequest) -> Result<proto::LogReadResponse, RequestError> {
         let name = Bytes::from(req.log.clone().into_bytes());
         let group = self.router.group_of(&name);
-        let (from, limit) = (
-            req.from.max(1),
-            req.limit.clamp(1, LOG_READ_LIMIT_MAX) as usize,
-        );
+        let (from, limit) = (req.from.max(1), req.limit.clamp(1, LOG_READ_LIMIT_MAX) as usize);
         let query = Box::new(move |s: &BuiltinState| {
             let Some(entries) = s.read_log(&name, from, limit) else {
                 return Bytes::new();
@@ -501,10 +351,7 @@ impl Services {
         });
         let data = self.router.read(group, query, req.serializable).await?;
         if data.is_empty() {
-            return Err(RequestError::NotFound(format!(
-                "no log named {:?}",
-                req.log
-            )));
+            return Err(RequestError::NotFound(format!("no log named {:?}", req.log)));
         }
         let mut data = data.slice(1..);
         let mut entries = Vec::new();
@@ -513,30 +360,18 @@ impl Services {
             entries.push(data.split_to(len));
         }
         let next = from + entries.len() as u64;
-        Ok(proto::LogReadResponse {
-            header: header(group, self.router.node),
-            entries,
-            next,
-        })
+        Ok(proto::LogReadResponse { header: header(group, self.router.node), entries, next })
     }
 }
 
 #[tonic::async_trait]
 impl Admin for Services {
-    async fn status(
-        &self,
-        _: Request<proto::StatusRequest>,
-    ) -> Result<Response<proto::StatusResponse>, Status> {
+    async fn status(&self, _: Request<proto::StatusRequest>) -> Result<Response<proto::StatusResponse>, Status> {
         let mut groups = Vec::new();
         for shard in self.router.shards() {
             let (reply, answer) = flume::bounded(1);
-            shard
-                .try_send(ShardInput::Status { reply })
-                .map_err(|_| Status::unavailable("shard busy or stopped"))?;
-            let status = answer
-                .recv_async()
-                .await
-                .map_err(|_| Status::unavailable("shard stopped"))?;
+            shard.try_send(ShardInput::Status { reply }).map_err(|_| Status::unavailable("shard busy or stopped"))?;
+            let status = answer.recv_async().await.map_err(|_| Status::unavailable("shard stopped"))?;
             groups.extend(status.into_iter().map(|s| proto::GroupStatus {
                 group: s.group,
                 leader: s.leader.unwrap_or(0),
@@ -547,11 +382,7 @@ impl Admin for Services {
             }));
         }
         groups.sort_by_key(|g| g.group);
-        Ok(Response::new(proto::StatusResponse {
-            node: self.router.node,
-            cluster_id: self.cluster_id,
-            groups,
-        }))
+        Ok(Response::new(proto::StatusResponse { node: self.router.node, cluster_id: self.cluster_id, groups }))
     }
 }
 
@@ -561,32 +392,22 @@ type PeerStream = Pin<Box<dyn Stream<Item = Result<proto::PeerBatch, Status>> + 
 impl Peer for Services {
     type StreamStream = PeerStream;
 
-    async fn stream(
-        &self,
-        request: Request<Streaming<proto::PeerBatch>>,
-    ) -> Result<Response<PeerStream>, Status> {
+    async fn stream(&self, request: Request<Streaming<proto::PeerBatch>>) -> Result<Response<PeerStream>, Status> {
         let mut inbound = request.into_inner();
         let (errors, answer) = tokio::sync::mpsc::channel(1);
         let (router, cluster_id) = (self.router.clone(), self.cluster_id);
         tokio::spawn(async move {
             while let Ok(Some(batch)) = inbound.message().await {
                 if batch.cluster_id != cluster_id {
-                    let reason = format!(
-                        "cluster id {} does not match this node's {cluster_id}",
-                        batch.cluster_id
-                    );
+                    let reason = format!("cluster id {} does not match this node's {cluster_id}", batch.cluster_id);
                     let _ = errors.send(Err(Status::failed_precondition(reason))).await;
                     return;
                 }
                 for m in batch.messages {
                     match decode_message(m) {
-                        Ok((group, message))
-                            if message.to == router.node && group < router.groups =>
-                        {
+                        Ok((group, message)) if message.to == router.node && group < router.groups => {
                             // A full shard queue drops the message; Raft retransmits.
-                            let _ = router
-                                .shard_of(group)
-                                .try_send(ShardInput::Peer { group, message });
+                            let _ = router.shard_of(group).try_send(ShardInput::Peer { group, message });
                         }
                         _ => {} // Malformed or misaddressed: dropped.
                     }

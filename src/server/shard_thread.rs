@@ -17,24 +17,10 @@ pub const INBOX_MAX: usize = 16_384;
 const INPUTS_PER_TURN_MAX: usize = 4096;
 
 pub enum ShardInput {
-    Peer {
-        group: GroupId,
-        message: Message,
-    },
-    Propose {
-        group: GroupId,
-        command: Command,
-        reply: Reply<Outcome>,
-    },
-    Read {
-        group: GroupId,
-        query: Query<BuiltinState>,
-        reply: Reply<Bytes>,
-        serializable: bool,
-    },
-    Status {
-        reply: flume::Sender<Vec<GroupStatus>>,
-    },
+    Peer { group: GroupId, message: Message },
+    Propose { group: GroupId, command: Command, reply: Reply<Outcome> },
+    Read { group: GroupId, query: Query<BuiltinState>, reply: Reply<Bytes>, serializable: bool },
+    Status { reply: flume::Sender<Vec<GroupStatus>> },
 }
 
 /// Raft messages leaving a shard: (destination node, messages).
@@ -83,15 +69,9 @@ async fn run(
             shard.tick();
             next_tick = Instant::now() + tick;
         }
-        shard
-            .turn()
-            .await
-            .map_err(|e| format!("shard log failed: {e}"))?;
+        shard.turn().await.map_err(|e| format!("shard log failed: {e}"))?;
         for (to, messages) in shard.take_outbox() {
-            let encoded = messages
-                .iter()
-                .map(|(group, m)| encode_message(*group, m))
-                .collect();
+            let encoded = messages.iter().map(|(group, m)| encode_message(*group, m)).collect();
             // A full queue to a slow peer drops messages; Raft retransmits.
             let _ = outbound.try_send((to, encoded));
         }
@@ -104,23 +84,9 @@ fn handle(shard: &mut Shard<BuiltinState>, input: ShardInput) {
             // The transport validated the message; the core refuses anything else.
             let _ = shard.step(group, message);
         }
-        ShardInput::Propose {
-            group,
-            command,
-            reply,
-        } => shard.propose(group, &command, reply),
-        ShardInput::Read {
-            group,
-            query,
-            reply,
-            serializable: false,
-        } => shard.read(group, query, reply),
-        ShardInput::Read {
-            group,
-            query,
-            reply,
-            serializable: true,
-        } => {
+        ShardInput::Propose { group, command, reply } => shard.propose(group, &command, reply),
+        ShardInput::Read { group, query, reply, serializable: false } => shard.read(group, query, reply),
+        ShardInput::Read { group, query, reply, serializable: true } => {
             let _ = reply.try_send(shard.read_local(group, query));
         }
         ShardInput::Status { reply } => {

@@ -18,8 +18,8 @@ use bytes::Bytes;
 use crate::log::io::{flush_one, SegmentWriter};
 use crate::log::{GroupId, GroupStorage, LogError, LogStore, ShardLog, ShardLogConfig};
 use crate::raft::{
-    bootstrap_state, Config, Entry, EntryPayload, Index, Message, NodeId, ProposeError, RaftNode,
-    ReadCtx, Role, StepError, Term,
+    bootstrap_state, Config, Entry, EntryPayload, Index, Message, NodeId, ProposeError, RaftNode, ReadCtx, Role,
+    StepError, Term,
 };
 use crate::state::{Command, Outcome, StateMachine};
 
@@ -48,9 +48,7 @@ pub enum RequestError {
 impl From<ProposeError> for RequestError {
     fn from(e: ProposeError) -> Self {
         match e {
-            ProposeError::NotLeader { leader_hint } => RequestError::NotLeader {
-                leader: leader_hint,
-            },
+            ProposeError::NotLeader { leader_hint } => RequestError::NotLeader { leader: leader_hint },
             other => RequestError::Refused(other.to_string()),
         }
     }
@@ -118,18 +116,10 @@ impl<S: StateMachine + Default> Shard<S> {
                 log.borrow_mut().append(group, &[entry])?;
                 log.borrow_mut().set_hard_state(group, hard_state)?;
             }
-            let raft_config = Config {
-                id: config.node,
-                seed: config.raft.seed ^ group,
-                applied: 0,
-                ..config.raft.clone()
-            };
-            let storage = GroupStorage {
-                log: log.clone(),
-                group,
-            };
-            let raft = RaftNode::new(raft_config, storage)
-                .map_err(|_| LogError::Invalid("invalid raft config"))?;
+            let raft_config =
+                Config { id: config.node, seed: config.raft.seed ^ group, applied: 0, ..config.raft.clone() };
+            let storage = GroupStorage { log: log.clone(), group };
+            let raft = RaftNode::new(raft_config, storage).map_err(|_| LogError::Invalid("invalid raft config"))?;
             let group_state = Group {
                 raft,
                 state: S::default(),
@@ -159,9 +149,7 @@ impl<S: StateMachine + Default> Shard<S> {
     }
 
     pub fn is_leader(&self, group: GroupId) -> bool {
-        self.groups
-            .get(&group)
-            .is_some_and(|g| g.raft.role() == Role::Leader)
+        self.groups.get(&group).is_some_and(|g| g.raft.role() == Role::Leader)
     }
 
     pub fn state(&self, group: GroupId) -> Option<&S> {
@@ -169,17 +157,14 @@ impl<S: StateMachine + Default> Shard<S> {
     }
 
     fn group_mut(&mut self, group: GroupId) -> Result<&mut Group<S>, RequestError> {
-        self.groups
-            .get_mut(&group)
-            .ok_or(RequestError::UnknownGroup(group))
+        self.groups.get_mut(&group).ok_or(RequestError::UnknownGroup(group))
     }
 
     /// Proposes a write; `reply` hears its outcome once it is committed and applied.
     pub fn propose(&mut self, group: GroupId, command: &Command, reply: Reply<Outcome>) {
         let result = self.group_mut(group).and_then(|g| {
             let proposed = g.raft.propose(command.encode())?;
-            g.writes
-                .insert(proposed.index, (proposed.term, reply.clone()));
+            g.writes.insert(proposed.index, (proposed.term, reply.clone()));
             Ok(())
         });
         if let Err(e) = result {
@@ -194,13 +179,7 @@ impl<S: StateMachine + Default> Shard<S> {
         self.next_read_ctx += 1;
         let result = self.group_mut(group).and_then(|g| {
             g.raft.read_index(ctx)?;
-            g.reads.insert(
-                ctx,
-                PendingRead {
-                    query,
-                    reply: reply.clone(),
-                },
-            );
+            g.reads.insert(ctx, PendingRead { query, reply: reply.clone() });
             Ok(())
         });
         if let Err(e) = result {
@@ -210,10 +189,7 @@ impl<S: StateMachine + Default> Shard<S> {
 
     /// A serializable read from this replica's state, possibly stale.
     pub fn read_local(&self, group: GroupId, query: Query<S>) -> Result<Bytes, RequestError> {
-        let g = self
-            .groups
-            .get(&group)
-            .ok_or(RequestError::UnknownGroup(group))?;
+        let g = self.groups.get(&group).ok_or(RequestError::UnknownGroup(group))?;
         Ok(query(&g.state))
     }
 
@@ -275,12 +251,7 @@ impl<S: StateMachine + Default> Shard<S> {
                         g.confirmed.push((read.index, pending));
                     }
                 }
-                acks.push((
-                    group,
-                    ready.number,
-                    ready.persisted_messages,
-                    ready.committed_entries,
-                ));
+                acks.push((group, ready.number, ready.persisted_messages, ready.committed_entries));
             }
         }
         while flush_one(&self.log, &mut self.writer).await?.is_some() {
@@ -351,9 +322,7 @@ fn serve_confirmed_reads<S: StateMachine>(g: &mut Group<S>) {
 /// their outcome is unknown to us.
 fn fail_pending<S>(g: &mut Group<S>) {
     for (_, pending) in std::mem::take(&mut g.reads) {
-        let _ = pending.reply.try_send(Err(RequestError::NotLeader {
-            leader: g.raft.leader(),
-        }));
+        let _ = pending.reply.try_send(Err(RequestError::NotLeader { leader: g.raft.leader() }));
     }
     for (_, (_, reply)) in std::mem::take(&mut g.writes) {
         let _ = reply.try_send(Err(RequestError::Unknown));

@@ -11,8 +11,8 @@ use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 
 use crate::raft::{
-    apply_conf_change, ConfState, Config, Entry, EntryPayload, HardState, Index, MemStorage,
-    Message, RaftNode, ReadCtx, Ready, Snapshot, Storage, Term,
+    apply_conf_change, ConfState, Config, Entry, EntryPayload, HardState, Index, MemStorage, Message, RaftNode,
+    ReadCtx, Ready, Snapshot, Storage, Term,
 };
 
 use super::kv::{Key, KvCommand, KvStore};
@@ -23,11 +23,7 @@ enum Write {
     Snapshot(Snapshot),
     Entries(Vec<Entry>),
     HardState(HardState),
-    Compact {
-        index: Index,
-        conf_state: ConfState,
-        data: bytes::Bytes,
-    },
+    Compact { index: Index, conf_state: ConfState, data: bytes::Bytes },
 }
 
 fn apply_write(storage: &mut MemStorage, write: Write) {
@@ -35,11 +31,7 @@ fn apply_write(storage: &mut MemStorage, write: Write) {
         Write::Snapshot(snapshot) => storage.apply_snapshot(snapshot),
         Write::Entries(entries) => storage.append(&entries),
         Write::HardState(hard_state) => storage.set_hard_state(hard_state),
-        Write::Compact {
-            index,
-            conf_state,
-            data,
-        } => storage.compact(index, conf_state, data),
+        Write::Compact { index, conf_state, data } => storage.compact(index, conf_state, data),
     }
 }
 
@@ -60,10 +52,7 @@ pub struct LogHashes {
 
 impl LogHashes {
     pub fn at(&self, index: Index) -> Option<u64> {
-        index
-            .checked_sub(self.base)
-            .and_then(|k| self.chain.get(k as usize))
-            .copied()
+        index.checked_sub(self.base).and_then(|k| self.chain.get(k as usize)).copied()
     }
 
     pub fn last_index(&self) -> Index {
@@ -182,10 +171,7 @@ impl SimNode {
         self.applied = snapshot.meta.index;
         self.hashes.reset(snapshot.meta.index, base_hash);
         self.hashes.append(storage.entries_all());
-        let config = Config {
-            applied: snapshot.meta.index,
-            ..config
-        };
+        let config = Config { applied: snapshot.meta.index, ..config };
         self.raft = Some(RaftNode::new(config, storage).expect("simulated config is valid"));
         self.incarnation += 1;
         self.sync_scheduled = false;
@@ -225,12 +211,8 @@ impl SimNode {
         let raft = self.raft.as_mut().expect("ready from a running node");
         if let Some(snapshot) = ready.snapshot {
             let index = snapshot.meta.index;
-            let base_hash = committed_hash(index).ok_or_else(|| {
-                format!(
-                    "node {} received a snapshot at uncommitted index {index}",
-                    self.id
-                )
-            })?;
+            let base_hash = committed_hash(index)
+                .ok_or_else(|| format!("node {} received a snapshot at uncommitted index {index}", self.id))?;
             self.hashes.reset(index, base_hash);
             out.installed_snapshot = Some(index);
             self.kv = KvStore::decode(&snapshot.data).expect("snapshot decodes");
@@ -248,8 +230,7 @@ impl SimNode {
             raft.storage_mut().set_hard_state(hard_state);
             self.unsynced.push(Write::HardState(hard_state));
         }
-        self.awaiting_sync
-            .push((ready.number, ready.persisted_messages));
+        self.awaiting_sync.push((ready.number, ready.persisted_messages));
         for entry in &ready.committed_entries {
             self.apply(entry, out);
         }
@@ -263,17 +244,9 @@ impl SimNode {
     }
 
     fn apply(&mut self, entry: &Entry, out: &mut ReadyOutput) {
-        assert_eq!(
-            entry.index,
-            self.applied + 1,
-            "node {} applies out of order",
-            self.id
-        );
+        assert_eq!(entry.index, self.applied + 1, "node {} applies out of order", self.id);
         self.applied = entry.index;
-        let hash = self
-            .hashes
-            .at(entry.index)
-            .expect("applied entry is in the log");
+        let hash = self.hashes.at(entry.index).expect("applied entry is in the log");
         out.applied.push((entry.index, hash));
         let result = match &entry.payload {
             EntryPayload::Normal(data) => {
@@ -292,9 +265,7 @@ impl SimNode {
             return;
         };
         match result {
-            Some(swapped) if term == entry.term => out
-                .completed
-                .push((waiting.op, Completion::Written { swapped })),
+            Some(swapped) if term == entry.term => out.completed.push((waiting.op, Completion::Written { swapped })),
             // Another entry won this index: the proposal can never commit.
             _ => out.failed.push(waiting.op),
         }
@@ -307,8 +278,7 @@ impl SimNode {
             if *index > applied {
                 return true;
             }
-            out.completed
-                .push((waiting.op, Completion::Read(kv.get(waiting.key))));
+            out.completed.push((waiting.op, Completion::Read(kv.get(waiting.key))));
             false
         });
     }
@@ -323,15 +293,8 @@ impl SimNode {
         let Some(&(last, _)) = self.awaiting_sync.last() else {
             return Vec::new();
         };
-        let messages = self
-            .awaiting_sync
-            .drain(..)
-            .flat_map(|(_, msgs)| msgs)
-            .collect();
-        self.raft
-            .as_mut()
-            .expect("sync on a running node")
-            .advance(last);
+        let messages = self.awaiting_sync.drain(..).flat_map(|(_, msgs)| msgs).collect();
+        self.raft.as_mut().expect("sync on a running node").advance(last);
         messages
     }
 
@@ -348,13 +311,8 @@ impl SimNode {
         }
         let data = self.kv.encode();
         let conf_state = self.conf_at_applied.clone();
-        raft.storage_mut()
-            .compact(index, conf_state.clone(), data.clone());
+        raft.storage_mut().compact(index, conf_state.clone(), data.clone());
         self.hashes.compact(index);
-        self.unsynced.push(Write::Compact {
-            index,
-            conf_state,
-            data,
-        });
+        self.unsynced.push(Write::Compact { index, conf_state, data });
     }
 }

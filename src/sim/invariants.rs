@@ -28,10 +28,7 @@ pub type Check = Result<(), String>;
 
 impl Invariants {
     pub fn new() -> Self {
-        Invariants {
-            committed: vec![(0, 0)],
-            ..Invariants::default()
-        }
+        Invariants { committed: vec![(0, 0)], ..Invariants::default() }
     }
 
     /// The committed prefix hash at `index` (a snapshot's base).
@@ -43,9 +40,9 @@ impl Invariants {
     /// prefixes.
     pub fn on_append(&mut self, node: NodeId, index: Index, term: Term, hash: u64) -> Check {
         match self.prefixes.insert((index, term), hash) {
-            Some(old) if old != hash => Err(format!(
-                "log matching: node {node} wrote ({index}, term {term}) with a different prefix"
-            )),
+            Some(old) if old != hash => {
+                Err(format!("log matching: node {node} wrote ({index}, term {term}) with a different prefix"))
+            }
             _ => Ok(()),
         }
     }
@@ -55,14 +52,8 @@ impl Invariants {
         self.observe_commit(node)?;
         match self.committed_hash(index) {
             Some(expected) if expected == hash => Ok(()),
-            Some(_) => Err(format!(
-                "state machine safety: node {} applied a different entry at {index}",
-                node.id
-            )),
-            None => Err(format!(
-                "node {} applied {index} before it was committed",
-                node.id
-            )),
+            Some(_) => Err(format!("state machine safety: node {} applied a different entry at {index}", node.id)),
+            None => Err(format!("node {} applied {index} before it was committed", node.id)),
         }
     }
 
@@ -76,7 +67,8 @@ impl Invariants {
         let commit = raft.committed().min(node.hashes.last_index());
         let known = self.committed.len() as Index - 1;
         for index in (node.hashes.base + 1).max(1)..=commit {
-            let hash = node.hashes.at(index).ok_or_else(|| format!(
+            let hash = node.hashes.at(index).ok_or_else(|| {
+                format!(
                     "node {} commit {commit} beyond its log (hashed {}..={}, raft last {}, {:?} in term {})",
                     node.id,
                     node.hashes.base,
@@ -84,13 +76,11 @@ impl Invariants {
                     raft.last_index(),
                     raft.role(),
                     raft.term()
-                ))?;
+                )
+            })?;
             if index <= known {
                 if self.committed[index as usize].0 != hash {
-                    return Err(format!(
-                        "node {} committed a different entry at {index}",
-                        node.id
-                    ));
+                    return Err(format!("node {} committed a different entry at {index}", node.id));
                 }
             } else {
                 self.committed.push((hash, raft.term()));
@@ -119,12 +109,7 @@ impl Invariants {
         let raft = node.raft.as_ref().expect("running");
         let entry = self.commits.entry(node.id).or_insert((node.incarnation, 0));
         if entry.0 == node.incarnation && raft.committed() < entry.1 {
-            return Err(format!(
-                "node {} commit went back from {} to {}",
-                node.id,
-                entry.1,
-                raft.committed()
-            ));
+            return Err(format!("node {} commit went back from {} to {}", node.id, entry.1, raft.committed()));
         }
         *entry = (node.incarnation, raft.committed());
         Ok(())
@@ -136,30 +121,19 @@ impl Invariants {
         // Election safety.
         let leader = *self.leaders.entry(term).or_insert(node.id);
         if leader != node.id {
-            return Err(format!(
-                "election safety: nodes {leader} and {} both lead term {term}",
-                node.id
-            ));
+            return Err(format!("election safety: nodes {leader} and {} both lead term {term}", node.id));
         }
         // Leader append-only: what it held earlier in its term is still there.
         if let Some(&(mark_term, index, hash)) = self.leader_marks.get(&node.id) {
-            if mark_term == term && node.hashes.at(index) != Some(hash) && index >= node.hashes.base
-            {
-                return Err(format!(
-                    "leader append-only: leader {} of term {term} lost or changed {index}",
-                    node.id
-                ));
+            if mark_term == term && node.hashes.at(index) != Some(hash) && index >= node.hashes.base {
+                return Err(format!("leader append-only: leader {} of term {term} lost or changed {index}", node.id));
             }
         }
         let last = node.hashes.last_index();
         let last_hash = node.hashes.at(last).expect("last index hashed");
         self.leader_marks.insert(node.id, (term, last, last_hash));
         // Leader completeness: every entry committed in an earlier term is in its log.
-        let newest_earlier = self
-            .committed_by_term
-            .range(..term)
-            .map(|(_, &index)| index)
-            .max();
+        let newest_earlier = self.committed_by_term.range(..term).map(|(_, &index)| index).max();
         if let Some(index) = newest_earlier {
             let expected = self.committed[index as usize].0;
             let covered_by_snapshot = index <= node.hashes.base;

@@ -36,11 +36,7 @@ impl KvCommand {
                 buf.put_u64(value);
             }
             KvCommand::Cas { key, expected, new } => {
-                buf.put_u8(if expected.is_some() {
-                    TAG_CAS
-                } else {
-                    TAG_CAS_ABSENT
-                });
+                buf.put_u8(if expected.is_some() { TAG_CAS } else { TAG_CAS_ABSENT });
                 buf.put_u8(key);
                 buf.put_u64(new);
                 buf.put_u64(expected.unwrap_or(0));
@@ -59,11 +55,7 @@ impl KvCommand {
             TAG_CAS | TAG_CAS_ABSENT if data.len() == 8 => {
                 let expected = data.get_u64();
                 let expected = (tag == TAG_CAS).then_some(expected);
-                Some(KvCommand::Cas {
-                    key,
-                    expected,
-                    new: value,
-                })
+                Some(KvCommand::Cas { key, expected, new: value })
             }
             _ => None,
         }
@@ -131,21 +123,9 @@ mod tests {
     #[test]
     fn cas_swaps_only_on_match() {
         let mut kv = KvStore::default();
-        assert!(kv.apply(KvCommand::Cas {
-            key: 1,
-            expected: None,
-            new: 5
-        }));
-        assert!(!kv.apply(KvCommand::Cas {
-            key: 1,
-            expected: Some(4),
-            new: 6
-        }));
-        assert!(kv.apply(KvCommand::Cas {
-            key: 1,
-            expected: Some(5),
-            new: 6
-        }));
+        assert!(kv.apply(KvCommand::Cas { key: 1, expected: None, new: 5 }));
+        assert!(!kv.apply(KvCommand::Cas { key: 1, expected: Some(4), new: 6 }));
+        assert!(kv.apply(KvCommand::Cas { key: 1, expected: Some(5), new: 6 }));
         assert_eq!(KvStore::decode(&kv.encode()), Some(kv.clone()));
         assert_eq!(kv.get(1), Some(6));
     }

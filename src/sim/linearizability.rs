@@ -72,12 +72,7 @@ pub fn check(history: &[Operation]) -> Verdict {
         ops.sort_by_key(|op| (op.call, op.ret));
         match check_register(&ops) {
             Some(true) => {}
-            Some(false) => {
-                return Verdict::NotLinearizable(Violation {
-                    key,
-                    operations: ops,
-                })
-            }
+            Some(false) => return Verdict::NotLinearizable(Violation { key, operations: ops }),
             None => return Verdict::Undecided { key },
         }
     }
@@ -90,15 +85,9 @@ fn step(state: Option<Value>, op: &Operation) -> Option<Option<Value>> {
     match (op.kind, op.outcome) {
         (OpKind::Put(v), Outcome::Done | Outcome::Unknown) => Some(Some(v)),
         (OpKind::Get, Outcome::Read(seen)) => (seen == state).then_some(state),
-        (OpKind::Cas { expected, new }, Outcome::CasResult(true)) => {
-            (state == expected).then_some(Some(new))
-        }
-        (OpKind::Cas { expected, .. }, Outcome::CasResult(false)) => {
-            (state != expected).then_some(state)
-        }
-        (OpKind::Cas { expected, new }, Outcome::Unknown) => {
-            Some(if state == expected { Some(new) } else { state })
-        }
+        (OpKind::Cas { expected, new }, Outcome::CasResult(true)) => (state == expected).then_some(Some(new)),
+        (OpKind::Cas { expected, .. }, Outcome::CasResult(false)) => (state != expected).then_some(state),
+        (OpKind::Cas { expected, new }, Outcome::Unknown) => Some(if state == expected { Some(new) } else { state }),
         _ => None,
     }
 }
@@ -115,21 +104,14 @@ fn check_register(ops: &[Operation]) -> Option<bool> {
     let mut state: Option<Value> = None;
     let mut start = 0;
     let is_done = |done: &[u64], i: usize| done[i / 64] & (1 << (i % 64)) != 0;
-    let required = ops
-        .iter()
-        .filter(|op| op.outcome != Outcome::Unknown)
-        .count();
+    let required = ops.iter().filter(|op| op.outcome != Outcome::Unknown).count();
     let mut required_done = 0;
     loop {
         if required_done == required {
             return Some(true);
         }
         // The earliest return among pending operations bounds which may go next.
-        let horizon = (0..n)
-            .filter(|&i| !is_done(&done, i))
-            .map(|i| ops[i].ret)
-            .min()
-            .unwrap_or(u64::MAX);
+        let horizon = (0..n).filter(|&i| !is_done(&done, i)).map(|i| ops[i].ret).min().unwrap_or(u64::MAX);
         let mut chosen = None;
         for i in start..n {
             if ops[i].call > horizon {
@@ -178,14 +160,7 @@ mod tests {
     use super::*;
 
     fn op(kind: OpKind, call: u64, ret: u64, outcome: Outcome) -> Operation {
-        Operation {
-            client: call,
-            key: 0,
-            kind,
-            call,
-            ret,
-            outcome,
-        }
+        Operation { client: call, key: 0, kind, call, ret, outcome }
     }
 
     #[test]
@@ -193,15 +168,7 @@ mod tests {
         let history = [
             op(OpKind::Put(1), 0, 1, Outcome::Done),
             op(OpKind::Get, 2, 3, Outcome::Read(Some(1))),
-            op(
-                OpKind::Cas {
-                    expected: Some(1),
-                    new: 2,
-                },
-                4,
-                5,
-                Outcome::CasResult(true),
-            ),
+            op(OpKind::Cas { expected: Some(1), new: 2 }, 4, 5, Outcome::CasResult(true)),
             op(OpKind::Get, 6, 7, Outcome::Read(Some(2))),
         ];
         assert_eq!(check(&history), Verdict::Linearizable);
@@ -242,39 +209,21 @@ mod tests {
 
     #[test]
     fn an_unanswered_write_may_or_may_not_have_happened() {
-        let happened = [
-            op(OpKind::Put(1), 0, u64::MAX, Outcome::Unknown),
-            op(OpKind::Get, 5, 6, Outcome::Read(Some(1))),
-        ];
+        let happened =
+            [op(OpKind::Put(1), 0, u64::MAX, Outcome::Unknown), op(OpKind::Get, 5, 6, Outcome::Read(Some(1)))];
         assert_eq!(check(&happened), Verdict::Linearizable);
-        let did_not = [
-            op(OpKind::Put(1), 0, u64::MAX, Outcome::Unknown),
-            op(OpKind::Get, 5, 6, Outcome::Read(None)),
-        ];
+        let did_not = [op(OpKind::Put(1), 0, u64::MAX, Outcome::Unknown), op(OpKind::Get, 5, 6, Outcome::Read(None))];
         assert_eq!(check(&did_not), Verdict::Linearizable);
-        let but_not_before_its_call = [
-            op(OpKind::Get, 0, 1, Outcome::Read(Some(1))),
-            op(OpKind::Put(1), 2, u64::MAX, Outcome::Unknown),
-        ];
-        assert!(matches!(
-            check(&but_not_before_its_call),
-            Verdict::NotLinearizable(_)
-        ));
+        let but_not_before_its_call =
+            [op(OpKind::Get, 0, 1, Outcome::Read(Some(1))), op(OpKind::Put(1), 2, u64::MAX, Outcome::Unknown)];
+        assert!(matches!(check(&but_not_before_its_call), Verdict::NotLinearizable(_)));
     }
 
     #[test]
     fn failed_cas_must_see_a_different_value() {
         let history = [
             op(OpKind::Put(7), 0, 1, Outcome::Done),
-            op(
-                OpKind::Cas {
-                    expected: Some(7),
-                    new: 8,
-                },
-                2,
-                3,
-                Outcome::CasResult(false),
-            ),
+            op(OpKind::Cas { expected: Some(7), new: 8 }, 2, 3, Outcome::CasResult(false)),
         ];
         assert!(matches!(check(&history), Verdict::NotLinearizable(_)));
     }

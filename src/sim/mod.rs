@@ -25,22 +25,11 @@ mod tests {
     /// log is up to date, some early seed elects a leader that lacks committed entries.
     #[test]
     fn simulator_catches_votes_for_stale_logs() {
-        let sabotage = Sabotage {
-            vote_for_stale_logs: true,
-            ..Sabotage::default()
-        };
+        let sabotage = Sabotage { vote_for_stale_logs: true, ..Sabotage::default() };
         let failure = first_failure(sabotage, 500).expect("a broken vote rule must be caught");
         println!("caught: {failure}");
-        let safety = [
-            "leader completeness",
-            "committed a different",
-            "state machine safety",
-            "linearizability",
-        ];
-        assert!(
-            safety.iter().any(|s| failure.reason.contains(s)),
-            "unexpected failure: {failure}"
-        );
+        let safety = ["leader completeness", "committed a different", "state machine safety", "linearizability"];
+        assert!(safety.iter().any(|s| failure.reason.contains(s)), "unexpected failure: {failure}");
     }
 
     #[test]

@@ -6,9 +6,7 @@ use rand::seq::IndexedRandom;
 use rand::{Rng, RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use crate::raft::{
-    ConfChange, Config, MemStorage, NodeId, ProposeError, ReadOnlyOption, Role, SingleChange,
-};
+use crate::raft::{ConfChange, Config, MemStorage, NodeId, ProposeError, ReadOnlyOption, Role, SingleChange};
 
 use super::host::{Completion, ReadyOutput, SimNode, Waiting};
 use super::invariants::Invariants;
@@ -164,27 +162,15 @@ impl Simulation {
         let node_count = profile.voters + 1;
         let nodes = (1..=node_count as NodeId)
             .map(|id| {
-                let disk = if voters.contains(&id) {
-                    MemStorage::bootstrap(voters.clone())
-                } else {
-                    MemStorage::default()
-                };
+                let disk =
+                    if voters.contains(&id) { MemStorage::bootstrap(voters.clone()) } else { MemStorage::default() };
                 SimNode::new(id, disk)
             })
             .collect();
-        let phases = (0..node_count)
-            .map(|_| rng.random_range(0..UNITS_PER_TICK))
-            .collect();
+        let phases = (0..node_count).map(|_| rng.random_range(0..UNITS_PER_TICK)).collect();
         // ±10 % clock-rate drift, inside the 20 % that `lease_drift_margin_ticks` allows.
-        let periods = (0..node_count)
-            .map(|_| rng.random_range(UNITS_PER_TICK - 1..=UNITS_PER_TICK + 1))
-            .collect();
-        let clients = (0..profile.clients)
-            .map(|_| Client {
-                target: 1,
-                current: None,
-            })
-            .collect();
+        let periods = (0..node_count).map(|_| rng.random_range(UNITS_PER_TICK - 1..=UNITS_PER_TICK + 1)).collect();
+        let clients = (0..profile.clients).map(|_| Client { target: 1, current: None }).collect();
         Simulation {
             rng,
             profile,
@@ -202,10 +188,7 @@ impl Simulation {
             clients,
             history: Vec::new(),
             discarded: Vec::new(),
-            report: Report {
-                seed,
-                ..Report::default()
-            },
+            report: Report { seed, ..Report::default() },
         }
     }
 
@@ -263,8 +246,7 @@ impl Simulation {
             if std::env::var("SIM_TRACE").is_ok() {
                 eprintln!("t={} deliver {:?}", self.now, m);
             }
-            raft.step(m)
-                .map_err(|e| format!("core refused a message: {e}"))?;
+            raft.step(m).map_err(|e| format!("core refused a message: {e}"))?;
             self.after_event(i)?;
         }
         while let Some((&key, &(i, incarnation))) = self.syncs.iter().next() {
@@ -277,8 +259,7 @@ impl Simulation {
                 continue;
             }
             for m in node.sync() {
-                self.network
-                    .send(m, self.now, &self.profile.network, &mut self.rng);
+                self.network.send(m, self.now, &self.profile.network, &mut self.rng);
             }
             self.after_event(i)?;
         }
@@ -316,10 +297,7 @@ impl Simulation {
         if node.has_unsynced() && !node.sync_scheduled {
             let delay = self.rng.random_range(1..=self.profile.sync_delay_max_units);
             self.sync_sequence += 1;
-            self.syncs.insert(
-                (self.now + delay, self.sync_sequence),
-                (i, node.incarnation),
-            );
+            self.syncs.insert((self.now + delay, self.sync_sequence), (i, node.incarnation));
             self.nodes[i].sync_scheduled = true;
         }
         self.invariants.check(&self.nodes)
@@ -328,8 +306,7 @@ impl Simulation {
     fn absorb(&mut self, i: usize, out: ReadyOutput) -> Result<(), String> {
         let id = self.nodes[i].id;
         for m in out.messages {
-            self.network
-                .send(m, self.now, &self.profile.network, &mut self.rng);
+            self.network.send(m, self.now, &self.profile.network, &mut self.rng);
         }
         if std::env::var("SIM_TRACE").is_ok() {
             eprintln!(
@@ -382,20 +359,13 @@ impl Simulation {
 
     fn start_node(&mut self, i: usize) {
         let base = self.nodes[i].disk.snapshot_ref().meta.index;
-        let base_hash = self
-            .invariants
-            .committed_hash(base)
-            .expect("snapshots hold committed entries");
+        let base_hash = self.invariants.committed_hash(base).expect("snapshots hold committed entries");
         let mut config = Config::new(self.nodes[i].id);
         config.election_ticks = ELECTION_TICKS;
         config.heartbeat_ticks = 2;
         config.pre_vote = self.profile.pre_vote;
         config.check_quorum = self.profile.check_quorum;
-        config.read_only = if self.profile.lease_reads {
-            ReadOnlyOption::LeaseBased
-        } else {
-            ReadOnlyOption::Safe
-        };
+        config.read_only = if self.profile.lease_reads { ReadOnlyOption::LeaseBased } else { ReadOnlyOption::Safe };
         config.seed = self.rng.next_u64();
         // Small windows so that pipelining limits and probing are exercised.
         config.append_max_bytes = 256;
@@ -417,15 +387,12 @@ impl Simulation {
     fn inject_faults(&mut self) -> Result<(), String> {
         let p = self.profile.clone();
         if self.rng.random_range(0..1000) < p.crash_per_mille {
-            let alive: Vec<usize> = (0..self.nodes.len())
-                .filter(|&i| self.nodes[i].raft.is_some())
-                .collect();
+            let alive: Vec<usize> = (0..self.nodes.len()).filter(|&i| self.nodes[i].raft.is_some()).collect();
             if let Some(&i) = alive.choose(&mut self.rng) {
                 self.nodes[i].crash(&mut self.rng);
                 self.report.crashes += 1;
                 let down_ticks = self.rng.random_range(5..=60);
-                self.restarts
-                    .insert(i, self.now + down_ticks * UNITS_PER_TICK);
+                self.restarts.insert(i, self.now + down_ticks * UNITS_PER_TICK);
             }
         }
         match self.partition_heals_at {
@@ -491,12 +458,7 @@ impl Simulation {
 
     fn leader_index(&self) -> Option<usize> {
         (0..self.nodes.len())
-            .filter(|&i| {
-                self.nodes[i]
-                    .raft
-                    .as_ref()
-                    .is_some_and(|r| r.role() == Role::Leader)
-            })
+            .filter(|&i| self.nodes[i].raft.as_ref().is_some_and(|r| r.role() == Role::Leader))
             .max_by_key(|&i| self.nodes[i].raft.as_ref().map(|r| r.term()))
     }
 
@@ -505,50 +467,24 @@ impl Simulation {
         let Some(li) = self.leader_index() else {
             return Ok(());
         };
-        let conf = self.nodes[li]
-            .raft
-            .as_ref()
-            .expect("leader runs")
-            .conf_state()
-            .clone();
-        let outsiders: Vec<NodeId> = self
-            .nodes
-            .iter()
-            .map(|n| n.id)
-            .filter(|id| !conf.members().contains(id))
-            .collect();
+        let conf = self.nodes[li].raft.as_ref().expect("leader runs").conf_state().clone();
+        let outsiders: Vec<NodeId> =
+            self.nodes.iter().map(|n| n.id).filter(|id| !conf.members().contains(id)).collect();
         let learners: Vec<NodeId> = conf.learners.iter().copied().collect();
         let voters: Vec<NodeId> = conf.voters.iter().copied().collect();
         let change = match self.rng.random_range(0..5) {
-            0 => outsiders
-                .choose(&mut self.rng)
-                .map(|&id| vec![SingleChange::AddLearner(id)]),
-            1 => learners
-                .choose(&mut self.rng)
-                .map(|&id| vec![SingleChange::AddVoter(id)]),
-            2 if voters.len() > 3 => voters
-                .choose(&mut self.rng)
-                .map(|&id| vec![SingleChange::RemoveNode(id)]),
-            3 if voters.len() > 3 => voters
-                .choose(&mut self.rng)
-                .map(|&id| vec![SingleChange::AddLearner(id)]),
+            0 => outsiders.choose(&mut self.rng).map(|&id| vec![SingleChange::AddLearner(id)]),
+            1 => learners.choose(&mut self.rng).map(|&id| vec![SingleChange::AddVoter(id)]),
+            2 if voters.len() > 3 => voters.choose(&mut self.rng).map(|&id| vec![SingleChange::RemoveNode(id)]),
+            3 if voters.len() > 3 => voters.choose(&mut self.rng).map(|&id| vec![SingleChange::AddLearner(id)]),
             4 => match (learners.choose(&mut self.rng), voters.choose(&mut self.rng)) {
-                (Some(&new), Some(&old)) => Some(vec![
-                    SingleChange::AddVoter(new),
-                    SingleChange::RemoveNode(old),
-                ]),
+                (Some(&new), Some(&old)) => Some(vec![SingleChange::AddVoter(new), SingleChange::RemoveNode(old)]),
                 _ => None,
             },
             _ => None,
         };
         let Some(change) = change else { return Ok(()) };
-        if self.nodes[li]
-            .raft
-            .as_mut()
-            .expect("leader runs")
-            .propose_conf_change(ConfChange::Change(change))
-            .is_ok()
-        {
+        if self.nodes[li].raft.as_mut().expect("leader runs").propose_conf_change(ConfChange::Change(change)).is_ok() {
             self.report.conf_changes += 1;
         }
         self.after_event(li)
@@ -582,12 +518,7 @@ impl Simulation {
     }
 
     fn restart_due(&mut self) {
-        let due: Vec<usize> = self
-            .restarts
-            .iter()
-            .filter(|(_, &at)| at <= self.now)
-            .map(|(&i, _)| i)
-            .collect();
+        let due: Vec<usize> = self.restarts.iter().filter(|(_, &at)| at <= self.now).map(|(&i, _)| i).collect();
         for i in due {
             self.restarts.remove(&i);
             self.start_node(i);
@@ -612,9 +543,7 @@ impl Simulation {
             raft.term_at(raft.committed()) == Some(raft.term())
         });
         let write_after_heal = self.history.iter().enumerate().any(|(op, o)| {
-            o.call >= healed_at
-                && !self.discarded[op]
-                && matches!(o.outcome, Outcome::Done | Outcome::CasResult(_))
+            o.call >= healed_at && !self.discarded[op] && matches!(o.outcome, Outcome::Done | Outcome::CasResult(_))
         });
         leader_committed && write_after_heal
     }
@@ -675,10 +604,7 @@ impl Simulation {
             4..=7 => OpKind::Get,
             _ => {
                 let expected = self.latest_known_value(key);
-                OpKind::Cas {
-                    expected,
-                    new: value,
-                }
+                OpKind::Cas { expected, new: value }
             }
         };
         let i = (self.clients[c].target - 1) as usize;
@@ -688,19 +614,13 @@ impl Simulation {
         };
         let submitted = match kind {
             OpKind::Get => raft.read_index(op as u64).map(|()| None),
-            OpKind::Put(value) => raft
-                .propose(KvCommand::Put { key, value }.encode())
-                .map(Some),
-            OpKind::Cas { expected, new } => raft
-                .propose(KvCommand::Cas { key, expected, new }.encode())
-                .map(Some),
+            OpKind::Put(value) => raft.propose(KvCommand::Put { key, value }.encode()).map(Some),
+            OpKind::Cas { expected, new } => raft.propose(KvCommand::Cas { key, expected, new }.encode()).map(Some),
         };
         let waiting = Waiting { op, key };
         match submitted {
             Ok(Some(proposed)) => {
-                self.nodes[i]
-                    .pending_writes
-                    .insert(proposed.index, (proposed.term, waiting));
+                self.nodes[i].pending_writes.insert(proposed.index, (proposed.term, waiting));
             }
             Ok(None) => {
                 self.nodes[i].pending_reads.insert(op as u64, waiting);
@@ -726,38 +646,27 @@ impl Simulation {
 
     /// A plausible current value, so that some CAS operations succeed.
     fn latest_known_value(&self, key: Key) -> Option<u64> {
-        self.history
-            .iter()
-            .rev()
-            .find(|o| o.key == key && o.outcome != Outcome::Unknown)
-            .and_then(|o| match (o.kind, o.outcome) {
+        self.history.iter().rev().find(|o| o.key == key && o.outcome != Outcome::Unknown).and_then(|o| {
+            match (o.kind, o.outcome) {
                 (OpKind::Put(v), _) => Some(v),
                 (OpKind::Cas { new, .. }, Outcome::CasResult(true)) => Some(new),
                 (_, Outcome::Read(v)) => v,
                 _ => None,
-            })
+            }
+        })
     }
 
     fn check_history(&mut self) -> Result<(), String> {
-        let ops: Vec<Operation> = self
-            .history
-            .iter()
-            .zip(&self.discarded)
-            .filter(|(_, &d)| !d)
-            .map(|(o, _)| *o)
-            .collect();
+        let ops: Vec<Operation> =
+            self.history.iter().zip(&self.discarded).filter(|(_, &d)| !d).map(|(o, _)| *o).collect();
         self.report.operations = ops.len();
-        self.report.operations_completed =
-            ops.iter().filter(|o| o.outcome != Outcome::Unknown).count();
+        self.report.operations_completed = ops.iter().filter(|o| o.outcome != Outcome::Unknown).count();
         match linearizability::check(&ops) {
             Verdict::Linearizable => Ok(()),
-            Verdict::NotLinearizable(v) => Err(format!(
-                "linearizability: history of key {} admits no linearization: {:?}",
-                v.key, v.operations
-            )),
-            Verdict::Undecided { key } => Err(format!(
-                "linearizability: search budget exhausted on key {key}"
-            )),
+            Verdict::NotLinearizable(v) => {
+                Err(format!("linearizability: history of key {} admits no linearization: {:?}", v.key, v.operations))
+            }
+            Verdict::Undecided { key } => Err(format!("linearizability: search budget exhausted on key {key}")),
         }
     }
 }

@@ -46,11 +46,7 @@ impl BuiltinState {
 
     /// Keys in `[start, end)` (`end` empty: to the end), at most `limit`.
     pub fn range(&self, start: &[u8], end: &[u8], limit: usize) -> Vec<(Bytes, Versioned)> {
-        let upper = if end.is_empty() {
-            Bound::Unbounded
-        } else {
-            Bound::Excluded(end)
-        };
+        let upper = if end.is_empty() { Bound::Unbounded } else { Bound::Excluded(end) };
         self.kv
             .range::<[u8], _>((Bound::Included(start), upper))
             .take(limit)
@@ -76,10 +72,7 @@ impl BuiltinState {
                 // All conditions are checked against the state before the batch.
                 for (at, op) in ops.iter().enumerate() {
                     if let Some(current_revision) = self.failed_condition(op) {
-                        return Outcome::BatchAborted {
-                            failed_at: at as u32,
-                            current_revision,
-                        };
+                        return Outcome::BatchAborted { failed_at: at as u32, current_revision };
                     }
                 }
                 Outcome::Batch(ops.iter().map(|op| self.execute_one(index, op)).collect())
@@ -93,12 +86,7 @@ impl BuiltinState {
 
     /// For a CAS whose expectation does not hold: the key's current revision.
     fn failed_condition(&self, op: &Operation) -> Option<u64> {
-        let Operation::Cas {
-            key,
-            expected_revision,
-            ..
-        } = op
-        else {
+        let Operation::Cas { key, expected_revision, .. } = op else {
             return None;
         };
         let current = self.kv.get(key).map_or(0, |v| v.revision);
@@ -108,28 +96,16 @@ impl BuiltinState {
     fn execute_one(&mut self, index: Index, op: &Operation) -> Outcome {
         match op {
             Operation::Put { key, value } | Operation::Cas { key, value, .. } => {
-                self.kv.insert(
-                    key.clone(),
-                    Versioned {
-                        value: value.clone(),
-                        revision: index,
-                    },
-                );
+                self.kv.insert(key.clone(), Versioned { value: value.clone(), revision: index });
                 Outcome::Written { revision: index }
             }
-            Operation::Delete { key } => Outcome::Deleted {
-                existed: self.kv.remove(key).is_some(),
-            },
+            Operation::Delete { key } => Outcome::Deleted { existed: self.kv.remove(key).is_some() },
             Operation::Append { log, data } => {
                 let entries = self.logs.entry(log.clone()).or_default();
                 entries.push(data.clone());
-                Outcome::Appended {
-                    log_index: entries.len() as u64,
-                }
+                Outcome::Appended { log_index: entries.len() as u64 }
             }
-            Operation::Custom { kind, .. } => {
-                Outcome::Rejected(format!("custom operation {kind} not supported"))
-            }
+            Operation::Custom { kind, .. } => Outcome::Rejected(format!("custom operation {kind} not supported")),
             Operation::Batch(_) => Outcome::Rejected("nested batch".into()),
         }
     }
@@ -138,33 +114,18 @@ impl BuiltinState {
         if let Some(old) = self.sessions.get(&client) {
             self.sessions_by_age.remove(&(old.last_index, client));
         } else if self.sessions.len() >= SESSIONS_MAX {
-            let (&(last_index, evicted), _) = self
-                .sessions_by_age
-                .iter()
-                .next()
-                .expect("sessions are full");
+            let (&(last_index, evicted), _) = self.sessions_by_age.iter().next().expect("sessions are full");
             self.sessions_by_age.remove(&(last_index, evicted));
             self.sessions.remove(&evicted);
         }
-        self.sessions.insert(
-            client,
-            Session {
-                sequence,
-                outcome: outcome.clone(),
-                last_index: index,
-            },
-        );
+        self.sessions.insert(client, Session { sequence, outcome: outcome.clone(), last_index: index });
         self.sessions_by_age.insert((index, client), ());
     }
 }
 
 impl StateMachine for BuiltinState {
     fn apply(&mut self, index: Index, command: &Command) -> Outcome {
-        assert!(
-            index > self.applied,
-            "apply of {index} after {}",
-            self.applied
-        );
+        assert!(index > self.applied, "apply of {index} after {}", self.applied);
         self.applied = index;
         if command.client != 0 {
             if let Some(session) = self.sessions.get(&command.client) {
@@ -187,11 +148,7 @@ impl StateMachine for BuiltinState {
     }
 
     fn skip(&mut self, index: Index) {
-        assert!(
-            index > self.applied,
-            "skip of {index} after {}",
-            self.applied
-        );
+        assert!(index > self.applied, "skip of {index} after {}", self.applied);
         self.applied = index;
     }
 
@@ -225,43 +182,24 @@ impl StateMachine for BuiltinState {
     }
 
     fn restore(&mut self, mut data: Bytes) -> Result<(), StateError> {
-        let mut restored = BuiltinState {
-            applied: get_u64(&mut data)?,
-            ..BuiltinState::default()
-        };
+        let mut restored = BuiltinState { applied: get_u64(&mut data)?, ..BuiltinState::default() };
         for _ in 0..get_u64(&mut data)? {
             let key = get_bytes(&mut data)?;
             let value = get_bytes(&mut data)?;
-            restored.kv.insert(
-                key,
-                Versioned {
-                    value,
-                    revision: get_u64(&mut data)?,
-                },
-            );
+            restored.kv.insert(key, Versioned { value, revision: get_u64(&mut data)? });
         }
         for _ in 0..get_u64(&mut data)? {
             let name = get_bytes(&mut data)?;
             let n = get_u64(&mut data)?;
-            let entries = (0..n)
-                .map(|_| get_bytes(&mut data))
-                .collect::<Result<_, _>>()?;
+            let entries = (0..n).map(|_| get_bytes(&mut data)).collect::<Result<_, _>>()?;
             restored.logs.insert(name, entries);
         }
         for _ in 0..get_u64(&mut data)? {
             let client = get_u64(&mut data)?;
             let sequence = get_u64(&mut data)?;
             let last_index = get_u64(&mut data)?;
-            let outcome = Outcome::decode(get_bytes(&mut data)?)
-                .ok_or(StateError::Corrupt("session outcome"))?;
-            restored.sessions.insert(
-                client,
-                Session {
-                    sequence,
-                    outcome,
-                    last_index,
-                },
-            );
+            let outcome = Outcome::decode(get_bytes(&mut data)?).ok_or(StateError::Corrupt("session outcome"))?;
+            restored.sessions.insert(client, Session { sequence, outcome, last_index });
             restored.sessions_by_age.insert((last_index, client), ());
         }
         if !data.is_empty() {
@@ -304,44 +242,18 @@ mod tests {
     }
 
     fn cmd(client: u64, sequence: u64, operation: Operation) -> Command {
-        Command {
-            client,
-            sequence,
-            operation,
-        }
+        Command { client, sequence, operation }
     }
 
     #[test]
     fn cas_compares_revisions_and_reports_the_current_one() {
         let mut s = BuiltinState::default();
-        let put = Operation::Put {
-            key: b("k"),
-            value: b("v1"),
-        };
-        assert_eq!(
-            s.apply(1, &cmd(0, 0, put)),
-            Outcome::Written { revision: 1 }
-        );
-        let stale = Operation::Cas {
-            key: b("k"),
-            expected_revision: 0,
-            value: b("v2"),
-        };
-        assert_eq!(
-            s.apply(2, &cmd(0, 0, stale)),
-            Outcome::CasFailed {
-                current_revision: 1
-            }
-        );
-        let fresh = Operation::Cas {
-            key: b("k"),
-            expected_revision: 1,
-            value: b("v2"),
-        };
-        assert_eq!(
-            s.apply(3, &cmd(0, 0, fresh)),
-            Outcome::Written { revision: 3 }
-        );
+        let put = Operation::Put { key: b("k"), value: b("v1") };
+        assert_eq!(s.apply(1, &cmd(0, 0, put)), Outcome::Written { revision: 1 });
+        let stale = Operation::Cas { key: b("k"), expected_revision: 0, value: b("v2") };
+        assert_eq!(s.apply(2, &cmd(0, 0, stale)), Outcome::CasFailed { current_revision: 1 });
+        let fresh = Operation::Cas { key: b("k"), expected_revision: 1, value: b("v2") };
+        assert_eq!(s.apply(3, &cmd(0, 0, fresh)), Outcome::Written { revision: 3 });
         assert_eq!(s.get(b"k").map(|v| v.value.clone()), Some(b("v2")));
     }
 
@@ -349,65 +261,28 @@ mod tests {
     fn a_batch_applies_whole_or_not_at_all() {
         let mut s = BuiltinState::default();
         let batch = Operation::Batch(vec![
-            Operation::Put {
-                key: b("a"),
-                value: b("1"),
-            },
-            Operation::Cas {
-                key: b("b"),
-                expected_revision: 7,
-                value: b("2"),
-            },
+            Operation::Put { key: b("a"), value: b("1") },
+            Operation::Cas { key: b("b"), expected_revision: 7, value: b("2") },
         ]);
-        assert_eq!(
-            s.apply(1, &cmd(0, 0, batch)),
-            Outcome::BatchAborted {
-                failed_at: 1,
-                current_revision: 0
-            }
-        );
+        assert_eq!(s.apply(1, &cmd(0, 0, batch)), Outcome::BatchAborted { failed_at: 1, current_revision: 0 });
         assert_eq!(s.get(b"a"), None);
         let batch = Operation::Batch(vec![
-            Operation::Put {
-                key: b("a"),
-                value: b("1"),
-            },
-            Operation::Append {
-                log: b("wal"),
-                data: b("x"),
-            },
+            Operation::Put { key: b("a"), value: b("1") },
+            Operation::Append { log: b("wal"), data: b("x") },
         ]);
-        let expected = Outcome::Batch(vec![
-            Outcome::Written { revision: 2 },
-            Outcome::Appended { log_index: 1 },
-        ]);
+        let expected = Outcome::Batch(vec![Outcome::Written { revision: 2 }, Outcome::Appended { log_index: 1 }]);
         assert_eq!(s.apply(2, &cmd(0, 0, batch)), expected);
     }
 
     #[test]
     fn a_retried_command_applies_once_and_gets_the_same_answer() {
         let mut s = BuiltinState::default();
-        let append = Operation::Append {
-            log: b("wal"),
-            data: b("rec"),
-        };
-        assert_eq!(
-            s.apply(1, &cmd(9, 1, append.clone())),
-            Outcome::Appended { log_index: 1 }
-        );
-        assert_eq!(
-            s.apply(2, &cmd(9, 1, append.clone())),
-            Outcome::Appended { log_index: 1 }
-        );
+        let append = Operation::Append { log: b("wal"), data: b("rec") };
+        assert_eq!(s.apply(1, &cmd(9, 1, append.clone())), Outcome::Appended { log_index: 1 });
+        assert_eq!(s.apply(2, &cmd(9, 1, append.clone())), Outcome::Appended { log_index: 1 });
         assert_eq!(s.log_len(b"wal"), Some(1));
-        assert_eq!(
-            s.apply(3, &cmd(9, 2, append.clone())),
-            Outcome::Appended { log_index: 2 }
-        );
-        assert!(matches!(
-            s.apply(4, &cmd(9, 1, append)),
-            Outcome::Rejected(_)
-        ));
+        assert_eq!(s.apply(3, &cmd(9, 2, append.clone())), Outcome::Appended { log_index: 2 });
+        assert!(matches!(s.apply(4, &cmd(9, 1, append)), Outcome::Rejected(_)));
         assert_eq!(s.read_log(b"wal", 2, 10), Some(vec![b("rec")]));
         assert_eq!(s.read_log(b"nope", 1, 10), None);
     }
@@ -419,37 +294,14 @@ mod tests {
             s.apply(client, &cmd(client, 1, Operation::Delete { key: b("k") }));
         }
         assert_eq!(s.sessions.len(), SESSIONS_MAX);
-        assert!(
-            !s.sessions.contains_key(&1),
-            "the session applied longest ago goes first"
-        );
+        assert!(!s.sessions.contains_key(&1), "the session applied longest ago goes first");
     }
 
     #[test]
     fn snapshot_restores_everything() {
         let mut s = BuiltinState::default();
-        s.apply(
-            1,
-            &cmd(
-                3,
-                1,
-                Operation::Put {
-                    key: b("k"),
-                    value: b("v"),
-                },
-            ),
-        );
-        s.apply(
-            2,
-            &cmd(
-                0,
-                0,
-                Operation::Append {
-                    log: b("wal"),
-                    data: b("x"),
-                },
-            ),
-        );
+        s.apply(1, &cmd(3, 1, Operation::Put { key: b("k"), value: b("v") }));
+        s.apply(2, &cmd(0, 0, Operation::Append { log: b("wal"), data: b("x") }));
         s.skip(3);
         let mut restored = BuiltinState::default();
         restored.restore(s.snapshot()).unwrap();
@@ -461,17 +313,7 @@ mod tests {
     fn range_respects_bounds_and_limit() {
         let mut s = BuiltinState::default();
         for (i, k) in ["a", "b", "c", "d"].into_iter().enumerate() {
-            s.apply(
-                i as u64 + 1,
-                &cmd(
-                    0,
-                    0,
-                    Operation::Put {
-                        key: b(k),
-                        value: b(k),
-                    },
-                ),
-            );
+            s.apply(i as u64 + 1, &cmd(0, 0, Operation::Put { key: b(k), value: b(k) }));
         }
         let keys = |r: Vec<(Bytes, Versioned)>| r.into_iter().map(|(k, _)| k).collect::<Vec<_>>();
         assert_eq!(keys(s.range(b"b", b"d", 10)), vec![b("b"), b("c")]);

@@ -88,9 +88,7 @@ impl Operation {
     /// Checks the bounds a proposal must respect (key sizes, batch shape).
     pub fn validate(&self) -> Result<(), CommandError> {
         match self {
-            Operation::Put { key, .. } | Operation::Delete { key } | Operation::Cas { key, .. } => {
-                check_key(key)
-            }
+            Operation::Put { key, .. } | Operation::Delete { key } | Operation::Cas { key, .. } => check_key(key),
             Operation::Append { log, .. } => check_key(log),
             Operation::Batch(ops) => {
                 if ops.len() > BATCH_OPS_MAX {
@@ -119,11 +117,7 @@ impl Operation {
                 out.put_u8(TAG_DELETE);
                 put_bytes(out, key);
             }
-            Operation::Cas {
-                key,
-                expected_revision,
-                value,
-            } => {
+            Operation::Cas { key, expected_revision, value } => {
                 out.put_u8(TAG_CAS);
                 put_bytes(out, key);
                 out.put_u64_le(*expected_revision);
@@ -150,27 +144,15 @@ impl Operation {
     fn decode(buf: &mut Bytes, depth: u8) -> Result<Operation, CommandError> {
         need(buf, 1)?;
         let op = match buf.get_u8() {
-            TAG_PUT => Operation::Put {
-                key: get_bytes(buf)?,
-                value: get_bytes(buf)?,
-            },
-            TAG_DELETE => Operation::Delete {
-                key: get_bytes(buf)?,
-            },
+            TAG_PUT => Operation::Put { key: get_bytes(buf)?, value: get_bytes(buf)? },
+            TAG_DELETE => Operation::Delete { key: get_bytes(buf)? },
             TAG_CAS => {
                 let key = get_bytes(buf)?;
                 need(buf, 8)?;
                 let expected_revision = buf.get_u64_le();
-                Operation::Cas {
-                    key,
-                    expected_revision,
-                    value: get_bytes(buf)?,
-                }
+                Operation::Cas { key, expected_revision, value: get_bytes(buf)? }
             }
-            TAG_APPEND => Operation::Append {
-                log: get_bytes(buf)?,
-                data: get_bytes(buf)?,
-            },
+            TAG_APPEND => Operation::Append { log: get_bytes(buf)?, data: get_bytes(buf)? },
             TAG_BATCH if depth > 0 => return Err(CommandError::NestedBatch),
             TAG_BATCH => {
                 need(buf, 4)?;
@@ -178,18 +160,13 @@ impl Operation {
                 if n > BATCH_OPS_MAX {
                     return Err(CommandError::BatchTooLarge(n));
                 }
-                let ops = (0..n)
-                    .map(|_| Operation::decode(buf, depth + 1))
-                    .collect::<Result<_, _>>()?;
+                let ops = (0..n).map(|_| Operation::decode(buf, depth + 1)).collect::<Result<_, _>>()?;
                 Operation::Batch(ops)
             }
             TAG_CUSTOM => {
                 need(buf, 4)?;
                 let kind = buf.get_u32_le();
-                Operation::Custom {
-                    kind,
-                    data: get_bytes(buf)?,
-                }
+                Operation::Custom { kind, data: get_bytes(buf)? }
             }
             tag => return Err(CommandError::UnknownTag(tag)),
         };
@@ -221,11 +198,7 @@ impl Command {
             return Err(CommandError::Trailing);
         }
         operation.validate()?;
-        Ok(Command {
-            client,
-            sequence,
-            operation,
-        })
+        Ok(Command { client, sequence, operation })
     }
 }
 
@@ -274,23 +247,15 @@ mod tests {
         prop_oneof![
             (arb_key(), arb_bytes(64)).prop_map(|(key, value)| Operation::Put { key, value }),
             arb_key().prop_map(|key| Operation::Delete { key }),
-            (arb_key(), any::<u64>(), arb_bytes(64)).prop_map(|(key, expected_revision, value)| {
-                Operation::Cas {
-                    key,
-                    expected_revision,
-                    value,
-                }
-            }),
+            (arb_key(), any::<u64>(), arb_bytes(64))
+                .prop_map(|(key, expected_revision, value)| { Operation::Cas { key, expected_revision, value } }),
             (arb_key(), arb_bytes(64)).prop_map(|(log, data)| Operation::Append { log, data }),
             (any::<u32>(), arb_bytes(64)).prop_map(|(kind, data)| Operation::Custom { kind, data }),
         ]
     }
 
     fn arb_op() -> impl Strategy<Value = Operation> {
-        prop_oneof![
-            arb_simple_op(),
-            vec(arb_simple_op(), 0..8).prop_map(Operation::Batch)
-        ]
+        prop_oneof![arb_simple_op(), vec(arb_simple_op(), 0..8).prop_map(Operation::Batch)]
     }
 
     proptest! {
@@ -316,25 +281,11 @@ mod tests {
     #[test]
     fn bounds_are_enforced() {
         let key = Bytes::from(vec![1; KEY_MAX_BYTES + 1]);
-        assert_eq!(
-            Operation::Delete { key }.validate(),
-            Err(CommandError::KeyTooLarge(KEY_MAX_BYTES + 1))
-        );
-        assert_eq!(
-            Operation::Delete { key: Bytes::new() }.validate(),
-            Err(CommandError::EmptyKey)
-        );
+        assert_eq!(Operation::Delete { key }.validate(), Err(CommandError::KeyTooLarge(KEY_MAX_BYTES + 1)));
+        assert_eq!(Operation::Delete { key: Bytes::new() }.validate(), Err(CommandError::EmptyKey));
         let nested = Operation::Batch(vec![Operation::Batch(vec![])]);
         assert_eq!(nested.validate(), Err(CommandError::NestedBatch));
-        let many = Operation::Batch(vec![
-            Operation::Delete {
-                key: Bytes::from_static(b"k")
-            };
-            BATCH_OPS_MAX + 1
-        ]);
-        assert_eq!(
-            many.validate(),
-            Err(CommandError::BatchTooLarge(BATCH_OPS_MAX + 1))
-        );
+        let many = Operation::Batch(vec![Operation::Delete { key: Bytes::from_static(b"k") }; BATCH_OPS_MAX + 1]);
+        assert_eq!(many.validate(), Err(CommandError::BatchTooLarge(BATCH_OPS_MAX + 1)));
     }
 }

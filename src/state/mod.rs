@@ -102,10 +102,7 @@ impl Outcome {
                 out.put_u32_le(outcomes.len() as u32);
                 outcomes.iter().for_each(|o| o.encode_into(out));
             }
-            Outcome::BatchAborted {
-                failed_at,
-                current_revision,
-            } => {
+            Outcome::BatchAborted { failed_at, current_revision } => {
                 out.put_u8(OUTCOME_BATCH_ABORTED);
                 out.put_u32_le(*failed_at);
                 out.put_u64_le(*current_revision);
@@ -132,33 +129,20 @@ impl Outcome {
         }
         let u64_of = |d: &mut Bytes| builtin::get_u64(d).ok();
         Some(match data.get_u8() {
-            OUTCOME_WRITTEN => Outcome::Written {
-                revision: u64_of(data)?,
-            },
-            OUTCOME_DELETED if !data.is_empty() => Outcome::Deleted {
-                existed: data.get_u8() != 0,
-            },
-            OUTCOME_CAS_FAILED => Outcome::CasFailed {
-                current_revision: u64_of(data)?,
-            },
-            OUTCOME_APPENDED => Outcome::Appended {
-                log_index: u64_of(data)?,
-            },
+            OUTCOME_WRITTEN => Outcome::Written { revision: u64_of(data)? },
+            OUTCOME_DELETED if !data.is_empty() => Outcome::Deleted { existed: data.get_u8() != 0 },
+            OUTCOME_CAS_FAILED => Outcome::CasFailed { current_revision: u64_of(data)? },
+            OUTCOME_APPENDED => Outcome::Appended { log_index: u64_of(data)? },
             OUTCOME_BATCH if data.len() >= 4 => {
                 let n = data.get_u32_le() as usize;
                 if n > BATCH_OPS_MAX {
                     return None;
                 }
-                Outcome::Batch(
-                    (0..n)
-                        .map(|_| Outcome::decode_from(data))
-                        .collect::<Option<_>>()?,
-                )
+                Outcome::Batch((0..n).map(|_| Outcome::decode_from(data)).collect::<Option<_>>()?)
             }
-            OUTCOME_BATCH_ABORTED if data.len() >= 12 => Outcome::BatchAborted {
-                failed_at: data.get_u32_le(),
-                current_revision: data.get_u64_le(),
-            },
+            OUTCOME_BATCH_ABORTED if data.len() >= 12 => {
+                Outcome::BatchAborted { failed_at: data.get_u32_le(), current_revision: data.get_u64_le() }
+            }
             OUTCOME_CUSTOM => Outcome::Custom(builtin::get_bytes(data).ok()?),
             OUTCOME_REJECTED => {
                 let reason = builtin::get_bytes(data).ok()?;
@@ -178,27 +162,16 @@ mod tests {
         let outcomes = [
             Outcome::Written { revision: 7 },
             Outcome::Deleted { existed: true },
-            Outcome::CasFailed {
-                current_revision: 3,
-            },
+            Outcome::CasFailed { current_revision: 3 },
             Outcome::Appended { log_index: 9 },
-            Outcome::Batch(vec![
-                Outcome::Written { revision: 1 },
-                Outcome::Deleted { existed: false },
-            ]),
-            Outcome::BatchAborted {
-                failed_at: 2,
-                current_revision: 5,
-            },
+            Outcome::Batch(vec![Outcome::Written { revision: 1 }, Outcome::Deleted { existed: false }]),
+            Outcome::BatchAborted { failed_at: 2, current_revision: 5 },
             Outcome::Custom(Bytes::from_static(b"x")),
             Outcome::Rejected("no".into()),
         ];
         for outcome in outcomes {
             assert_eq!(Outcome::decode(outcome.encode()), Some(outcome));
         }
-        assert_eq!(
-            Outcome::decode(Bytes::from_static(&[OUTCOME_WRITTEN, 1])),
-            None
-        );
+        assert_eq!(Outcome::decode(Bytes::from_static(&[OUTCOME_WRITTEN, 1])), None);
     }
 }

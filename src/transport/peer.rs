@@ -19,10 +19,7 @@ const BACKOFF_MAX: Duration = Duration::from_secs(2);
 /// Batches buffered between the queue and one connection.
 const STREAM_BUFFER: usize = 16;
 
-async fn pump(
-    queue: flume::Receiver<proto::PeerBatch>,
-    tx: tokio::sync::mpsc::Sender<proto::PeerBatch>,
-) {
+async fn pump(queue: flume::Receiver<proto::PeerBatch>, tx: tokio::sync::mpsc::Sender<proto::PeerBatch>) {
     while let Ok(batch) = queue.recv_async().await {
         if tx.send(batch).await.is_err() {
             return;
@@ -47,11 +44,7 @@ pub fn start(
         while let Ok((to, messages)) = outbound.recv_async().await {
             if let Some(queue) = queues.get(&to) {
                 for chunk in messages.chunks(BATCH_MESSAGES_MAX) {
-                    let batch = proto::PeerBatch {
-                        cluster_id,
-                        from_node: node,
-                        messages: chunk.to_vec(),
-                    };
+                    let batch = proto::PeerBatch { cluster_id, from_node: node, messages: chunk.to_vec() };
                     let _ = queue.try_send(batch);
                 }
             }
@@ -60,12 +53,7 @@ pub fn start(
 }
 
 /// Keeps one stream open to a peer, re-opening it after failures.
-async fn sender(
-    node: NodeId,
-    cluster_id: u64,
-    channel: Channel,
-    queue: flume::Receiver<proto::PeerBatch>,
-) {
+async fn sender(node: NodeId, cluster_id: u64, channel: Channel, queue: flume::Receiver<proto::PeerBatch>) {
     let mut backoff = BACKOFF_MIN;
     loop {
         let mut client = PeerClient::new(channel.clone());
@@ -73,19 +61,14 @@ async fn sender(
         // the connection does.
         let (tx, rx) = tokio::sync::mpsc::channel(STREAM_BUFFER);
         let pump = tokio::spawn(pump(queue.clone(), tx));
-        let result = client
-            .stream(tokio_stream::wrappers::ReceiverStream::new(rx))
-            .await;
+        let result = client.stream(tokio_stream::wrappers::ReceiverStream::new(rx)).await;
         match result {
             Ok(response) => {
                 backoff = BACKOFF_MIN;
                 let mut answers = response.into_inner();
                 // The peer answers only to refuse us (e.g. another cluster's id).
                 if let Err(status) = answers.message().await {
-                    eprintln!(
-                        "node {node} (cluster {cluster_id}): peer stream refused: {}",
-                        status.message()
-                    );
+                    eprintln!("node {node} (cluster {cluster_id}): peer stream refused: {}", status.message());
                 }
             }
             Err(_) => {

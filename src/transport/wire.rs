@@ -7,8 +7,7 @@ use std::collections::BTreeSet;
 use crate::log::GroupId;
 use crate::proto;
 use crate::raft::{
-    ConfChange, ConfState, Entry, EntryPayload, Message, MessageKind, RejectHint, SingleChange,
-    Snapshot, SnapshotMeta,
+    ConfChange, ConfState, Entry, EntryPayload, Message, MessageKind, RejectHint, SingleChange, Snapshot, SnapshotMeta,
 };
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -18,52 +17,27 @@ pub struct WireError(pub &'static str);
 pub fn encode_message(group: GroupId, m: &Message) -> proto::RaftMessage {
     use proto::raft_message::Kind;
     let kind = match &m.kind {
-        MessageKind::PreVote {
-            last_index,
-            last_term,
-        } => Kind::PreVote(proto::MsgPreVote {
-            last_index: *last_index,
-            last_term: *last_term,
-        }),
-        MessageKind::PreVoteResponse { reject } => {
-            Kind::PreVoteResponse(proto::MsgVoteResponse { reject: *reject })
+        MessageKind::PreVote { last_index, last_term } => {
+            Kind::PreVote(proto::MsgPreVote { last_index: *last_index, last_term: *last_term })
         }
-        MessageKind::Vote {
-            last_index,
-            last_term,
-            transfer,
-        } => Kind::Vote(proto::MsgVote {
-            last_index: *last_index,
-            last_term: *last_term,
-            transfer: *transfer,
-        }),
-        MessageKind::VoteResponse { reject } => {
-            Kind::VoteResponse(proto::MsgVoteResponse { reject: *reject })
+        MessageKind::PreVoteResponse { reject } => Kind::PreVoteResponse(proto::MsgVoteResponse { reject: *reject }),
+        MessageKind::Vote { last_index, last_term, transfer } => {
+            Kind::Vote(proto::MsgVote { last_index: *last_index, last_term: *last_term, transfer: *transfer })
         }
-        MessageKind::Append {
-            prev_index,
-            prev_term,
-            entries,
-            commit,
-        } => Kind::Append(proto::MsgAppend {
+        MessageKind::VoteResponse { reject } => Kind::VoteResponse(proto::MsgVoteResponse { reject: *reject }),
+        MessageKind::Append { prev_index, prev_term, entries, commit } => Kind::Append(proto::MsgAppend {
             prev_index: *prev_index,
             prev_term: *prev_term,
             entries: entries.iter().map(encode_entry).collect(),
             commit: *commit,
         }),
-        MessageKind::AppendResponse { index, reject } => {
-            Kind::AppendResponse(proto::MsgAppendResponse {
-                index: *index,
-                reject: reject.map(|h| proto::RejectHint {
-                    index: h.index,
-                    term: h.term,
-                }),
-            })
-        }
-        MessageKind::Heartbeat { commit, round } => Kind::Heartbeat(proto::MsgHeartbeat {
-            commit: *commit,
-            round: *round,
+        MessageKind::AppendResponse { index, reject } => Kind::AppendResponse(proto::MsgAppendResponse {
+            index: *index,
+            reject: reject.map(|h| proto::RejectHint { index: h.index, term: h.term }),
         }),
+        MessageKind::Heartbeat { commit, round } => {
+            Kind::Heartbeat(proto::MsgHeartbeat { commit: *commit, round: *round })
+        }
         MessageKind::HeartbeatResponse { round } => {
             Kind::HeartbeatResponse(proto::MsgHeartbeatResponse { round: *round })
         }
@@ -73,73 +47,40 @@ pub fn encode_message(group: GroupId, m: &Message) -> proto::RaftMessage {
         }),
         MessageKind::TimeoutNow => Kind::TimeoutNow(proto::MsgTimeoutNow {}),
     };
-    proto::RaftMessage {
-        group,
-        from: m.from,
-        to: m.to,
-        term: m.term,
-        kind: Some(kind),
-    }
+    proto::RaftMessage { group, from: m.from, to: m.to, term: m.term, kind: Some(kind) }
 }
 
 pub fn decode_message(m: proto::RaftMessage) -> Result<(GroupId, Message), WireError> {
     use proto::raft_message::Kind;
     let kind = match m.kind.ok_or(WireError("message without a kind"))? {
-        Kind::PreVote(v) => MessageKind::PreVote {
-            last_index: v.last_index,
-            last_term: v.last_term,
-        },
+        Kind::PreVote(v) => MessageKind::PreVote { last_index: v.last_index, last_term: v.last_term },
         Kind::PreVoteResponse(v) => MessageKind::PreVoteResponse { reject: v.reject },
-        Kind::Vote(v) => MessageKind::Vote {
-            last_index: v.last_index,
-            last_term: v.last_term,
-            transfer: v.transfer,
-        },
+        Kind::Vote(v) => MessageKind::Vote { last_index: v.last_index, last_term: v.last_term, transfer: v.transfer },
         Kind::VoteResponse(v) => MessageKind::VoteResponse { reject: v.reject },
         Kind::Append(a) => MessageKind::Append {
             prev_index: a.prev_index,
             prev_term: a.prev_term,
-            entries: a
-                .entries
-                .into_iter()
-                .map(decode_entry)
-                .collect::<Result<_, _>>()?,
+            entries: a.entries.into_iter().map(decode_entry).collect::<Result<_, _>>()?,
             commit: a.commit,
         },
         Kind::AppendResponse(r) => MessageKind::AppendResponse {
             index: r.index,
-            reject: r.reject.map(|h| RejectHint {
-                index: h.index,
-                term: h.term,
-            }),
+            reject: r.reject.map(|h| RejectHint { index: h.index, term: h.term }),
         },
-        Kind::Heartbeat(h) => MessageKind::Heartbeat {
-            commit: h.commit,
-            round: h.round,
-        },
+        Kind::Heartbeat(h) => MessageKind::Heartbeat { commit: h.commit, round: h.round },
         Kind::HeartbeatResponse(h) => MessageKind::HeartbeatResponse { round: h.round },
         Kind::Snapshot(s) => {
             let meta = decode_snapshot_meta(s.meta.ok_or(WireError("snapshot without metadata"))?)?;
             // Copied: a payload must not pin the whole HTTP/2 receive buffer.
             let data = bytes::Bytes::copy_from_slice(&s.data);
-            MessageKind::Snapshot {
-                snapshot: Box::new(Snapshot { meta, data }),
-            }
+            MessageKind::Snapshot { snapshot: Box::new(Snapshot { meta, data }) }
         }
         Kind::TimeoutNow(_) => MessageKind::TimeoutNow,
     };
     if m.from == 0 || m.to == 0 {
         return Err(WireError("node id 0"));
     }
-    Ok((
-        m.group,
-        Message {
-            from: m.from,
-            to: m.to,
-            term: m.term,
-            kind,
-        },
-    ))
+    Ok((m.group, Message { from: m.from, to: m.to, term: m.term, kind }))
 }
 
 fn encode_entry(e: &Entry) -> proto::Entry {
@@ -149,11 +90,7 @@ fn encode_entry(e: &Entry) -> proto::Entry {
         EntryPayload::Normal(data) => Payload::Normal(data.clone()),
         EntryPayload::ConfChange(cc) => Payload::ConfChange(encode_conf_change(cc)),
     };
-    proto::Entry {
-        term: e.term,
-        index: e.index,
-        payload: Some(payload),
-    }
+    proto::Entry { term: e.term, index: e.index, payload: Some(payload) }
 }
 
 fn decode_entry(e: proto::Entry) -> Result<Entry, WireError> {
@@ -167,20 +104,13 @@ fn decode_entry(e: proto::Entry) -> Result<Entry, WireError> {
     if e.index == 0 {
         return Err(WireError("entry at index 0"));
     }
-    Ok(Entry {
-        term: e.term,
-        index: e.index,
-        payload,
-    })
+    Ok(Entry { term: e.term, index: e.index, payload })
 }
 
 fn encode_conf_change(cc: &ConfChange) -> proto::ConfChange {
     use proto::conf_change_single::Kind;
     match cc {
-        ConfChange::LeaveJoint => proto::ConfChange {
-            leave_joint: true,
-            changes: Vec::new(),
-        },
+        ConfChange::LeaveJoint => proto::ConfChange { leave_joint: true, changes: Vec::new() },
         ConfChange::Change(changes) => proto::ConfChange {
             leave_joint: false,
             changes: changes
@@ -191,10 +121,7 @@ fn encode_conf_change(cc: &ConfChange) -> proto::ConfChange {
                         SingleChange::AddLearner(n) => (Kind::AddLearner, n),
                         SingleChange::RemoveNode(n) => (Kind::RemoveNode, n),
                     };
-                    proto::ConfChangeSingle {
-                        kind: kind as i32,
-                        node,
-                    }
+                    proto::ConfChangeSingle { kind: kind as i32, node }
                 })
                 .collect(),
         },
@@ -233,19 +160,13 @@ fn encode_snapshot_meta(meta: &SnapshotMeta) -> proto::SnapshotMeta {
 }
 
 fn decode_snapshot_meta(meta: proto::SnapshotMeta) -> Result<SnapshotMeta, WireError> {
-    let conf = meta
-        .conf_state
-        .ok_or(WireError("snapshot without a configuration"))?;
+    let conf = meta.conf_state.ok_or(WireError("snapshot without a configuration"))?;
     let conf_state = ConfState {
         voters: conf.voters.into_iter().collect(),
         voters_outgoing: conf.voters_outgoing.into_iter().collect(),
         learners: conf.learners.into_iter().collect(),
     };
-    Ok(SnapshotMeta {
-        index: meta.index,
-        term: meta.term,
-        conf_state,
-    })
+    Ok(SnapshotMeta { index: meta.index, term: meta.term, conf_state })
 }
 
 #[cfg(test)]
@@ -256,16 +177,8 @@ mod tests {
 
     fn samples() -> Vec<Message> {
         let entries = vec![
-            Entry {
-                term: 2,
-                index: 5,
-                payload: EntryPayload::Noop,
-            },
-            Entry {
-                term: 2,
-                index: 6,
-                payload: EntryPayload::Normal(Bytes::from_static(b"data")),
-            },
+            Entry { term: 2, index: 5, payload: EntryPayload::Noop },
+            Entry { term: 2, index: 6, payload: EntryPayload::Normal(Bytes::from_static(b"data")) },
             Entry {
                 term: 2,
                 index: 7,
@@ -275,11 +188,7 @@ mod tests {
                     SingleChange::RemoveNode(1),
                 ])),
             },
-            Entry {
-                term: 2,
-                index: 8,
-                payload: EntryPayload::ConfChange(ConfChange::LeaveJoint),
-            },
+            Entry { term: 2, index: 8, payload: EntryPayload::ConfChange(ConfChange::LeaveJoint) },
         ];
         let snapshot = Snapshot {
             meta: SnapshotMeta {
@@ -294,50 +203,19 @@ mod tests {
             data: Bytes::from_static(b"image"),
         };
         let kinds = vec![
-            MessageKind::PreVote {
-                last_index: 3,
-                last_term: 1,
-            },
+            MessageKind::PreVote { last_index: 3, last_term: 1 },
             MessageKind::PreVoteResponse { reject: true },
-            MessageKind::Vote {
-                last_index: 3,
-                last_term: 1,
-                transfer: true,
-            },
+            MessageKind::Vote { last_index: 3, last_term: 1, transfer: true },
             MessageKind::VoteResponse { reject: false },
-            MessageKind::Append {
-                prev_index: 4,
-                prev_term: 1,
-                entries,
-                commit: 4,
-            },
-            MessageKind::AppendResponse {
-                index: 4,
-                reject: Some(RejectHint { index: 2, term: 1 }),
-            },
-            MessageKind::AppendResponse {
-                index: 8,
-                reject: None,
-            },
-            MessageKind::Heartbeat {
-                commit: 3,
-                round: 17,
-            },
+            MessageKind::Append { prev_index: 4, prev_term: 1, entries, commit: 4 },
+            MessageKind::AppendResponse { index: 4, reject: Some(RejectHint { index: 2, term: 1 }) },
+            MessageKind::AppendResponse { index: 8, reject: None },
+            MessageKind::Heartbeat { commit: 3, round: 17 },
             MessageKind::HeartbeatResponse { round: 17 },
-            MessageKind::Snapshot {
-                snapshot: Box::new(snapshot),
-            },
+            MessageKind::Snapshot { snapshot: Box::new(snapshot) },
             MessageKind::TimeoutNow,
         ];
-        kinds
-            .into_iter()
-            .map(|kind| Message {
-                from: 1,
-                to: 2,
-                term: 2,
-                kind,
-            })
-            .collect()
+        kinds.into_iter().map(|kind| Message { from: 1, to: 2, term: 2, kind }).collect()
     }
 
     #[test]
@@ -351,17 +229,8 @@ mod tests {
 
     #[test]
     fn malformed_messages_are_refused_with_a_reason() {
-        let no_kind = proto::RaftMessage {
-            group: 1,
-            from: 1,
-            to: 2,
-            term: 1,
-            kind: None,
-        };
-        assert_eq!(
-            decode_message(no_kind),
-            Err(WireError("message without a kind"))
-        );
+        let no_kind = proto::RaftMessage { group: 1, from: 1, to: 2, term: 1, kind: None };
+        assert_eq!(decode_message(no_kind), Err(WireError("message without a kind")));
         let mut zero_from = encode_message(1, &samples()[0]);
         zero_from.from = 0;
         assert!(decode_message(zero_from).is_err());
@@ -369,10 +238,7 @@ mod tests {
         if let Some(proto::raft_message::Kind::Append(a)) = &mut bad_entry.kind {
             a.entries[0].payload = None;
         }
-        assert_eq!(
-            decode_message(bad_entry),
-            Err(WireError("entry without a payload"))
-        );
+        assert_eq!(decode_message(bad_entry), Err(WireError("entry without a payload")));
         assert!(proto::RaftMessage::decode(&b"\xff\xff\xff"[..]).is_err());
     }
 }

@@ -13,12 +13,7 @@ pub struct TempDir(tempfile::TempDir);
 
 impl TempDir {
     pub fn new(label: &str) -> TempDir {
-        TempDir(
-            tempfile::Builder::new()
-                .prefix(&format!("quarry-{label}-"))
-                .tempdir()
-                .expect("temp dir"),
-        )
+        TempDir(tempfile::Builder::new().prefix(&format!("quarry-{label}-")).tempdir().expect("temp dir"))
     }
 
     pub fn path(&self) -> &Path {
@@ -27,20 +22,12 @@ impl TempDir {
 }
 
 pub fn entry(index: Index, term: Term, tag: u8) -> Entry {
-    Entry {
-        index,
-        term,
-        payload: EntryPayload::Normal(Bytes::from(vec![tag; 16])),
-    }
+    Entry { index, term, payload: EntryPayload::Normal(Bytes::from(vec![tag; 16])) }
 }
 
 /// Tiny segments, so tests roll, seal and release segments often.
 pub fn small_config(dir: &Path) -> ShardLogConfig {
-    ShardLogConfig {
-        segment_bytes: 64 << 10,
-        free_segments_max: 2,
-        ..ShardLogConfig::new(dir)
-    }
+    ShardLogConfig { segment_bytes: 64 << 10, free_segments_max: 2, ..ShardLogConfig::new(dir) }
 }
 
 /// Runs `f` on a glommio executor thread and returns its result.
@@ -50,11 +37,7 @@ where
     Fut: Future<Output = T> + 'static,
     T: Send + 'static,
 {
-    glommio::LocalExecutorBuilder::default()
-        .spawn(f)
-        .expect("executor starts")
-        .join()
-        .expect("executor finishes")
+    glommio::LocalExecutorBuilder::default().spawn(f).expect("executor starts").join().expect("executor finishes")
 }
 
 /// Everything a store answers about every group it knows, as text to compare.
@@ -70,10 +53,7 @@ pub fn dump(store: &dyn LogStore) -> String {
         );
         let _ = writeln!(out, "  base {}", log.entries_base);
         if last >= first {
-            for e in store
-                .entries(group, first, last + 1, u64::MAX)
-                .expect("readable")
-            {
+            for e in store.entries(group, first, last + 1, u64::MAX).expect("readable") {
                 let _ = writeln!(out, "  {e:?}");
             }
         }
