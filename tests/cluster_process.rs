@@ -22,6 +22,7 @@ const READY_DEADLINE: Duration = Duration::from_secs(60);
 struct Cluster {
     children: Vec<Child>,
     addrs: Vec<String>,
+    metrics: Vec<String>,
     initial: String,
     dir: tempfile::TempDir,
 }
@@ -51,7 +52,7 @@ impl Cluster {
             .expect("log file");
         Command::new(env!("CARGO_BIN_EXE_quarryd"))
             .args(["--node-id", &id.to_string(), "--initial-cluster", &self.initial, "--groups", &GROUPS.to_string()])
-            .args(["--tick-ms", "20"])
+            .args(["--tick-ms", "20", "--metrics-listen", &self.metrics[id - 1]])
             .arg("--data-dir")
             .arg(&data)
             .stdout(Stdio::null())
@@ -74,10 +75,11 @@ impl Cluster {
 
 fn start_cluster() -> Cluster {
     let dir = tempfile::Builder::new().prefix("quarry-cluster-").tempdir().expect("temp dir");
-    let ports = free_ports(3);
-    let addrs: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+    let ports = free_ports(6);
+    let addrs: Vec<String> = ports[..3].iter().map(|p| format!("127.0.0.1:{p}")).collect();
+    let metrics: Vec<String> = ports[3..].iter().map(|p| format!("127.0.0.1:{p}")).collect();
     let initial = addrs.iter().enumerate().map(|(i, a)| format!("{}={a}", i + 1)).collect::<Vec<_>>().join(",");
-    let mut cluster = Cluster { children: Vec::new(), addrs, initial, dir };
+    let mut cluster = Cluster { children: Vec::new(), addrs, metrics, initial, dir };
     cluster.children = (1..=3).map(|id| cluster.spawn(id)).collect();
     cluster
 }
@@ -418,4 +420,43 @@ async fn killing_a_leader_loses_no_acknowledged_write_and_stays_linearizable() {
             }
         }
     }
+}
+
+/// A plain HTTP/1.0 GET: (status code, body).
+fn http_get(addr: &str, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).expect("metrics port accepts");
+    stream.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").expect("request");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("response");
+    let status = response.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    (status, body)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_and_health_describe_the_node() {
+    let cluster = start_cluster();
+    wait_for_leaders(&cluster).await;
+    let kv = KvClient::new(channel(&cluster.addrs[0]).await);
+    let put = PutRequest { key: Bytes::from("m"), value: Bytes::from("1"), client_id: 0, sequence: 0 };
+    retry(|| {
+        let (mut c, r) = (kv.clone(), put.clone());
+        async move { c.put(r).await }
+    })
+    .await
+    .expect("put");
+    let addr = cluster.metrics[0].clone();
+    let (status, body) = tokio::task::spawn_blocking(move || http_get(&addr, "/metrics")).await.expect("get");
+    assert_eq!(status, 200);
+    for name in
+        ["quarry_group_commit_index", "quarry_group_leader", "quarry_fdatasyncs_total", "quarry_request_seconds"]
+    {
+        assert!(body.contains(name), "/metrics lacks {name}:\n{body}");
+    }
+    let addr = cluster.metrics[1].clone();
+    let (status, body) = tokio::task::spawn_blocking(move || http_get(&addr, "/health")).await.expect("get");
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"groups_without_leader\":0"), "{body}");
 }

@@ -39,6 +39,9 @@ pub struct Args {
     pub election_ticks: u32,
     #[arg(long, default_value_t = 2)]
     pub heartbeat_ticks: u32,
+    /// Where to serve Prometheus `/metrics` and `/health` (off when absent).
+    #[arg(long)]
+    pub metrics_listen: Option<SocketAddr>,
     /// Largest value (or log record) a client may write.
     #[arg(long, default_value_t = 1 << 20)]
     pub max_value_bytes: u64,
@@ -51,6 +54,7 @@ pub struct NodeConfig {
     pub data_dir: PathBuf,
     pub members: BTreeMap<NodeId, SocketAddr>,
     pub listen: SocketAddr,
+    pub metrics_listen: Option<SocketAddr>,
     pub cluster_id: u64,
     pub groups: u64,
     pub shards: usize,
@@ -91,6 +95,7 @@ impl Args {
             data_dir: self.data_dir,
             members,
             listen,
+            metrics_listen: self.metrics_listen,
             cluster_id: self.cluster_id,
             groups: self.groups,
             shards: self.shards,

@@ -6,6 +6,7 @@
 //! not lead the key's group are forwarded to the leader once.
 
 pub mod config;
+mod metrics;
 mod router;
 mod service;
 mod shard_thread;
@@ -39,13 +40,14 @@ pub fn run(config: NodeConfig) -> Result<(), String> {
     std::fs::create_dir_all(&config.data_dir)
         .map_err(|e| format!("cannot create data dir {}: {e}", config.data_dir.display()))?;
     let (outbound, outbound_rx) = flume::bounded(OUTBOUND_MAX);
+    let metrics = metrics::Metrics::new();
     let mut inboxes = Vec::with_capacity(config.shards);
     let mut threads = Vec::with_capacity(config.shards);
     for index in 0..config.shards {
         let (inbox, inbox_rx) = flume::bounded(shard_thread::INBOX_MAX);
         let shard_config = shard_config(&config, index);
         let name = format!("quarry-shard-{index}");
-        let thread = shard_thread::spawn(name, shard_config, config.tick, inbox_rx, outbound.clone())
+        let thread = shard_thread::spawn(name, shard_config, config.tick, inbox_rx, outbound.clone(), metrics.clone())
             .map_err(|e| format!("cannot start shard {index}: {e}"))?;
         inboxes.push(inbox);
         threads.push(thread);
@@ -56,7 +58,7 @@ pub fn run(config: NodeConfig) -> Result<(), String> {
         .enable_all()
         .build()
         .map_err(|e| format!("cannot start the network runtime: {e}"))?;
-    let served = runtime.block_on(serve(&config, inboxes, outbound_rx));
+    let served = runtime.block_on(serve(&config, inboxes, outbound_rx, metrics));
     runtime.shutdown_timeout(Duration::from_secs(5));
     // Every inbox sender is gone with the runtime: the shards finish their turn and stop.
     for (index, thread) in threads.into_iter().enumerate() {
@@ -90,8 +92,13 @@ async fn serve(
     config: &NodeConfig,
     inboxes: Vec<flume::Sender<shard_thread::ShardInput>>,
     outbound: flume::Receiver<(crate::raft::NodeId, Vec<crate::proto::RaftMessage>)>,
+    metrics: std::sync::Arc<metrics::Metrics>,
 ) -> Result<(), String> {
-    let router = Router::new(config.node_id, config.groups, config.max_value_bytes, inboxes, config.members.clone());
+    if let Some(addr) = config.metrics_listen {
+        metrics::serve(addr, metrics.clone(), inboxes.clone()).await?;
+    }
+    let router =
+        Router::new(config.node_id, config.groups, config.max_value_bytes, inboxes, config.members.clone(), metrics);
     let peers = config
         .members
         .keys()

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tonic::transport::{Channel, Endpoint};
@@ -17,6 +17,7 @@ use crate::raft::NodeId;
 use crate::shard::{Query, RequestError};
 use crate::state::{BuiltinState, Command, Outcome};
 
+use super::metrics::{MethodLabel, Metrics};
 use super::shard_thread::ShardInput;
 
 /// How long a request may wait for its shard's answer.
@@ -32,6 +33,7 @@ pub struct Router {
     shards: Vec<flume::Sender<ShardInput>>,
     members: BTreeMap<NodeId, SocketAddr>,
     channels: Arc<Mutex<BTreeMap<NodeId, Channel>>>,
+    metrics: Arc<Metrics>,
 }
 
 impl Router {
@@ -41,8 +43,14 @@ impl Router {
         max_value_bytes: u64,
         shards: Vec<flume::Sender<ShardInput>>,
         members: BTreeMap<NodeId, SocketAddr>,
+        metrics: Arc<Metrics>,
     ) -> Self {
-        Router { node, groups, max_value_bytes, shards, members, channels: Arc::default() }
+        Router { node, groups, max_value_bytes, shards, members, channels: Arc::default(), metrics }
+    }
+
+    fn observe(&self, method: &str, started: Instant) {
+        let label = MethodLabel { method: method.to_string() };
+        self.metrics.request_seconds.get_or_create(&label).observe(started.elapsed().as_secs_f64());
     }
 
     /// A key's group: a stable hash, so every node and version agrees.
@@ -67,9 +75,12 @@ impl Router {
 
     pub async fn propose(&self, group: GroupId, command: Command) -> Result<Outcome, RequestError> {
         let (reply, answer) = flume::bounded(1);
+        let started = Instant::now();
         self.submit(group, ShardInput::Propose { group, command, reply })
             .map_err(|s| RequestError::Refused(s.message().to_string()))?;
-        wait(answer).await
+        let result = wait(answer).await;
+        self.observe("write", started);
+        result
     }
 
     pub async fn read(
@@ -79,9 +90,12 @@ impl Router {
         serializable: bool,
     ) -> Result<Bytes, RequestError> {
         let (reply, answer) = flume::bounded(1);
+        let started = Instant::now();
         self.submit(group, ShardInput::Read { group, query, reply, serializable })
             .map_err(|s| RequestError::Refused(s.message().to_string()))?;
-        wait(answer).await
+        let result = wait(answer).await;
+        self.observe(if serializable { "read_serializable" } else { "read" }, started);
+        result
     }
 
     /// A channel to `node`'s gRPC address, connected lazily and reused.

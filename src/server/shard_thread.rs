@@ -1,5 +1,6 @@
 //! One shard on its own glommio executor thread, fed through a bounded inbox.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -10,6 +11,8 @@ use crate::raft::{Message, NodeId};
 use crate::shard::{GroupStatus, Query, Reply, Shard, ShardConfig};
 use crate::state::{BuiltinState, Command, Outcome};
 use crate::transport::wire::encode_message;
+
+use super::metrics::Metrics;
 
 /// Requests queued for a shard; past it, senders are told the node is overloaded.
 pub const INBOX_MAX: usize = 16_384;
@@ -33,12 +36,13 @@ pub fn spawn(
     tick: Duration,
     inbox: flume::Receiver<ShardInput>,
     outbound: Outbound,
+    metrics: Arc<Metrics>,
 ) -> std::io::Result<glommio::ExecutorJoinHandle<Result<(), String>>> {
     glommio::LocalExecutorBuilder::default()
         .name(&name)
         .spawn(move || async move {
             let mut shard = Shard::<BuiltinState>::open(config).map_err(|e| e.to_string())?;
-            run(&mut shard, tick, inbox, outbound).await
+            run(&mut shard, tick, inbox, outbound, &metrics).await
         })
         .map_err(|e| std::io::Error::other(e.to_string()))
 }
@@ -48,6 +52,7 @@ async fn run(
     tick: Duration,
     inbox: flume::Receiver<ShardInput>,
     outbound: Outbound,
+    metrics: &Metrics,
 ) -> Result<(), String> {
     let mut next_tick = Instant::now() + tick;
     loop {
@@ -59,17 +64,23 @@ async fn run(
         .await;
         match first {
             Some(Err(_)) => return Ok(()), // Every sender is gone: shut down.
-            Some(Ok(input)) => handle(shard, input),
+            Some(Ok(input)) => handle(shard, input, metrics),
             None => {}
         }
         for input in inbox.try_iter().take(INPUTS_PER_TURN_MAX) {
-            handle(shard, input);
+            handle(shard, input, metrics);
         }
         if Instant::now() >= next_tick {
             shard.tick();
             next_tick = Instant::now() + tick;
         }
-        shard.turn().await.map_err(|e| format!("shard log failed: {e}"))?;
+        let started = Instant::now();
+        let stats = shard.turn().await.map_err(|e| format!("shard log failed: {e}"))?;
+        metrics.turn_seconds.observe(started.elapsed().as_secs_f64());
+        if stats.fdatasyncs > 0 {
+            metrics.fdatasyncs.inc_by(stats.fdatasyncs);
+            metrics.readies_per_fdatasync.observe(stats.readies as f64 / stats.fdatasyncs as f64);
+        }
         for (to, messages) in shard.take_outbox() {
             let encoded = messages.iter().map(|(group, m)| encode_message(*group, m)).collect();
             // A full queue to a slow peer drops messages; Raft retransmits.
@@ -78,7 +89,10 @@ async fn run(
     }
 }
 
-fn handle(shard: &mut Shard<BuiltinState>, input: ShardInput) {
+fn handle(shard: &mut Shard<BuiltinState>, input: ShardInput, metrics: &Metrics) {
+    if let ShardInput::Propose { .. } = input {
+        metrics.proposals.inc();
+    }
     match input {
         ShardInput::Peer { group, message } => {
             // The transport validated the message; the core refuses anything else.

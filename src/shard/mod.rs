@@ -83,6 +83,14 @@ pub struct GroupStatus {
     pub applied: Index,
 }
 
+/// What one turn did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TurnStats {
+    /// Group Readies carried out.
+    pub readies: usize,
+    pub fdatasyncs: u64,
+}
+
 /// Static description of a shard's groups.
 #[derive(Clone, Debug)]
 pub struct ShardConfig {
@@ -225,7 +233,7 @@ impl<S: StateMachine + Default> Shard<S> {
     }
 
     /// One turn: write every Ready, one fdatasync, acknowledge, apply, answer.
-    pub async fn turn(&mut self) -> Result<(), LogError> {
+    pub async fn turn(&mut self) -> Result<TurnStats, LogError> {
         let mut acks = Vec::new();
         for (&group, g) in self.groups.iter_mut() {
             while g.raft.has_ready() {
@@ -254,9 +262,11 @@ impl<S: StateMachine + Default> Shard<S> {
                 acks.push((group, ready.number, ready.persisted_messages, ready.committed_entries));
             }
         }
+        let mut stats = TurnStats { readies: acks.len(), fdatasyncs: 0 };
         while flush_one(&self.log, &mut self.writer).await?.is_some() {
-            self.fdatasyncs += 1;
+            stats.fdatasyncs += 1;
         }
+        self.fdatasyncs += stats.fdatasyncs;
         for (group, number, persisted_messages, committed) in acks {
             for m in persisted_messages {
                 self.outbox.entry(m.to).or_default().push((group, m));
@@ -268,7 +278,7 @@ impl<S: StateMachine + Default> Shard<S> {
             serve_confirmed_reads(g);
             g.raft.advance(number);
         }
-        Ok(())
+        Ok(stats)
     }
 }
 

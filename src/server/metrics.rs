@@ -1,0 +1,167 @@
+//! Prometheus metrics (`/metrics`) and a health check (`/health`), served on the
+//! metrics address. Counters are updated by the shards as they work; per-group gauges
+//! are filled from the shards' status when scraped, so idle groups cost nothing.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+use crate::raft::Role;
+use crate::shard::GroupStatus;
+
+use super::shard_thread::ShardInput;
+
+/// How long a scrape or health check waits for each shard.
+const SHARD_ANSWER_TIMEOUT: Duration = Duration::from_secs(1);
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct GroupLabel {
+    pub group: u64,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MethodLabel {
+    pub method: String,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    pub proposals: Counter,
+    pub fdatasyncs: Counter,
+    /// Group Readies made durable by one fdatasync (the group-commit batch).
+    pub readies_per_fdatasync: Histogram,
+    pub turn_seconds: Histogram,
+    pub request_seconds: Family<MethodLabel, Histogram>,
+    group_leader: Family<GroupLabel, Gauge>,
+    group_is_leader: Family<GroupLabel, Gauge>,
+    group_term: Family<GroupLabel, Gauge>,
+    group_commit: Family<GroupLabel, Gauge>,
+    group_applied: Family<GroupLabel, Gauge>,
+}
+
+impl Metrics {
+    pub fn new() -> Arc<Metrics> {
+        let mut registry = Registry::with_prefix("quarry");
+        let proposals = Counter::default();
+        let fdatasyncs = Counter::default();
+        let readies_per_fdatasync = Histogram::new(exponential_buckets(1.0, 2.0, 14));
+        let turn_seconds = Histogram::new(exponential_buckets(1e-5, 2.0, 20));
+        let request_seconds = Family::<MethodLabel, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(1e-4, 2.0, 18))
+        });
+        registry.register("proposals", "Writes proposed to Raft groups led here", proposals.clone());
+        registry.register("fdatasyncs", "fdatasync calls of the shard logs", fdatasyncs.clone());
+        registry.register(
+            "readies_per_fdatasync",
+            "Group Readies made durable by one fdatasync",
+            readies_per_fdatasync.clone(),
+        );
+        registry.register("turn_seconds", "Duration of one shard turn", turn_seconds.clone());
+        registry.register("request_seconds", "Client request latency by method", request_seconds.clone());
+        let gauge = || Family::<GroupLabel, Gauge>::default();
+        let (group_leader, group_is_leader, group_term, group_commit, group_applied) =
+            (gauge(), gauge(), gauge(), gauge(), gauge());
+        registry.register("group_leader", "Leader node id as this node sees it (0: none)", group_leader.clone());
+        registry.register("group_is_leader", "1 if this node leads the group", group_is_leader.clone());
+        registry.register("group_term", "Current Raft term", group_term.clone());
+        registry.register("group_commit_index", "Commit index", group_commit.clone());
+        registry.register("group_applied_index", "Applied index", group_applied.clone());
+        Arc::new(Metrics {
+            registry,
+            proposals,
+            fdatasyncs,
+            readies_per_fdatasync,
+            turn_seconds,
+            request_seconds,
+            group_leader,
+            group_is_leader,
+            group_term,
+            group_commit,
+            group_applied,
+        })
+    }
+
+    fn record_groups(&self, groups: &[GroupStatus]) {
+        let as_gauge = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        for g in groups {
+            let label = GroupLabel { group: g.group };
+            self.group_leader.get_or_create(&label).set(as_gauge(g.leader.unwrap_or(0)));
+            self.group_is_leader.get_or_create(&label).set(i64::from(g.role == Role::Leader));
+            self.group_term.get_or_create(&label).set(as_gauge(g.term));
+            self.group_commit.get_or_create(&label).set(as_gauge(g.commit));
+            self.group_applied.get_or_create(&label).set(as_gauge(g.applied));
+        }
+    }
+
+    fn encode(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String cannot fail");
+        out
+    }
+}
+
+#[derive(Clone)]
+struct Endpoint {
+    metrics: Arc<Metrics>,
+    shards: Vec<flume::Sender<ShardInput>>,
+}
+
+/// Every shard's group status, or `None` if a shard does not answer in time.
+async fn collect_status(shards: &[flume::Sender<ShardInput>]) -> Option<Vec<GroupStatus>> {
+    let mut all = Vec::new();
+    for shard in shards {
+        let (reply, answer) = flume::bounded(1);
+        shard.try_send(ShardInput::Status { reply }).ok()?;
+        all.extend(tokio::time::timeout(SHARD_ANSWER_TIMEOUT, answer.recv_async()).await.ok()?.ok()?);
+    }
+    Some(all)
+}
+
+async fn scrape(State(endpoint): State<Endpoint>) -> (StatusCode, String) {
+    if let Some(groups) = collect_status(&endpoint.shards).await {
+        endpoint.metrics.record_groups(&groups);
+    }
+    (StatusCode::OK, endpoint.metrics.encode())
+}
+
+/// 200 when every shard answers; the body counts groups without a known leader.
+async fn health(State(endpoint): State<Endpoint>) -> (StatusCode, String) {
+    match collect_status(&endpoint.shards).await {
+        Some(groups) => {
+            let leaderless = groups.iter().filter(|g| g.leader.is_none()).count();
+            (
+                StatusCode::OK,
+                format!("{{\"status\":\"ok\",\"groups\":{},\"groups_without_leader\":{leaderless}}}\n", groups.len()),
+            )
+        }
+        None => (StatusCode::SERVICE_UNAVAILABLE, "{\"status\":\"shard not answering\"}\n".into()),
+    }
+}
+
+/// Serves `/metrics` and `/health` on `addr` until the runtime stops.
+pub async fn serve(
+    addr: SocketAddr,
+    metrics: Arc<Metrics>,
+    shards: Vec<flume::Sender<ShardInput>>,
+) -> Result<(), String> {
+    let app = axum::Router::new()
+        .route("/metrics", get(scrape))
+        .route("/health", get(health))
+        .with_state(Endpoint { metrics, shards });
+    let listener =
+        tokio::net::TcpListener::bind(addr).await.map_err(|e| format!("cannot listen for metrics on {addr}: {e}"))?;
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    Ok(())
+}
