@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds quarryd and runs a 3-node cluster on 127.0.0.1 until Ctrl-C (or SIGTERM),
 # then stops every node it started, by PID. Data lives in a temporary directory
-# (kept with --keep). Ports: QUARRY_BASE_PORT (default 7001) .. +2.
+# (kept with --keep). Ports: QUARRY_BASE_PORT (default 7001) .. +2 for gRPC, +100 ..
+# +102 for metrics.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -25,7 +26,7 @@ trap 'exit 0' INT TERM
 
 for id in 1 2 3; do
     "$bin/quarryd" --node-id "$id" --initial-cluster "$cluster" --data-dir "$data/node$id" \
-        2>"$data/node$id.log" &
+        --metrics-listen "127.0.0.1:$((base + 100 + id - 1))" 2>"$data/node$id.log" &
     pids+=($!)
 done
 
@@ -37,6 +38,7 @@ done
 
 echo "Quarry 3-node cluster running (Ctrl-C to stop)"
 echo "  endpoints: $endpoints"
+echo "  metrics:   http://127.0.0.1:$((base + 100))/metrics (and /health), +1, +2"
 echo "  logs:      $data/node{1,2,3}.log"
 echo "  try:       $bin/quarryctl --endpoints $endpoints put hello world"
 echo "             $bin/quarryctl --endpoints $endpoints get hello"
