@@ -14,12 +14,14 @@ use tonic::transport::Endpoint;
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let endpoints: Vec<String> = args.get(1).map_or("127.0.0.1:7001".into(), |s| s.clone()).split(',').map(String::from).collect();
+    let endpoints: Vec<String> =
+        args.get(1).map_or("127.0.0.1:7001".into(), |s| s.clone()).split(',').map(String::from).collect();
     let clients: usize = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(16);
     let seconds: u64 = args.get(3).and_then(|s| s.parse().ok()).unwrap_or(10);
     let mut channels = Vec::new();
     for e in &endpoints {
-        channels.push(Endpoint::from_shared(format!("http://{e}")).expect("endpoint").connect().await.expect("connect"));
+        channels
+            .push(Endpoint::from_shared(format!("http://{e}")).expect("endpoint").connect().await.expect("connect"));
     }
     let value = Bytes::from(vec![b'v'; 256]);
     let stop = Instant::now() + Duration::from_secs(seconds);

@@ -9,42 +9,63 @@ use clap::Parser;
 
 use crate::raft::NodeId;
 
-#[derive(Parser, Debug, Clone)]
+#[derive(Parser, Debug, Clone, Default)]
 #[command(name = "quarryd", about = "Quarry server: replicated key-value store and logs over multi-Raft")]
 pub struct Args {
+    /// A TOML file with any of the settings below (snake_case keys); flags override it.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
     /// This node's id (must appear in --initial-cluster).
     #[arg(long)]
-    pub node_id: NodeId,
+    pub node_id: Option<NodeId>,
     /// Directory for the shard logs.
     #[arg(long)]
-    pub data_dir: PathBuf,
+    pub data_dir: Option<PathBuf>,
     /// Every member as id=host:port, e.g. 1=127.0.0.1:7001,2=127.0.0.1:7002,3=127.0.0.1:7003.
     /// The address serves the client, admin and peer services.
     #[arg(long)]
-    pub initial_cluster: String,
-    /// Refuse peers of another cluster.
-    #[arg(long, default_value_t = 1)]
-    pub cluster_id: u64,
-    /// Raft groups, created at bootstrap; a key maps to a group by hash.
-    #[arg(long, default_value_t = 64)]
-    pub groups: u64,
-    /// Shards (glommio executors); groups are spread over them.
-    #[arg(long, default_value_t = 1)]
-    pub shards: usize,
-    /// Length of one Raft tick.
-    #[arg(long, default_value_t = 50)]
-    pub tick_ms: u64,
-    /// Ticks without a leader before an election (randomized up to twice this).
-    #[arg(long, default_value_t = 10)]
-    pub election_ticks: u32,
-    #[arg(long, default_value_t = 2)]
-    pub heartbeat_ticks: u32,
+    pub initial_cluster: Option<String>,
+    /// Refuse peers of another cluster [default: 1].
+    #[arg(long)]
+    pub cluster_id: Option<u64>,
+    /// Raft groups, created at bootstrap; a key maps to a group by hash [default: 64].
+    #[arg(long)]
+    pub groups: Option<u64>,
+    /// Shards (glommio executors); groups are spread over them [default: one per core].
+    #[arg(long)]
+    pub shards: Option<usize>,
+    /// Length of one Raft tick in milliseconds [default: 50].
+    #[arg(long)]
+    pub tick_ms: Option<u64>,
+    /// Ticks without a leader before an election, randomized up to twice this [default: 10].
+    #[arg(long)]
+    pub election_ticks: Option<u32>,
+    /// Ticks between heartbeats [default: 2].
+    #[arg(long)]
+    pub heartbeat_ticks: Option<u32>,
     /// Where to serve Prometheus `/metrics` and `/health` (off when absent).
     #[arg(long)]
     pub metrics_listen: Option<SocketAddr>,
-    /// Largest value (or log record) a client may write.
-    #[arg(long, default_value_t = 1 << 20)]
-    pub max_value_bytes: u64,
+    /// Largest value (or log record) a client may write, in bytes [default: 1 MiB].
+    #[arg(long)]
+    pub max_value_bytes: Option<u64>,
+}
+
+/// The same settings, from `/etc/quarry/quarry.toml` (or `--config`).
+#[derive(serde::Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    node_id: Option<NodeId>,
+    data_dir: Option<PathBuf>,
+    initial_cluster: Option<String>,
+    cluster_id: Option<u64>,
+    groups: Option<u64>,
+    shards: Option<usize>,
+    tick_ms: Option<u64>,
+    election_ticks: Option<u32>,
+    heartbeat_ticks: Option<u32>,
+    metrics_listen: Option<SocketAddr>,
+    max_value_bytes: Option<u64>,
 }
 
 /// A checked configuration.
@@ -69,40 +90,60 @@ pub const GROUPS_MAX: u64 = 65_536;
 pub const SHARDS_MAX: usize = 256;
 
 impl Args {
-    /// Checks the flags; the error is one line, for an operator.
+    /// Merges flags over the config file over defaults, and checks the result; the
+    /// error is one line, for an operator.
     pub fn check(self) -> Result<NodeConfig, String> {
-        let members = parse_cluster(&self.initial_cluster)?;
-        let listen = *members
-            .get(&self.node_id)
-            .ok_or_else(|| format!("--node-id {} is not in --initial-cluster", self.node_id))?;
-        if self.groups == 0 || self.groups > GROUPS_MAX {
+        let file = match &self.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| format!("cannot read config file {}: {e}", path.display()))?;
+                toml::from_str::<FileConfig>(&text)
+                    .map_err(|e| format!("config file {}: {}", path.display(), e.message()))?
+            }
+            None => FileConfig::default(),
+        };
+        let required = |name: &str| format!("missing --{} (or {} in the config file)", name.replace('_', "-"), name);
+        let node_id = self.node_id.or(file.node_id).ok_or_else(|| required("node_id"))?;
+        let data_dir = self.data_dir.or(file.data_dir).ok_or_else(|| required("data_dir"))?;
+        let cluster = self.initial_cluster.or(file.initial_cluster).ok_or_else(|| required("initial_cluster"))?;
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let groups = self.groups.or(file.groups).unwrap_or(64);
+        let shards = self.shards.or(file.shards).unwrap_or(cores);
+        let tick_ms = self.tick_ms.or(file.tick_ms).unwrap_or(50);
+        let election_ticks = self.election_ticks.or(file.election_ticks).unwrap_or(10);
+        let heartbeat_ticks = self.heartbeat_ticks.or(file.heartbeat_ticks).unwrap_or(2);
+        let max_value_bytes = self.max_value_bytes.or(file.max_value_bytes).unwrap_or(1 << 20);
+        let members = parse_cluster(&cluster)?;
+        let listen =
+            *members.get(&node_id).ok_or_else(|| format!("--node-id {node_id} is not in --initial-cluster"))?;
+        if groups == 0 || groups > GROUPS_MAX {
             return Err(format!("--groups must be in 1..={GROUPS_MAX}"));
         }
-        if self.shards == 0 || self.shards > SHARDS_MAX {
+        if shards == 0 || shards > SHARDS_MAX {
             return Err(format!("--shards must be in 1..={SHARDS_MAX}"));
         }
-        if self.tick_ms == 0 {
+        if tick_ms == 0 {
             return Err("--tick-ms must be positive".into());
         }
-        if self.heartbeat_ticks == 0 || self.election_ticks <= self.heartbeat_ticks {
+        if heartbeat_ticks == 0 || election_ticks <= heartbeat_ticks {
             return Err("--election-ticks must exceed --heartbeat-ticks, which must be positive".into());
         }
-        if self.max_value_bytes == 0 || self.max_value_bytes > 64 << 20 {
+        if max_value_bytes == 0 || max_value_bytes > 64 << 20 {
             return Err("--max-value-bytes must be in 1..=64 MiB".into());
         }
         Ok(NodeConfig {
-            node_id: self.node_id,
-            data_dir: self.data_dir,
+            node_id,
+            data_dir,
             members,
             listen,
-            metrics_listen: self.metrics_listen,
-            cluster_id: self.cluster_id,
-            groups: self.groups,
-            shards: self.shards,
-            tick: Duration::from_millis(self.tick_ms),
-            election_ticks: self.election_ticks,
-            heartbeat_ticks: self.heartbeat_ticks,
-            max_value_bytes: self.max_value_bytes,
+            metrics_listen: self.metrics_listen.or(file.metrics_listen),
+            cluster_id: self.cluster_id.or(file.cluster_id).unwrap_or(1),
+            groups,
+            shards: shards.min(groups as usize),
+            tick: Duration::from_millis(tick_ms),
+            election_ticks,
+            heartbeat_ticks,
+            max_value_bytes,
         })
     }
 }
@@ -163,5 +204,23 @@ mod tests {
         assert!(bad.unwrap().check().unwrap_err().contains("not in --initial-cluster"));
         assert!(parse_cluster("1=nowhere").unwrap_err().contains("bad address"));
         assert!(parse_cluster("1=127.0.0.1:1,1=127.0.0.1:2").unwrap_err().contains("twice"));
+        let none = Args::try_parse_from(["quarryd"]).unwrap().check().unwrap_err();
+        assert!(none.contains("missing --node-id"), "{none}");
+    }
+
+    #[test]
+    fn a_config_file_fills_in_and_flags_override_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("quarry.toml");
+        let toml = "node_id = 3\ndata_dir = \"/var/lib/quarry\"\ngroups = 16\n\
+                    initial_cluster = \"1=127.0.0.1:7001,2=127.0.0.1:7002,3=127.0.0.1:7003\"\n";
+        std::fs::write(&path, toml).unwrap();
+        let path_arg = path.to_str().unwrap();
+        let config = Args::try_parse_from(["quarryd", "--config", path_arg, "--groups", "8"]).unwrap().check().unwrap();
+        assert_eq!((config.node_id, config.groups), (3, 8));
+        assert_eq!(config.listen, "127.0.0.1:7003".parse().unwrap());
+        std::fs::write(&path, "node_id = 3\nbogus = 1\n").unwrap();
+        let err = Args::try_parse_from(["quarryd", "--config", path_arg]).unwrap().check().unwrap_err();
+        assert!(err.contains("bogus"), "{err}");
     }
 }
