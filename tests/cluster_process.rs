@@ -460,3 +460,52 @@ async fn metrics_and_health_describe_the_node() {
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("\"groups_without_leader\":0"), "{body}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_of_another_cluster_is_refused_and_the_node_keeps_serving() {
+    use quarry::proto::peer_client::PeerClient;
+    use quarry::proto::PeerBatch;
+    let cluster = start_cluster();
+    wait_for_leaders(&cluster).await;
+    let mut peer = PeerClient::new(channel(&cluster.addrs[0]).await);
+    let intruder = PeerBatch { cluster_id: 999, from_node: 2, messages: Vec::new() };
+    let response = peer.stream(tokio_stream::iter(vec![intruder])).await.expect("stream opens");
+    let refusal = response.into_inner().message().await.expect_err("wrong cluster refused");
+    assert_eq!(refusal.code(), Code::FailedPrecondition);
+    assert!(refusal.message().contains("cluster id 999"), "{}", refusal.message());
+    let kv = KvClient::new(channel(&cluster.addrs[0]).await);
+    let put = PutRequest { key: Bytes::from("still"), value: Bytes::from("here"), client_id: 0, sequence: 0 };
+    retry(|| {
+        let (mut c, r) = (kv.clone(), put.clone());
+        async move { c.put(r).await }
+    })
+    .await
+    .expect("node keeps serving");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quarryctl_puts_gets_deletes_and_reports_status() {
+    let cluster = start_cluster();
+    wait_for_leaders(&cluster).await;
+    let endpoints = cluster.addrs.join(",");
+    let ctl = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_quarryctl"))
+            .arg("--endpoints")
+            .arg(&endpoints)
+            .args(args)
+            .output()
+            .expect("runs")
+    };
+    let out = ctl(&["put", "greeting", "hello"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = ctl(&["get", "greeting"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "hello");
+    let out = ctl(&["--json", "status"]);
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status --json is JSON");
+    assert_eq!(rows.as_array().map(Vec::len), Some(3 * GROUPS as usize), "one row per node and group");
+    assert!(rows[0]["leader"].as_u64().is_some_and(|l| l > 0));
+    assert!(ctl(&["delete", "greeting"]).status.success());
+    assert_eq!(ctl(&["get", "greeting"]).status.code(), Some(3), "a missing key exits with 3");
+    let bad = Command::new(env!("CARGO_BIN_EXE_quarryctl")).args(["frobnicate"]).output().expect("runs");
+    assert_eq!(bad.status.code(), Some(2), "bad usage exits with 2");
+}
