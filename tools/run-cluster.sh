@@ -2,7 +2,8 @@
 # Builds quarryd and runs a 3-node cluster on 127.0.0.1 until Ctrl-C (or SIGTERM),
 # then stops every node it started, by PID. Data lives in a temporary directory
 # (kept with --keep). Ports: QUARRY_BASE_PORT (default 7001) .. +2 for gRPC, +100 ..
-# +102 for metrics.
+# +102 for metrics. One shard per node by default (QUARRY_SHARDS), since the three
+# nodes share this host's cores.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -26,7 +27,8 @@ trap 'exit 0' INT TERM
 
 for id in 1 2 3; do
     "$bin/quarryd" --node-id "$id" --initial-cluster "$cluster" --data-dir "$data/node$id" \
-        --metrics-listen "127.0.0.1:$((base + 100 + id - 1))" 2>"$data/node$id.log" &
+        --metrics-listen "127.0.0.1:$((base + 100 + id - 1))" --shards "${QUARRY_SHARDS:-1}" \
+        2>"$data/node$id.log" &
     pids+=($!)
 done
 

@@ -18,8 +18,8 @@ use bytes::Bytes;
 use crate::log::io::{flush_one, SegmentWriter};
 use crate::log::{GroupId, GroupStorage, LogError, LogStore, ShardLog, ShardLogConfig};
 use crate::raft::{
-    bootstrap_state, Config, Entry, EntryPayload, Index, Message, NodeId, ProposeError, RaftNode, ReadCtx, Role,
-    StepError, Term,
+    bootstrap_state, Config, Entry, EntryPayload, HardState, Index, Message, NodeId, ProposeError, RaftNode, ReadCtx,
+    Role, StepError, Term,
 };
 use crate::state::{Command, Outcome, StateMachine};
 
@@ -71,6 +71,8 @@ struct Group<S> {
     reads: BTreeMap<ReadCtx, PendingRead<S>>,
     /// Reads confirmed at an index, waiting for the state machine to reach it.
     confirmed: Vec<(Index, PendingRead<S>)>,
+    /// The hard state last written to the log.
+    written_hard_state: HardState,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -134,6 +136,7 @@ impl<S: StateMachine + Default> Shard<S> {
                 writes: BTreeMap::new(),
                 reads: BTreeMap::new(),
                 confirmed: Vec::new(),
+                written_hard_state: log.borrow().hard_state(group),
             };
             groups.insert(group, group_state);
         }
@@ -248,7 +251,17 @@ impl<S: StateMachine + Default> Shard<S> {
                     }
                     log.append(group, &ready.entries)?;
                     if let Some(hard_state) = ready.hard_state {
-                        log.set_hard_state(group, hard_state)?;
+                        // A change of commit index alone need not be durable (Raft
+                        // recovers it from the leader): it rides along with the next
+                        // write that must be synced instead of costing a sync itself.
+                        let must_sync = hard_state.term != g.written_hard_state.term
+                            || hard_state.vote != g.written_hard_state.vote
+                            || !ready.entries.is_empty()
+                            || ready.snapshot.is_some();
+                        if must_sync {
+                            log.set_hard_state(group, hard_state)?;
+                            g.written_hard_state = hard_state;
+                        }
                     }
                 }
                 for m in ready.messages {
@@ -259,7 +272,13 @@ impl<S: StateMachine + Default> Shard<S> {
                         g.confirmed.push((read.index, pending));
                     }
                 }
-                acks.push((group, ready.number, ready.persisted_messages, ready.committed_entries));
+                // Committed entries are already durable here and on a quorum: apply and
+                // answer now, without waiting for this turn's sync.
+                for entry in ready.committed_entries {
+                    apply(g, entry);
+                }
+                serve_confirmed_reads(g);
+                acks.push((group, ready.number, ready.persisted_messages));
             }
         }
         let mut stats = TurnStats { readies: acks.len(), fdatasyncs: 0 };
@@ -267,16 +286,11 @@ impl<S: StateMachine + Default> Shard<S> {
             stats.fdatasyncs += 1;
         }
         self.fdatasyncs += stats.fdatasyncs;
-        for (group, number, persisted_messages, committed) in acks {
+        for (group, number, persisted_messages) in acks {
             for m in persisted_messages {
                 self.outbox.entry(m.to).or_default().push((group, m));
             }
-            let g = self.groups.get_mut(&group).expect("group exists");
-            for entry in committed {
-                apply(g, entry);
-            }
-            serve_confirmed_reads(g);
-            g.raft.advance(number);
+            self.groups.get_mut(&group).expect("group exists").raft.advance(number);
         }
         Ok(stats)
     }
