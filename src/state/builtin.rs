@@ -210,6 +210,7 @@ impl StateMachine for BuiltinState {
     }
 }
 
+/// A length-prefixed byte string (u32 length), the framing of every encoding here.
 pub(super) fn put_bytes(out: &mut BytesMut, data: &[u8]) {
     out.put_u32_le(data.len() as u32);
     out.extend_from_slice(data);

@@ -10,6 +10,8 @@
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
+use super::builtin::put_bytes;
+
 /// Operations a batch may hold; more is refused before proposal.
 pub const BATCH_OPS_MAX: usize = 128;
 /// Largest key (KV key or log name).
@@ -215,11 +217,6 @@ fn need(buf: &[u8], n: usize) -> Result<(), CommandError> {
         return Err(CommandError::Truncated);
     }
     Ok(())
-}
-
-fn put_bytes(out: &mut BytesMut, data: &[u8]) {
-    out.put_u32_le(data.len() as u32);
-    out.extend_from_slice(data);
 }
 
 fn get_bytes(buf: &mut Bytes) -> Result<Bytes, CommandError> {
