@@ -1,9 +1,12 @@
-//! A Rust client for Quarry. It spreads calls over the given nodes; a node that does
-//! not lead a key's group forwards the call to the leader, and a call that meets a
-//! leaderless moment is retried (writes carry a client id and sequence, so a retry
-//! applies once).
+//! A Rust client for Quarry. It learns which node leads each group (from the nodes'
+//! status and from the leader named in every answer) and sends a key's calls straight
+//! there; when it does not know, any node forwards the call to the leader. A call that
+//! meets a leaderless moment is retried (writes carry a client id and sequence, so a
+//! retry applies once).
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -13,7 +16,19 @@ use tonic::{Code, Status};
 
 use crate::proto::admin_client::AdminClient;
 use crate::proto::kv_client::KvClient;
-use crate::proto::{DeleteRequest, GetRequest, PutRequest, StatusRequest, StatusResponse};
+use crate::proto::{DeleteRequest, GetRequest, PutRequest, ResponseHeader, StatusRequest, StatusResponse};
+use crate::raft::NodeId;
+use crate::shard::group_of_key;
+
+/// What the client knows of the cluster's layout.
+#[derive(Default)]
+struct Routing {
+    /// Endpoint position of each node id seen.
+    endpoint_of_node: BTreeMap<NodeId, usize>,
+    groups: u64,
+    leaders: BTreeMap<u64, NodeId>,
+    discovered: bool,
+}
 
 /// How long a call keeps retrying while the cluster has no leader for its group.
 pub const RETRY_DEADLINE: Duration = Duration::from_secs(10);
@@ -24,6 +39,7 @@ pub struct Client {
     client_id: u64,
     sequence: AtomicU64,
     next: AtomicU64,
+    routing: Mutex<Routing>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -49,28 +65,88 @@ impl Client {
             })
             .collect::<Result<_, _>>()?;
         let client_id = rand::rng().next_u64() | 1;
-        Ok(Client { channels, client_id, sequence: AtomicU64::new(1), next: AtomicU64::new(0) })
+        let routing = Mutex::new(Routing::default());
+        Ok(Client { channels, client_id, sequence: AtomicU64::new(1), next: AtomicU64::new(0), routing })
     }
 
-    fn channel(&self) -> Channel {
+    fn any_channel(&self) -> Channel {
         let i = self.next.fetch_add(1, Ordering::Relaxed) as usize % self.channels.len();
         self.channels[i].clone()
     }
 
-    /// Runs `call` against the nodes in turn until it succeeds, fails for good, or
-    /// the retry deadline passes.
-    async fn retry<T, F, Fut>(&self, mut call: F) -> Result<T, ClientError>
+    /// Learns node ids, the group count and current leaders from the nodes' status,
+    /// once. Nodes that do not answer are skipped; routing then falls back to any node.
+    async fn discover(&self) {
+        if self.routing.lock().expect("routing lock").discovered {
+            return;
+        }
+        let mut learned = Routing { discovered: true, ..Routing::default() };
+        for (i, channel) in self.channels.iter().enumerate() {
+            let Ok(status) = AdminClient::new(channel.clone()).status(StatusRequest {}).await else { continue };
+            let status = status.into_inner();
+            learned.endpoint_of_node.insert(status.node, i);
+            learned.groups = learned.groups.max(status.groups.iter().map(|g| g.group + 1).max().unwrap_or(0));
+            learned.leaders.extend(status.groups.iter().filter(|g| g.leader != 0).map(|g| (g.group, g.leader)));
+        }
+        *self.routing.lock().expect("routing lock") = learned;
+    }
+
+    /// The channel to `key`'s group leader if known, else any node.
+    fn channel_for(&self, key: &[u8]) -> Channel {
+        let routing = self.routing.lock().expect("routing lock");
+        if routing.groups > 0 {
+            let group = group_of_key(key, routing.groups);
+            if let Some(i) = routing.leaders.get(&group).and_then(|leader| routing.endpoint_of_node.get(leader)) {
+                return self.channels[*i].clone();
+            }
+        }
+        drop(routing);
+        self.any_channel()
+    }
+
+    /// Remembers the leader an answer named (or forgets a leader that failed us).
+    fn learn(&self, header: Option<&ResponseHeader>, key: &[u8], failed: bool) {
+        let mut routing = self.routing.lock().expect("routing lock");
+        if routing.groups == 0 {
+            return;
+        }
+        let group = group_of_key(key, routing.groups);
+        match header {
+            _ if failed => {
+                routing.leaders.remove(&group);
+            }
+            Some(h) if h.leader != 0 => {
+                routing.leaders.insert(h.group, h.leader);
+            }
+            _ => {}
+        }
+    }
+
+    /// Runs `call` for `key` (at its leader when known) until it succeeds, fails for
+    /// good, or the retry deadline passes.
+    async fn retry<T, F, Fut>(
+        &self,
+        key: &[u8],
+        header: impl Fn(&T) -> Option<&ResponseHeader>,
+        mut call: F,
+    ) -> Result<T, ClientError>
     where
         F: FnMut(Channel) -> Fut,
         Fut: std::future::Future<Output = Result<T, Status>>,
     {
+        self.discover().await;
         let deadline = Instant::now() + RETRY_DEADLINE;
         loop {
-            match call(self.channel()).await {
+            match call(self.channel_for(key)).await {
                 Err(s) if matches!(s.code(), Code::Unavailable | Code::Aborted) && Instant::now() < deadline => {
+                    self.learn(None, key, true);
                     tokio::time::sleep(RETRY_PAUSE).await;
                 }
-                result => return result.map_err(ClientError::from),
+                Ok(answer) => {
+                    self.learn(header(&answer), key, false);
+                    return Ok(answer);
+                }
+                Err(s) => return Err(ClientError::from(s)),
             }
         }
     }
@@ -78,24 +154,32 @@ impl Client {
     /// Writes `value` under `key`; returns the new revision.
     pub async fn put(&self, key: Bytes, value: Bytes) -> Result<u64, ClientError> {
         let sequence = self.sequence.fetch_add(1, Ordering::Relaxed);
-        let request = PutRequest { key, value, client_id: self.client_id, sequence };
+        let request = PutRequest { key: key.clone(), value, client_id: self.client_id, sequence };
         let response = self
-            .retry(|ch| {
-                let request = request.clone();
-                async move { KvClient::new(ch).put(request).await }
-            })
+            .retry(
+                &key,
+                |r: &tonic::Response<crate::proto::PutResponse>| r.get_ref().header.as_ref(),
+                |ch| {
+                    let request = request.clone();
+                    async move { KvClient::new(ch).put(request).await }
+                },
+            )
             .await?;
         Ok(response.into_inner().revision)
     }
 
     /// The value and revision under `key`, read linearizably unless `serializable`.
     pub async fn get(&self, key: Bytes, serializable: bool) -> Result<Option<(Bytes, u64)>, ClientError> {
-        let request = GetRequest { key, serializable };
+        let request = GetRequest { key: key.clone(), serializable };
         let response = self
-            .retry(|ch| {
-                let request = request.clone();
-                async move { KvClient::new(ch).get(request).await }
-            })
+            .retry(
+                &key,
+                |r: &tonic::Response<crate::proto::GetResponse>| r.get_ref().header.as_ref().filter(|_| !serializable),
+                |ch| {
+                    let request = request.clone();
+                    async move { KvClient::new(ch).get(request).await }
+                },
+            )
             .await?
             .into_inner();
         Ok(response.found.then_some((response.value, response.revision)))
@@ -104,12 +188,16 @@ impl Client {
     /// Deletes `key`; returns whether it existed.
     pub async fn delete(&self, key: Bytes) -> Result<bool, ClientError> {
         let sequence = self.sequence.fetch_add(1, Ordering::Relaxed);
-        let request = DeleteRequest { key, client_id: self.client_id, sequence };
+        let request = DeleteRequest { key: key.clone(), client_id: self.client_id, sequence };
         let response = self
-            .retry(|ch| {
-                let request = request.clone();
-                async move { KvClient::new(ch).delete(request).await }
-            })
+            .retry(
+                &key,
+                |r: &tonic::Response<crate::proto::DeleteResponse>| r.get_ref().header.as_ref(),
+                |ch| {
+                    let request = request.clone();
+                    async move { KvClient::new(ch).delete(request).await }
+                },
+            )
             .await?;
         Ok(response.into_inner().existed)
     }
@@ -118,6 +206,12 @@ impl Client {
     pub async fn status(&self, node: usize) -> Result<StatusResponse, ClientError> {
         let channel = self.channels.get(node).cloned().ok_or_else(|| ClientError::Endpoint(node.to_string()))?;
         Ok(AdminClient::new(channel).status(StatusRequest {}).await?.into_inner())
+    }
+
+    /// The node this client believes leads `key`'s group, if it knows.
+    pub fn leader_of(&self, key: &[u8]) -> Option<NodeId> {
+        let routing = self.routing.lock().expect("routing lock");
+        (routing.groups > 0).then(|| routing.leaders.get(&group_of_key(key, routing.groups)).copied()).flatten()
     }
 
     pub fn nodes(&self) -> usize {

@@ -509,3 +509,26 @@ async fn quarryctl_puts_gets_deletes_and_reports_status() {
     let bad = Command::new(env!("CARGO_BIN_EXE_quarryctl")).args(["frobnicate"]).output().expect("runs");
     assert_eq!(bad.status.code(), Some(2), "bad usage exits with 2");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rust_client_learns_leaders_and_sends_keys_straight_to_them() {
+    let cluster = start_cluster();
+    wait_for_leaders(&cluster).await;
+    let client = quarry::client::Client::new(&cluster.addrs).expect("client");
+    for i in 0..200 {
+        let key = Bytes::from(format!("routed-{i}"));
+        client.put(key.clone(), Bytes::from(format!("{i}"))).await.expect("put");
+        let (value, _) = client.get(key.clone(), false).await.expect("get").expect("found");
+        assert_eq!(value, Bytes::from(format!("{i}")));
+        let group = u64::from(crc32fast::hash(&key)) % GROUPS;
+        let believed = client.leader_of(&key).expect("leader learned from the answers");
+        // The client's belief matches the cluster's (allowing for a change in between).
+        let actual = leader_of(&cluster, 1, group).await.expect("leader") as u64;
+        if believed != actual {
+            let again = leader_of(&cluster, 1, group).await.expect("leader") as u64;
+            assert_eq!(believed, again, "client routes key {i} (group {group}) to a non-leader");
+        }
+    }
+    assert!(client.delete(Bytes::from("routed-0")).await.expect("delete"));
+    assert_eq!(client.get(Bytes::from("routed-0"), false).await.expect("get"), None);
+}

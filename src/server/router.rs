@@ -14,7 +14,7 @@ use crate::log::GroupId;
 use crate::proto::kv_client::KvClient;
 use crate::proto::log_client::LogClient;
 use crate::raft::NodeId;
-use crate::shard::{Query, RequestError};
+use crate::shard::{group_of_key, Query, RequestError};
 use crate::state::{BuiltinState, Command, Outcome};
 
 use super::metrics::{MethodLabel, Metrics};
@@ -55,7 +55,7 @@ impl Router {
 
     /// A key's group: a stable hash, so every node and version agrees.
     pub fn group_of(&self, key: &[u8]) -> GroupId {
-        u64::from(crc32fast::hash(key)) % self.groups
+        group_of_key(key, self.groups)
     }
 
     pub fn shard_of(&self, group: GroupId) -> &flume::Sender<ShardInput> {

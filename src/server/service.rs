@@ -144,7 +144,9 @@ impl Kv for Services {
             let query = Box::new(move |s: &BuiltinState| encode_found(s.get(&key)));
             self.router.read(group, query, req.serializable).await.map(|data| {
                 let (found, revision, value) = decode_found(data);
-                proto::GetResponse { header: header(group, self.router.node), found, value, revision }
+                // A serializable read is served by whichever replica got it: no leader claimed.
+                let leader = if req.serializable { 0 } else { self.router.node };
+                proto::GetResponse { header: header(group, leader), found, value, revision }
             })
         })
     }

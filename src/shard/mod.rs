@@ -23,6 +23,12 @@ use crate::raft::{
 };
 use crate::state::{Command, Outcome, StateMachine};
 
+/// The group a key (or log name) belongs to: a stable hash, so every node, client and
+/// version agrees.
+pub fn group_of_key(key: &[u8], groups: u64) -> GroupId {
+    u64::from(crc32fast::hash(key)) % groups
+}
+
 /// Where a client's answer goes.
 pub type Reply<T> = flume::Sender<Result<T, RequestError>>;
 
