@@ -31,7 +31,7 @@ pub struct GroupLabel {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct MethodLabel {
-    pub method: String,
+    pub method: &'static str,
 }
 
 pub struct Metrics {

@@ -48,8 +48,8 @@ impl Router {
         Router { node, groups, max_value_bytes, shards, members, channels: Arc::default(), metrics }
     }
 
-    fn observe(&self, method: &str, started: Instant) {
-        let label = MethodLabel { method: method.to_string() };
+    fn observe(&self, method: &'static str, started: Instant) {
+        let label = MethodLabel { method };
         self.metrics.request_seconds.get_or_create(&label).observe(started.elapsed().as_secs_f64());
     }
 
