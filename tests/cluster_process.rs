@@ -181,6 +181,29 @@ async fn a_three_node_cluster_serves_writes_and_linearizable_reads_from_every_no
         }
     }
 
+    // A range spans every group: key-10, key-100..109 and key-1000..1099 sort between
+    // key-10 and key-11 (111 keys), answered in key order up to the limit.
+    let range = quarry::proto::RangeRequest {
+        start: Bytes::from("key-10"),
+        end: Bytes::from("key-11"),
+        limit: 500,
+        serializable: false,
+    };
+    let kvs = retry(|| {
+        let (mut c, r) = (clients[0].clone(), range.clone());
+        async move { c.range(r).await }
+    })
+    .await
+    .expect("range")
+    .into_inner()
+    .kvs;
+    assert_eq!(kvs.len(), 111);
+    assert!(kvs.windows(2).all(|w| w[0].key < w[1].key), "range answers in key order");
+    let limited = quarry::proto::RangeRequest { limit: 5, ..range };
+    let page = clients[1].clone().range(limited).await.expect("range").into_inner();
+    assert_eq!((page.kvs.len(), page.more), (5, true));
+    assert_eq!(page.kvs[0].key, Bytes::from("key-10"));
+
     // Named logs: append through one node, read through another.
     let log_a = LogClient::new(channel(&cluster.addrs[0]).await);
     let log_b = LogClient::new(channel(&cluster.addrs[2]).await);

@@ -215,11 +215,6 @@ impl ShardLog {
         (slot_path(&self.config.dir, self.active_slot), self.write_pos)
     }
 
-    /// Live segment files (sealed ones plus the active one).
-    pub fn segment_count(&self) -> usize {
-        self.sealed.len() + 1
-    }
-
     fn check_healthy(&self) -> Result<(), LogError> {
         match &self.failed {
             Some(reason) => Err(LogError::Failed(reason.clone())),

@@ -174,9 +174,6 @@ impl<S: Storage> RaftNode<S> {
     pub fn progress(&self, id: NodeId) -> Option<&Progress> {
         (self.role == Role::Leader).then(|| self.progress.get(&id)).flatten()
     }
-    pub fn leadership_transfer(&self) -> Option<NodeId> {
-        self.transferee
-    }
 
     /// Proposes application data. The entry is appended to the leader's log; the host
     /// learns its fate from the committed entries (see [`Proposed`]).

@@ -174,6 +174,7 @@ impl Kv for Services {
         let req = request.into_inner();
         let limit = req.limit.clamp(1, RANGE_LIMIT_MAX) as usize;
         let mut kvs = Vec::new();
+        let led = self.led_groups().await;
         // Keys are spread over every group by hash: ask each, merge in key order.
         for group in 0..self.router.groups {
             let (start, end) = (req.start.clone(), req.end.clone());
@@ -189,7 +190,7 @@ impl Kv for Services {
                 out.freeze()
             });
             // Only leaders answer linearizable reads; ranges need every group here.
-            let serializable = req.serializable || !self.leads(group).await;
+            let serializable = req.serializable || !led.contains(&group);
             let data = self.router.read(group, query, serializable).await.map_err(status_of)?;
             kvs.extend(decode_kvs(data));
         }
@@ -242,15 +243,20 @@ impl Kv for Services {
 }
 
 impl Services {
-    async fn leads(&self, group: GroupId) -> bool {
-        let (reply, answer) = flume::bounded(1);
-        if self.router.shard_of(group).try_send(ShardInput::Status { reply }).is_err() {
-            return false;
+    /// The groups this node leads now, one status question per shard (a shard that
+    /// does not answer counts as leading none).
+    async fn led_groups(&self) -> std::collections::BTreeSet<GroupId> {
+        let mut led = std::collections::BTreeSet::new();
+        for shard in self.router.shards() {
+            let (reply, answer) = flume::bounded(1);
+            if shard.try_send(ShardInput::Status { reply }).is_err() {
+                continue;
+            }
+            if let Ok(status) = answer.recv_async().await {
+                led.extend(status.iter().filter(|s| s.role == Role::Leader).map(|s| s.group));
+            }
         }
-        let Ok(status) = answer.recv_async().await else {
-            return false;
-        };
-        status.iter().any(|s| s.group == group && s.role == Role::Leader)
+        led
     }
 
     /// A batch's operations, checked: all keys must map to one group.
