@@ -188,6 +188,7 @@ async fn a_three_node_cluster_serves_writes_and_linearizable_reads_from_every_no
         end: Bytes::from("key-11"),
         limit: 500,
         serializable: false,
+        group: None,
     };
     let kvs = retry(|| {
         let (mut c, r) = (clients[0].clone(), range.clone());
@@ -203,6 +204,40 @@ async fn a_three_node_cluster_serves_writes_and_linearizable_reads_from_every_no
     let page = clients[1].clone().range(limited).await.expect("range").into_inner();
     assert_eq!((page.kvs.len(), page.more), (5, true));
     assert_eq!(page.kvs[0].key, Bytes::from("key-10"));
+
+    // A range begun after a write is acknowledged sees it, whichever node serves the
+    // range and whoever leads the key's group.
+    for i in 0..60usize {
+        let key = Bytes::from(format!("fresh-{}", i % 5));
+        let value = Bytes::from(format!("v{i}"));
+        let put = PutRequest { key: key.clone(), value: value.clone(), client_id: 0, sequence: 0 };
+        retry(|| {
+            let (mut c, r) = (clients[i % 3].clone(), put.clone());
+            async move { c.put(r).await }
+        })
+        .await
+        .expect("put");
+        let fresh = quarry::proto::RangeRequest {
+            start: Bytes::from("fresh-"),
+            end: Bytes::from("fresh."),
+            limit: 10,
+            serializable: false,
+            group: None,
+        };
+        let kvs = retry(|| {
+            let (mut c, r) = (clients[(i + 1) % 3].clone(), fresh.clone());
+            async move { c.range(r).await }
+        })
+        .await
+        .expect("range")
+        .into_inner()
+        .kvs;
+        let seen = kvs.iter().find(|kv| kv.key == key).map(|kv| kv.value.clone());
+        assert_eq!(seen, Some(value), "range from node {} after put {i}", (i + 1) % 3 + 1);
+    }
+    let no_such_group = quarry::proto::RangeRequest { group: Some(GROUPS), ..Default::default() };
+    let refused = clients[0].clone().range(no_such_group).await.expect_err("unknown group refused");
+    assert_eq!(refused.code(), Code::InvalidArgument, "{}", refused.message());
 
     // Named logs: append through one node, read through another.
     let log_a = LogClient::new(channel(&cluster.addrs[0]).await);
@@ -478,6 +513,16 @@ async fn metrics_and_health_describe_the_node() {
     {
         assert!(body.contains(name), "/metrics lacks {name}:\n{body}");
     }
+    // Heartbeats of all groups between a node pair travel together, packed.
+    let counter = |name: &str| -> u64 {
+        let line = body.lines().find(|l| l.starts_with(name)).unwrap_or_else(|| panic!("no {name}:\n{body}"));
+        line.rsplit(' ').next().and_then(|v| v.parse().ok()).unwrap_or_else(|| panic!("bad line {line}"))
+    };
+    let batches = counter("quarry_peer_batches_sent_total");
+    let messages = counter("quarry_peer_messages_sent_total");
+    let coalesced = counter("quarry_peer_heartbeats_coalesced_total");
+    eprintln!("peer batches {batches}, messages {messages}, coalesced heartbeats {coalesced}");
+    assert!(coalesced > 0 && messages > batches, "batches {batches}, messages {messages}, coalesced {coalesced}");
     let addr = cluster.metrics[1].clone();
     let (status, body) = tokio::task::spawn_blocking(move || http_get(&addr, "/health")).await.expect("get");
     assert_eq!(status, 200, "{body}");
@@ -491,7 +536,7 @@ async fn a_peer_of_another_cluster_is_refused_and_the_node_keeps_serving() {
     let cluster = start_cluster();
     wait_for_leaders(&cluster).await;
     let mut peer = PeerClient::new(channel(&cluster.addrs[0]).await);
-    let intruder = PeerBatch { cluster_id: 999, from_node: 2, messages: Vec::new() };
+    let intruder = PeerBatch { cluster_id: 999, from_node: 2, ..Default::default() };
     let response = peer.stream(tokio_stream::iter(vec![intruder])).await.expect("stream opens");
     let refusal = response.into_inner().message().await.expect_err("wrong cluster refused");
     assert_eq!(refusal.code(), Code::FailedPrecondition);

@@ -18,6 +18,7 @@ use prometheus_client::registry::Registry;
 
 use crate::raft::Role;
 use crate::shard::GroupStatus;
+use crate::transport::peer::PeerCounters;
 
 use super::shard_thread::ShardInput;
 
@@ -42,6 +43,7 @@ pub struct Metrics {
     pub readies_per_fdatasync: Histogram,
     pub turn_seconds: Histogram,
     pub request_seconds: Family<MethodLabel, Histogram>,
+    pub peer: PeerCounters,
     group_leader: Family<GroupLabel, Gauge>,
     group_is_leader: Family<GroupLabel, Gauge>,
     group_term: Family<GroupLabel, Gauge>,
@@ -68,6 +70,15 @@ impl Metrics {
         );
         registry.register("turn_seconds", "Duration of one shard turn", turn_seconds.clone());
         registry.register("request_seconds", "Client request latency by method", request_seconds.clone());
+        let peer = PeerCounters::default();
+        registry.register("peer_batches_sent", "Batches queued to peer streams", peer.batches_sent.clone());
+        registry.register("peer_batches_dropped", "Batches dropped at a full peer queue", peer.batches_dropped.clone());
+        registry.register("peer_messages_sent", "Raft messages queued to peer streams", peer.messages_sent.clone());
+        registry.register(
+            "peer_heartbeats_coalesced",
+            "Heartbeats and responses sent as packed per-node-pair columns",
+            peer.heartbeats_coalesced.clone(),
+        );
         let gauge = || Family::<GroupLabel, Gauge>::default();
         let (group_leader, group_is_leader, group_term, group_commit, group_applied) =
             (gauge(), gauge(), gauge(), gauge(), gauge());
@@ -83,6 +94,7 @@ impl Metrics {
             readies_per_fdatasync,
             turn_seconds,
             request_seconds,
+            peer,
             group_leader,
             group_is_leader,
             group_term,

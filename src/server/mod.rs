@@ -91,12 +91,13 @@ fn shard_config(config: &NodeConfig, index: usize) -> ShardConfig {
 async fn serve(
     config: &NodeConfig,
     inboxes: Vec<flume::Sender<shard_thread::ShardInput>>,
-    outbound: flume::Receiver<(crate::raft::NodeId, Vec<crate::proto::RaftMessage>)>,
+    outbound: flume::Receiver<(crate::raft::NodeId, Vec<(crate::log::GroupId, crate::raft::Message)>)>,
     metrics: std::sync::Arc<metrics::Metrics>,
 ) -> Result<(), String> {
     if let Some(addr) = config.metrics_listen {
         metrics::serve(addr, metrics.clone(), inboxes.clone()).await?;
     }
+    let peer_counters = metrics.peer.clone();
     let router =
         Router::new(config.node_id, config.groups, config.max_value_bytes, inboxes, config.members.clone(), metrics);
     let peers = config
@@ -105,7 +106,7 @@ async fn serve(
         .filter(|&&id| id != config.node_id)
         .filter_map(|&id| router.channel(id).map(|channel| (id, channel)))
         .collect();
-    crate::transport::peer::start(config.node_id, config.cluster_id, peers, outbound);
+    crate::transport::peer::start(config.node_id, config.cluster_id, peers, outbound, peer_counters);
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;

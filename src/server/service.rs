@@ -9,10 +9,10 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::log::GroupId;
 use crate::proto::{self, admin_server::Admin, kv_server::Kv, log_server::Log, peer_server::Peer};
-use crate::raft::{NodeId, Role};
+use crate::raft::NodeId;
 use crate::shard::RequestError;
 use crate::state::{BuiltinState, Command, Operation, Outcome, KEY_MAX_BYTES};
-use crate::transport::wire::decode_message;
+use crate::transport::wire::decode_batch;
 
 use super::router::{status_of, Router, FORWARDED};
 use super::shard_thread::ShardInput;
@@ -171,32 +171,30 @@ impl Kv for Services {
     }
 
     async fn range(&self, request: Request<proto::RangeRequest>) -> Result<Response<proto::RangeResponse>, Status> {
+        let already_forwarded = forwarded(&request);
         let req = request.into_inner();
-        let limit = req.limit.clamp(1, RANGE_LIMIT_MAX) as usize;
+        let limit = req.limit.clamp(1, RANGE_LIMIT_MAX);
+        let groups = match req.group {
+            Some(g) if g >= self.router.groups => {
+                return Err(Status::invalid_argument(format!("group {g} does not exist")));
+            }
+            Some(g) => g..g + 1,
+            None => 0..self.router.groups,
+        };
+        // Keys are spread over every group by hash: ask them all at once (each at its
+        // leader, unless serializable), merge in key order.
+        let mut reads = tokio::task::JoinSet::new();
+        for group in groups {
+            let (services, req) = (self.clone(), req.clone());
+            reads.spawn(async move { services.range_of_group(group, req, limit, already_forwarded).await });
+        }
         let mut kvs = Vec::new();
-        let led = self.led_groups().await;
-        // Keys are spread over every group by hash: ask each, merge in key order.
-        for group in 0..self.router.groups {
-            let (start, end) = (req.start.clone(), req.end.clone());
-            let query = Box::new(move |s: &BuiltinState| {
-                let mut out = BytesMut::new();
-                for (k, v) in s.range(&start, &end, limit) {
-                    out.put_u32_le(k.len() as u32);
-                    out.extend_from_slice(&k);
-                    out.put_u32_le(v.value.len() as u32);
-                    out.extend_from_slice(&v.value);
-                    out.put_u64_le(v.revision);
-                }
-                out.freeze()
-            });
-            // Only leaders answer linearizable reads; ranges need every group here.
-            let serializable = req.serializable || !led.contains(&group);
-            let data = self.router.read(group, query, serializable).await.map_err(status_of)?;
-            kvs.extend(decode_kvs(data));
+        while let Some(joined) = reads.join_next().await {
+            kvs.extend(joined.map_err(|e| Status::internal(format!("range task failed: {e}")))??);
         }
         kvs.sort_by(|a: &proto::KeyValue, b| a.key.cmp(&b.key));
-        let more = kvs.len() > limit;
-        kvs.truncate(limit);
+        let more = kvs.len() > limit as usize;
+        kvs.truncate(limit as usize);
         Ok(Response::new(proto::RangeResponse { kvs, more }))
     }
 
@@ -243,20 +241,35 @@ impl Kv for Services {
 }
 
 impl Services {
-    /// The groups this node leads now, one status question per shard (a shard that
-    /// does not answer counts as leading none).
-    async fn led_groups(&self) -> std::collections::BTreeSet<GroupId> {
-        let mut led = std::collections::BTreeSet::new();
-        for shard in self.router.shards() {
-            let (reply, answer) = flume::bounded(1);
-            if shard.try_send(ShardInput::Status { reply }).is_err() {
-                continue;
+    /// One group's part of a range, read here or (linearizable, not led here) at the
+    /// group's leader.
+    async fn range_of_group(
+        &self,
+        group: GroupId,
+        req: proto::RangeRequest,
+        limit: u32,
+        already_forwarded: bool,
+    ) -> Result<Vec<proto::KeyValue>, Status> {
+        let (start, end) = (req.start.clone(), req.end.clone());
+        let query = Box::new(move |s: &BuiltinState| {
+            let mut out = BytesMut::new();
+            for (k, v) in s.range(&start, &end, limit as usize) {
+                out.put_u32_le(k.len() as u32);
+                out.extend_from_slice(&k);
+                out.put_u32_le(v.value.len() as u32);
+                out.extend_from_slice(&v.value);
+                out.put_u64_le(v.revision);
             }
-            if let Ok(status) = answer.recv_async().await {
-                led.extend(status.iter().filter(|s| s.role == Role::Leader).map(|s| s.group));
-            }
-        }
-        led
+            out.freeze()
+        });
+        let error = match self.router.read(group, query, req.serializable).await {
+            Ok(data) => return Ok(decode_kvs(data)),
+            Err(error) => error,
+        };
+        let leader = self.forward_target(&error, already_forwarded).ok_or_else(|| status_of(error.clone()))?;
+        let mut client = self.router.kv_client(leader).ok_or_else(|| status_of(error))?;
+        let one_group = proto::RangeRequest { group: Some(group), limit, ..req };
+        Ok(client.range(forward_request(one_group)).await?.into_inner().kvs)
     }
 
     /// A batch's operations, checked: all keys must map to one group.
@@ -411,8 +424,8 @@ impl Peer for Services {
                     let _ = errors.send(Err(Status::failed_precondition(reason))).await;
                     return;
                 }
-                for m in batch.messages {
-                    match decode_message(m) {
+                for decoded in decode_batch(batch) {
+                    match decoded {
                         Ok((group, message)) if message.to == router.node && group < router.groups => {
                             // A full shard queue drops the message; Raft retransmits.
                             let _ = router.shard_of(group).try_send(ShardInput::Peer { group, message });

@@ -6,11 +6,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use crate::log::GroupId;
-use crate::proto;
 use crate::raft::{Message, NodeId};
 use crate::shard::{GroupStatus, Query, Reply, Shard, ShardConfig};
 use crate::state::{BuiltinState, Command, Outcome};
-use crate::transport::wire::encode_message;
 
 use super::metrics::Metrics;
 
@@ -26,8 +24,8 @@ pub enum ShardInput {
     Status { reply: flume::Sender<Vec<GroupStatus>> },
 }
 
-/// Raft messages leaving a shard: (destination node, messages).
-pub type Outbound = flume::Sender<(NodeId, Vec<proto::RaftMessage>)>;
+/// Raft messages leaving a shard: (destination node, messages of its groups).
+pub type Outbound = flume::Sender<(NodeId, Vec<(GroupId, Message)>)>;
 
 /// Starts the shard's thread. It runs until every sender of `inbox` is dropped.
 pub fn spawn(
@@ -82,9 +80,8 @@ async fn run(
             metrics.readies_per_fdatasync.observe(stats.readies as f64 / stats.fdatasyncs as f64);
         }
         for (to, messages) in shard.take_outbox() {
-            let encoded = messages.iter().map(|(group, m)| encode_message(*group, m)).collect();
-            // A full queue to a slow peer drops messages; Raft retransmits.
-            let _ = outbound.try_send((to, encoded));
+            // A full queue drops messages; Raft retransmits.
+            let _ = outbound.try_send((to, messages));
         }
     }
 }

@@ -4,10 +4,13 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use prometheus_client::metrics::counter::Counter;
 use tonic::transport::Channel;
 
+use super::wire;
+use crate::log::GroupId;
 use crate::proto::{self, peer_client::PeerClient};
-use crate::raft::NodeId;
+use crate::raft::{Message, NodeId};
 
 /// Batches queued for one peer; beyond it batches are dropped (Raft retransmits).
 pub const PEER_QUEUE_MAX: usize = 1024;
@@ -27,12 +30,27 @@ async fn pump(queue: flume::Receiver<proto::PeerBatch>, tx: tokio::sync::mpsc::S
     }
 }
 
+/// What the peer transport counts, for `/metrics`.
+#[derive(Clone, Default)]
+pub struct PeerCounters {
+    pub batches_sent: Counter,
+    pub batches_dropped: Counter,
+    pub messages_sent: Counter,
+    /// Heartbeats and responses that travelled as packed columns.
+    pub heartbeats_coalesced: Counter,
+}
+
+/// Shard outputs merged into one round of batches, so a node pair's heartbeats from
+/// every shard coalesce. Bounds the work done before the queues see anything.
+const OUTPUTS_PER_ROUND_MAX: usize = 256;
+
 /// Starts a sender task per peer and a dispatcher that routes shard output to them.
 pub fn start(
     node: NodeId,
     cluster_id: u64,
     peers: BTreeMap<NodeId, Channel>,
-    outbound: flume::Receiver<(NodeId, Vec<proto::RaftMessage>)>,
+    outbound: flume::Receiver<(NodeId, Vec<(GroupId, Message)>)>,
+    counters: PeerCounters,
 ) {
     let mut queues = BTreeMap::new();
     for (peer, channel) in peers {
@@ -41,11 +59,25 @@ pub fn start(
         tokio::spawn(sender(node, cluster_id, channel, rx));
     }
     tokio::spawn(async move {
-        while let Ok((to, messages)) = outbound.recv_async().await {
-            if let Some(queue) = queues.get(&to) {
+        let mut round: BTreeMap<NodeId, Vec<(GroupId, Message)>> = BTreeMap::new();
+        while let Ok(first) = outbound.recv_async().await {
+            for (to, messages) in std::iter::once(first).chain(outbound.try_iter().take(OUTPUTS_PER_ROUND_MAX)) {
+                round.entry(to).or_default().extend(messages);
+            }
+            for (to, messages) in std::mem::take(&mut round) {
+                let Some(queue) = queues.get(&to) else { continue };
                 for chunk in messages.chunks(BATCH_MESSAGES_MAX) {
-                    let batch = proto::PeerBatch { cluster_id, from_node: node, messages: chunk.to_vec() };
-                    let _ = queue.try_send(batch);
+                    let batch = wire::encode_batch(cluster_id, node, to, chunk);
+                    let coalesced = batch.heartbeats.as_ref().map_or(0, |h| h.groups.len())
+                        + batch.heartbeat_responses.as_ref().map_or(0, |r| r.groups.len());
+                    // A full queue to a slow peer drops the batch; Raft retransmits.
+                    if queue.try_send(batch).is_ok() {
+                        counters.batches_sent.inc();
+                        counters.messages_sent.inc_by(chunk.len() as u64);
+                        counters.heartbeats_coalesced.inc_by(coalesced as u64);
+                    } else {
+                        counters.batches_dropped.inc();
+                    }
                 }
             }
         }

@@ -7,7 +7,8 @@ use std::collections::BTreeSet;
 use crate::log::GroupId;
 use crate::proto;
 use crate::raft::{
-    ConfChange, ConfState, Entry, EntryPayload, Message, MessageKind, RejectHint, SingleChange, Snapshot, SnapshotMeta,
+    ConfChange, ConfState, Entry, EntryPayload, Message, MessageKind, NodeId, RejectHint, SingleChange, Snapshot,
+    SnapshotMeta,
 };
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -81,6 +82,69 @@ pub fn decode_message(m: proto::RaftMessage) -> Result<(GroupId, Message), WireE
         return Err(WireError("node id 0"));
     }
     Ok((m.group, Message { from: m.from, to: m.to, term: m.term, kind }))
+}
+
+/// Encodes messages of many groups from node `from` to node `to` as one batch,
+/// coalescing heartbeats and heartbeat responses into packed columns (a dozen bytes
+/// per group instead of a full message each).
+pub fn encode_batch(cluster_id: u64, from: NodeId, to: NodeId, messages: &[(GroupId, Message)]) -> proto::PeerBatch {
+    let mut batch = proto::PeerBatch { cluster_id, from_node: from, to_node: to, ..Default::default() };
+    let mut heartbeats = proto::CoalescedHeartbeats::default();
+    let mut responses = proto::CoalescedHeartbeatResponses::default();
+    for (group, m) in messages {
+        let between_the_batch_nodes = m.from == from && m.to == to;
+        match m.kind {
+            MessageKind::Heartbeat { commit, round } if between_the_batch_nodes => {
+                heartbeats.groups.push(*group);
+                heartbeats.terms.push(m.term);
+                heartbeats.commits.push(commit);
+                heartbeats.rounds.push(round);
+            }
+            MessageKind::HeartbeatResponse { round } if between_the_batch_nodes => {
+                responses.groups.push(*group);
+                responses.terms.push(m.term);
+                responses.rounds.push(round);
+            }
+            _ => batch.messages.push(encode_message(*group, m)),
+        }
+    }
+    batch.heartbeats = (!heartbeats.groups.is_empty()).then_some(heartbeats);
+    batch.heartbeat_responses = (!responses.groups.is_empty()).then_some(responses);
+    batch
+}
+
+/// Decodes a batch into per-group messages. A malformed message (or malformed set of
+/// coalesced columns) is refused on its own; the rest of the batch still counts.
+pub fn decode_batch(batch: proto::PeerBatch) -> Vec<Result<(GroupId, Message), WireError>> {
+    let (from, to) = (batch.from_node, batch.to_node);
+    let mut decoded: Vec<_> = batch.messages.into_iter().map(decode_message).collect();
+    if let Some(h) = batch.heartbeats {
+        let n = h.groups.len();
+        if from == 0 || to == 0 {
+            decoded.push(Err(WireError("coalesced heartbeats without both node ids")));
+        } else if h.terms.len() != n || h.commits.len() != n || h.rounds.len() != n {
+            decoded.push(Err(WireError("coalesced heartbeat columns of different lengths")));
+        } else {
+            for i in 0..n {
+                let kind = MessageKind::Heartbeat { commit: h.commits[i], round: h.rounds[i] };
+                decoded.push(Ok((h.groups[i], Message { from, to, term: h.terms[i], kind })));
+            }
+        }
+    }
+    if let Some(r) = batch.heartbeat_responses {
+        let n = r.groups.len();
+        if from == 0 || to == 0 {
+            decoded.push(Err(WireError("coalesced heartbeat responses without both node ids")));
+        } else if r.terms.len() != n || r.rounds.len() != n {
+            decoded.push(Err(WireError("coalesced heartbeat response columns of different lengths")));
+        } else {
+            for i in 0..n {
+                let kind = MessageKind::HeartbeatResponse { round: r.rounds[i] };
+                decoded.push(Ok((r.groups[i], Message { from, to, term: r.terms[i], kind })));
+            }
+        }
+    }
+    decoded
 }
 
 fn encode_entry(e: &Entry) -> proto::Entry {
@@ -225,6 +289,44 @@ mod tests {
             let decoded = proto::RaftMessage::decode(bytes.as_slice()).unwrap();
             assert_eq!(decode_message(decoded), Ok((7, m)));
         }
+    }
+
+    #[test]
+    fn a_batch_coalesces_heartbeats_and_decodes_to_the_same_messages() {
+        let mut messages: Vec<(GroupId, Message)> = samples().into_iter().map(|m| (3, m)).collect();
+        for group in 0..100 {
+            let kind = if group % 2 == 0 {
+                MessageKind::Heartbeat { commit: group * 7, round: group + 1 }
+            } else {
+                MessageKind::HeartbeatResponse { round: group }
+            };
+            messages.push((group, Message { from: 1, to: 2, term: group / 10 + 1, kind }));
+        }
+        let batch = encode_batch(9, 1, 2, &messages);
+        assert_eq!(batch.heartbeats.as_ref().map(|h| h.groups.len()), Some(51), "sample heartbeat included");
+        assert_eq!(batch.heartbeat_responses.as_ref().map(|h| h.groups.len()), Some(51));
+        assert_eq!(batch.messages.len(), samples().len() - 2);
+        let wire = proto::PeerBatch::decode(batch.encode_to_vec().as_slice()).unwrap();
+        let mut decoded: Vec<_> = decode_batch(wire).into_iter().map(Result::unwrap).collect();
+        let key = |(g, m): &(GroupId, Message)| (*g, format!("{m:?}"));
+        decoded.sort_by_key(key);
+        messages.sort_by_key(key);
+        assert_eq!(decoded, messages);
+        let per_heartbeat = batch.heartbeats.unwrap().encoded_len() / 51;
+        assert!(per_heartbeat <= 12, "{per_heartbeat} bytes per coalesced heartbeat");
+    }
+
+    #[test]
+    fn malformed_coalesced_columns_are_refused_and_the_rest_survives() {
+        let heartbeat = Message { from: 1, to: 2, term: 1, kind: MessageKind::Heartbeat { commit: 0, round: 1 } };
+        let append = samples().swap_remove(4);
+        let mut batch = encode_batch(9, 1, 2, &[(0, heartbeat), (1, append.clone())]);
+        batch.heartbeats.as_mut().unwrap().rounds.clear();
+        let decoded = decode_batch(batch.clone());
+        assert_eq!(decoded[0], Ok((1, append)));
+        assert_eq!(decoded[1], Err(WireError("coalesced heartbeat columns of different lengths")));
+        batch.to_node = 0;
+        assert!(decode_batch(batch)[1].is_err());
     }
 
     #[test]
