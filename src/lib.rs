@@ -8,5 +8,6 @@ pub mod raft;
 pub mod server;
 pub mod shard;
 pub mod sim;
+pub mod snapshot;
 pub mod state;
 pub mod transport;
