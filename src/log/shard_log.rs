@@ -18,7 +18,7 @@ use super::codec::{
     encode_batch, GroupId, Record, BATCH_BODY_MAX_BYTES, BATCH_HEADER_BYTES, BATCH_MAGIC, FLUSH_MAGIC,
     RECORD_HEADER_BYTES,
 };
-use super::index::{Location, LogIndex};
+use super::index::{GroupLog, Location, LogIndex};
 use super::segment::{
     align_up, decode_header, later_flush_exists, parse_slot, scan, slot_path, HeaderError, ScanEnd, PAGE_BYTES,
 };
@@ -310,6 +310,21 @@ impl ShardLog {
             }
         }
         Ok(())
+    }
+
+    /// Sealed segments still held (not being released).
+    pub fn sealed_segments(&self) -> usize {
+        self.sealed.values().filter(|s| !s.releasing).count()
+    }
+
+    /// Groups whose oldest entry lives in the oldest held sealed segment: the ones
+    /// whose compaction would let it go.
+    pub fn groups_pinning_oldest_segment(&self) -> Vec<GroupId> {
+        let Some((&oldest, _)) = self.sealed.iter().find(|(_, s)| !s.releasing) else {
+            return Vec::new();
+        };
+        let pins = |g: &&GroupLog| g.entries.front().is_some_and(|e| e.location.segment <= oldest);
+        self.index.groups.iter().filter(|(_, g)| pins(g)).map(|(&group, _)| group).collect()
     }
 
     /// Releases the oldest sealed segments that no group needs entries from. Hard

@@ -156,10 +156,18 @@ impl LogStore for MemLogStore {
     }
 }
 
+/// Where the state-machine images behind the log's snapshot markers are kept.
+pub trait SnapshotImages {
+    /// The image of `group` at `index`, if there is one.
+    fn image(&self, group: GroupId, index: Index) -> Option<bytes::Bytes>;
+}
+
 /// One group's view of a shared log, as the Raft core's read-only [`Storage`].
 pub struct GroupStorage<L: LogStore> {
     pub log: Rc<RefCell<L>>,
     pub group: GroupId,
+    /// The images a snapshot sent to a follower is made of (none: never send one).
+    pub images: Option<Rc<dyn SnapshotImages>>,
 }
 
 impl<L: LogStore> Storage for GroupStorage<L> {
@@ -185,8 +193,10 @@ impl<L: LogStore> Storage for GroupStorage<L> {
     }
 
     fn snapshot(&self) -> Result<Snapshot, StorageError> {
-        // The state machine image lives outside the log (snapshot files); the log
-        // knows only the marker. Until snapshot transfer exists, report it as not ready.
-        Err(StorageError::SnapshotTemporarilyUnavailable)
+        // The log knows the marker; the image lives outside it (snapshot files).
+        let meta = self.log.borrow().snapshot_meta(self.group);
+        let images = self.images.as_ref().ok_or(StorageError::SnapshotTemporarilyUnavailable)?;
+        let data = images.image(self.group, meta.index).ok_or(StorageError::SnapshotTemporarilyUnavailable)?;
+        Ok(Snapshot { meta, data })
     }
 }

@@ -49,6 +49,10 @@ pub struct Args {
     /// Largest value (or log record) a client may write, in bytes [default: 1 MiB].
     #[arg(long)]
     pub max_value_bytes: Option<u64>,
+    /// Applied entries after which a group snapshots its state and compacts its log;
+    /// 0 never does (the log then grows without bound) [default: 10000].
+    #[arg(long)]
+    pub snapshot_distance: Option<u64>,
 }
 
 /// The same settings, from `/etc/quarry/quarry.toml` (or `--config`).
@@ -66,6 +70,7 @@ struct FileConfig {
     heartbeat_ticks: Option<u32>,
     metrics_listen: Option<SocketAddr>,
     max_value_bytes: Option<u64>,
+    snapshot_distance: Option<u64>,
 }
 
 /// A checked configuration.
@@ -83,6 +88,7 @@ pub struct NodeConfig {
     pub election_ticks: u32,
     pub heartbeat_ticks: u32,
     pub max_value_bytes: u64,
+    pub snapshot_distance: u64,
 }
 
 /// Groups a node may host; more would make startup and heartbeats unreasonable.
@@ -144,6 +150,7 @@ impl Args {
             election_ticks,
             heartbeat_ticks,
             max_value_bytes,
+            snapshot_distance: self.snapshot_distance.or(file.snapshot_distance).unwrap_or(10_000),
         })
     }
 }

@@ -85,6 +85,8 @@ fn shard_config(config: &NodeConfig, index: usize) -> ShardConfig {
         voters: config.members.keys().copied().collect(),
         raft,
         log: ShardLogConfig::new(config.data_dir.join(format!("shard-{index}"))),
+        snapshot_dir: config.data_dir.join(format!("shard-{index}")).join("snapshots"),
+        snapshot_distance: config.snapshot_distance,
     }
 }
 

@@ -73,7 +73,7 @@ async fn run(
             next_tick = Instant::now() + tick;
         }
         let started = Instant::now();
-        let stats = shard.turn().await.map_err(|e| format!("shard log failed: {e}"))?;
+        let stats = shard.turn().await.map_err(|e| format!("shard failed: {e}"))?;
         metrics.turn_seconds.observe(started.elapsed().as_secs_f64());
         if stats.fdatasyncs > 0 {
             metrics.fdatasyncs.inc_by(stats.fdatasyncs);

@@ -11,17 +11,39 @@
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::rc::Rc;
 
 use bytes::Bytes;
 
 use crate::log::io::{flush_one, SegmentWriter};
+use crate::log::store::SnapshotImages;
 use crate::log::{GroupId, GroupStorage, LogError, LogStore, ShardLog, ShardLogConfig};
 use crate::raft::{
     bootstrap_state, Config, Entry, EntryPayload, HardState, Index, Message, NodeId, ProposeError, RaftNode, ReadCtx,
-    Role, StepError, Term,
+    Role, Snapshot, SnapshotMeta, StepError, Term,
 };
+use crate::snapshot::{SnapshotError, SnapshotStore};
 use crate::state::{Command, Outcome, StateMachine};
+
+/// Sealed log segments a shard holds before it snapshots the groups pinning the
+/// oldest one, whatever their distance: bounds the log's disk use under skewed load.
+pub const SEALED_SEGMENTS_MAX: usize = 4;
+/// The largest image sent inside a Raft message; bigger ones are not sent (a
+/// follower needing one stays behind until bulk transfer over Flight exists).
+pub const INLINE_SNAPSHOT_MAX_BYTES: usize = 32 << 20;
+
+/// A failure that stops the shard: its log, its snapshot files, or a state machine
+/// refusing an image.
+#[derive(Debug, thiserror::Error)]
+pub enum ShardError {
+    #[error(transparent)]
+    Log(#[from] LogError),
+    #[error(transparent)]
+    Snapshot(#[from] SnapshotError),
+    #[error("group {group}: cannot restore its snapshot at index {index}: {reason}")]
+    Restore { group: GroupId, index: Index, reason: String },
+}
 
 /// The group a key (or log name) belongs to: a stable hash, so every node, client and
 /// version agrees.
@@ -108,6 +130,10 @@ pub struct ShardConfig {
     pub voters: Vec<NodeId>,
     pub raft: Config,
     pub log: ShardLogConfig,
+    /// Where the shard keeps its groups' snapshot files.
+    pub snapshot_dir: PathBuf,
+    /// Applied entries after which a group snapshots and compacts its log (0: never).
+    pub snapshot_distance: u64,
 }
 
 pub struct Shard<S: StateMachine + Default> {
@@ -117,14 +143,30 @@ pub struct Shard<S: StateMachine + Default> {
     groups: BTreeMap<GroupId, Group<S>>,
     outbox: BTreeMap<NodeId, Vec<(GroupId, Message)>>,
     next_read_ctx: ReadCtx,
+    snapshots: Rc<RefCell<SnapshotStore>>,
+    snapshot_distance: u64,
     pub fdatasyncs: u64,
+    pub snapshots_taken: u64,
+    pub snapshots_installed: u64,
+}
+
+/// Images for the Raft core to send, read from the snapshot files.
+struct StoredImages(Rc<RefCell<SnapshotStore>>);
+
+impl SnapshotImages for StoredImages {
+    fn image(&self, group: GroupId, index: Index) -> Option<Bytes> {
+        let image = self.0.borrow().load(group, index).ok()?.1;
+        (image.len() <= INLINE_SNAPSHOT_MAX_BYTES).then_some(image)
+    }
 }
 
 impl<S: StateMachine + Default> Shard<S> {
-    /// Opens the shard's log (recovering it) and starts its groups. A group the log
-    /// has never seen is bootstrapped with `config.voters`.
-    pub fn open(config: ShardConfig) -> Result<Self, LogError> {
+    /// Opens the shard's log (recovering it) and starts its groups from their latest
+    /// snapshots. A group the log has never seen is bootstrapped with `config.voters`.
+    pub fn open(config: ShardConfig) -> Result<Self, ShardError> {
         let log = Rc::new(RefCell::new(ShardLog::open(config.log.clone())?));
+        let snapshots = Rc::new(RefCell::new(SnapshotStore::open(&config.snapshot_dir)?));
+        let images: Rc<dyn SnapshotImages> = Rc::new(StoredImages(snapshots.clone()));
         let mut groups = BTreeMap::new();
         for &group in &config.groups {
             if log.borrow().index().group(group).is_none() {
@@ -132,13 +174,19 @@ impl<S: StateMachine + Default> Shard<S> {
                 log.borrow_mut().append(group, &[entry])?;
                 log.borrow_mut().set_hard_state(group, hard_state)?;
             }
+            let mut state = S::default();
+            let base = log.borrow().snapshot_meta(group).index;
+            if base > 0 {
+                let (_, image) = snapshots.borrow().load(group, base)?;
+                restore(group, &mut state, base, image)?;
+            }
             let raft_config =
-                Config { id: config.node, seed: config.raft.seed ^ group, applied: 0, ..config.raft.clone() };
-            let storage = GroupStorage { log: log.clone(), group };
+                Config { id: config.node, seed: config.raft.seed ^ group, applied: base, ..config.raft.clone() };
+            let storage = GroupStorage { log: log.clone(), group, images: Some(images.clone()) };
             let raft = RaftNode::new(raft_config, storage).map_err(|_| LogError::Invalid("invalid raft config"))?;
             let group_state = Group {
                 raft,
-                state: S::default(),
+                state,
                 writes: BTreeMap::new(),
                 reads: BTreeMap::new(),
                 confirmed: Vec::new(),
@@ -153,7 +201,11 @@ impl<S: StateMachine + Default> Shard<S> {
             groups,
             outbox: BTreeMap::new(),
             next_read_ctx: 1,
+            snapshots,
+            snapshot_distance: config.snapshot_distance,
             fdatasyncs: 0,
+            snapshots_taken: 0,
+            snapshots_installed: 0,
         })
     }
 
@@ -241,8 +293,9 @@ impl<S: StateMachine + Default> Shard<S> {
         std::mem::take(&mut self.outbox)
     }
 
-    /// One turn: write every Ready, one fdatasync, acknowledge, apply, answer.
-    pub async fn turn(&mut self) -> Result<TurnStats, LogError> {
+    /// One turn: write every Ready, snapshot the groups that are due, one fdatasync,
+    /// acknowledge, apply, answer.
+    pub async fn turn(&mut self) -> Result<TurnStats, ShardError> {
         let mut acks = Vec::new();
         for (&group, g) in self.groups.iter_mut() {
             while g.raft.has_ready() {
@@ -250,11 +303,12 @@ impl<S: StateMachine + Default> Shard<S> {
                 if ready.soft_state.is_some_and(|s| s.role != Role::Leader) {
                     fail_pending(g);
                 }
+                if let Some(snapshot) = &ready.snapshot {
+                    install_snapshot(&self.log, &self.snapshots, group, g, snapshot)?;
+                    self.snapshots_installed += 1;
+                }
                 {
                     let mut log = self.log.borrow_mut();
-                    if let Some(snapshot) = &ready.snapshot {
-                        log.install_snapshot(group, snapshot.meta.clone())?;
-                    }
                     log.append(group, &ready.entries)?;
                     if let Some(hard_state) = ready.hard_state {
                         // A change of commit index alone need not be durable (Raft
@@ -287,6 +341,7 @@ impl<S: StateMachine + Default> Shard<S> {
                 acks.push((group, ready.number, ready.persisted_messages));
             }
         }
+        self.take_due_snapshots()?;
         let mut stats = TurnStats { readies: acks.len(), fdatasyncs: 0 };
         while flush_one(&self.log, &mut self.writer).await?.is_some() {
             stats.fdatasyncs += 1;
@@ -300,6 +355,96 @@ impl<S: StateMachine + Default> Shard<S> {
         }
         Ok(stats)
     }
+}
+
+impl<S: StateMachine + Default> Shard<S> {
+    /// Snapshots the groups that applied `snapshot_distance` entries since their last
+    /// one, and those pinning the oldest log segment once too many are held; then
+    /// releases the segments no group needs.
+    fn take_due_snapshots(&mut self) -> Result<(), ShardError> {
+        if self.snapshot_distance == 0 {
+            return Ok(());
+        }
+        let pinning = {
+            let log = self.log.borrow();
+            if log.sealed_segments() > SEALED_SEGMENTS_MAX {
+                log.groups_pinning_oldest_segment()
+            } else {
+                Vec::new()
+            }
+        };
+        let mut taken = 0;
+        for (&group, g) in &self.groups {
+            let base = self.log.borrow().snapshot_meta(group).index;
+            let applied = g.state.last_applied();
+            let due = applied >= base + self.snapshot_distance || (applied > base && pinning.contains(&group));
+            if due {
+                take_snapshot(&self.log, &self.snapshots, group, g)?;
+                taken += 1;
+            }
+        }
+        if taken > 0 {
+            self.snapshots_taken += taken;
+            self.log.borrow_mut().release_unneeded_segments()?;
+        }
+        Ok(())
+    }
+
+    /// Bytes of snapshot files this shard holds.
+    pub fn snapshot_disk_bytes(&self) -> u64 {
+        self.snapshots.borrow().disk_bytes()
+    }
+}
+
+fn restore<S: StateMachine>(group: GroupId, state: &mut S, index: Index, image: Bytes) -> Result<(), ShardError> {
+    let failed = |reason: String| ShardError::Restore { group, index, reason };
+    state.restore(image).map_err(|e| failed(e.to_string()))?;
+    if state.last_applied() != index {
+        return Err(failed(format!("the image is of index {}", state.last_applied())));
+    }
+    Ok(())
+}
+
+/// Writes the group's image at its applied index, then compacts its log there. The
+/// file the log stood on is kept until the new marker is durable (the next turn).
+fn take_snapshot<S: StateMachine>(
+    log: &RefCell<ShardLog>,
+    snapshots: &RefCell<SnapshotStore>,
+    group: GroupId,
+    g: &Group<S>,
+) -> Result<(), ShardError> {
+    let index = g.state.last_applied();
+    let (base, term) = {
+        let log = log.borrow();
+        let term = log.term(group, index).map_err(|_| LogError::Missing { group, index })?;
+        (log.snapshot_meta(group).index, term)
+    };
+    // Every committed entry handed out is applied in the same turn, so the core's
+    // configuration is the one as of `index`.
+    let meta = SnapshotMeta { index, term, conf_state: g.raft.conf_state().clone() };
+    let mut snapshots = snapshots.borrow_mut();
+    snapshots.save(group, &meta, &g.state.snapshot())?;
+    log.borrow_mut().compact(group, meta)?;
+    snapshots.release_before(group, base)?;
+    Ok(())
+}
+
+/// Installs an image the leader sent: the file first (durable), then the state
+/// machine, then the log marker that makes the log start after it.
+fn install_snapshot<S: StateMachine>(
+    log: &RefCell<ShardLog>,
+    snapshots: &RefCell<SnapshotStore>,
+    group: GroupId,
+    g: &mut Group<S>,
+    snapshot: &Snapshot,
+) -> Result<(), ShardError> {
+    let base = log.borrow().snapshot_meta(group).index;
+    let mut snapshots = snapshots.borrow_mut();
+    snapshots.save(group, &snapshot.meta, &snapshot.data)?;
+    restore(group, &mut g.state, snapshot.meta.index, snapshot.data.clone())?;
+    log.borrow_mut().install_snapshot(group, snapshot.meta.clone())?;
+    snapshots.release_before(group, base)?;
+    Ok(())
 }
 
 /// Applies one committed entry and answers the client that proposed it, if any.
