@@ -107,7 +107,7 @@ async fn run(groups: u64, entry_bytes: usize) -> RunResult {
         log.borrow_mut().append(group, &[entry]).expect("append");
         staged_at.borrow_mut().push_back((log.borrow().staged_ticket(), Instant::now()));
         appended += 1;
-        if appended % 64 == 0 {
+        if appended.is_multiple_of(64) {
             glommio::executor().yield_task_queue_now().await;
         }
     }

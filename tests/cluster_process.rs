@@ -364,7 +364,7 @@ async fn run_clients(
                 let key = ((worker + n) % LIN_KEYS as u64) as u8;
                 let name = Bytes::from(format!("lin-{key}"));
                 let call = micros(Instant::now());
-                if n % 2 == 0 {
+                if n.is_multiple_of(2) {
                     let value = worker * 1_000_000 + n; // unique per operation
                     let put =
                         PutRequest { key: name, value: Bytes::from(value.to_string()), client_id: 0, sequence: 0 };

@@ -78,7 +78,10 @@ impl SegmentWriter {
 }
 
 async fn write_page_aligned(file: &DmaFile, bytes: &[u8], offset: u64, path: &Path) -> Result<(), LogError> {
-    assert!(offset % PAGE_BYTES == 0 && bytes.len() as u64 % PAGE_BYTES == 0, "unaligned direct write");
+    assert!(
+        offset.is_multiple_of(PAGE_BYTES) && (bytes.len() as u64).is_multiple_of(PAGE_BYTES),
+        "unaligned direct write"
+    );
     let mut buf = file.alloc_dma_buffer(bytes.len());
     buf.as_bytes_mut().copy_from_slice(bytes);
     let written = file.write_at(buf, offset).await.map_err(|e| io_error(path, e))?;

@@ -101,7 +101,7 @@ pub fn scan(data: &[u8], seq: u64, mut on_batch: impl FnMut(u64, &DecodedBatch))
         }
         if (&data[at..at + 4]).get_u32_le() == 0 {
             // Padding to the end of a flush's last page, or the end of the log.
-            if pos % PAGE_BYTES == 0 {
+            if pos.is_multiple_of(PAGE_BYTES) {
                 return ScanEnd::Clean { end: pos };
             }
             pos = align_up(pos);

@@ -43,7 +43,7 @@ impl ShardLogConfig {
     }
 
     fn validate(&self) -> Result<(), LogError> {
-        if self.segment_bytes % PAGE_BYTES != 0 || self.segment_bytes < 16 * PAGE_BYTES {
+        if !self.segment_bytes.is_multiple_of(PAGE_BYTES) || self.segment_bytes < 16 * PAGE_BYTES {
             return Err(LogError::Invalid("segment_bytes must be a multiple of 4 KiB and at least 64 KiB"));
         }
         Ok(())

@@ -200,7 +200,7 @@ impl Simulation {
         let mut recovered_at: Option<u64> = None;
         loop {
             self.step_time()?;
-            if self.now % UNITS_PER_TICK == 0 {
+            if self.now.is_multiple_of(UNITS_PER_TICK) {
                 let tick = self.now / UNITS_PER_TICK;
                 if self.now < heal_at {
                     self.inject_faults()?;
@@ -264,7 +264,7 @@ impl Simulation {
             self.after_event(i)?;
         }
         for i in 0..self.nodes.len() {
-            if self.now < self.phases[i] || (self.now - self.phases[i]) % self.periods[i] != 0 {
+            if self.now < self.phases[i] || !(self.now - self.phases[i]).is_multiple_of(self.periods[i]) {
                 continue;
             }
             let Some(raft) = self.nodes[i].raft.as_mut() else {
