@@ -24,6 +24,8 @@ struct Cluster {
     addrs: Vec<String>,
     metrics: Vec<String>,
     initial: String,
+    /// Flags every node gets beyond the basic ones.
+    extra: Vec<String>,
     dir: tempfile::TempDir,
 }
 
@@ -53,6 +55,7 @@ impl Cluster {
         Command::new(env!("CARGO_BIN_EXE_quarryd"))
             .args(["--node-id", &id.to_string(), "--initial-cluster", &self.initial, "--groups", &GROUPS.to_string()])
             .args(["--tick-ms", "20", "--metrics-listen", &self.metrics[id - 1]])
+            .args(&self.extra)
             .arg("--data-dir")
             .arg(&data)
             .stdout(Stdio::null())
@@ -74,12 +77,17 @@ impl Cluster {
 }
 
 fn start_cluster() -> Cluster {
+    start_cluster_with(&[])
+}
+
+fn start_cluster_with(extra: &[&str]) -> Cluster {
     let dir = tempfile::Builder::new().prefix("quarry-cluster-").tempdir().expect("temp dir");
     let ports = free_ports(6);
     let addrs: Vec<String> = ports[..3].iter().map(|p| format!("127.0.0.1:{p}")).collect();
     let metrics: Vec<String> = ports[3..].iter().map(|p| format!("127.0.0.1:{p}")).collect();
     let initial = addrs.iter().enumerate().map(|(i, a)| format!("{}={a}", i + 1)).collect::<Vec<_>>().join(",");
-    let mut cluster = Cluster { children: Vec::new(), addrs, metrics, initial, dir };
+    let extra = extra.iter().map(|s| s.to_string()).collect();
+    let mut cluster = Cluster { children: Vec::new(), addrs, metrics, initial, extra, dir };
     cluster.children = (1..=3).map(|id| cluster.spawn(id)).collect();
     cluster
 }
@@ -599,4 +607,78 @@ async fn the_rust_client_learns_leaders_and_sends_keys_straight_to_them() {
     }
     assert!(client.delete(Bytes::from("routed-0")).await.expect("delete"));
     assert_eq!(client.get(Bytes::from("routed-0"), false).await.expect("get"), None);
+}
+
+/// The value of a counter in a node's `/metrics` text (0 when absent).
+async fn counter(metrics_addr: &str, name: &str) -> u64 {
+    let addr = metrics_addr.to_string();
+    let (_, body) = tokio::task::spawn_blocking(move || http_get(&addr, "/metrics")).await.expect("get");
+    body.lines()
+        .find(|l| l.starts_with(name))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_missed_compacted_entries_catches_up_by_snapshot() {
+    const KEYS: usize = 2_000;
+    let mut cluster = start_cluster_with(&["--snapshot-distance", "100"]);
+    wait_for_leaders(&cluster).await;
+    cluster.kill(3);
+    // ~250 entries per group while node 3 is down: every group compacts past them.
+    let clients = [KvClient::new(channel(&cluster.addrs[0]).await), KvClient::new(channel(&cluster.addrs[1]).await)];
+    let mut tasks = tokio::task::JoinSet::new();
+    for worker in 0..16 {
+        let client = clients[worker % 2].clone();
+        tasks.spawn(async move {
+            for i in (worker..KEYS).step_by(16) {
+                let put = PutRequest {
+                    key: Bytes::from(format!("snap-{i:05}")),
+                    value: Bytes::from(format!("v{i}")),
+                    client_id: 0,
+                    sequence: 0,
+                };
+                retry(|| {
+                    let (mut c, r) = (client.clone(), put.clone());
+                    async move { c.put(r).await }
+                })
+                .await
+                .unwrap_or_else(|e| panic!("put snap-{i}: {e}"));
+            }
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done.expect("writer");
+    }
+    let taken = counter(&cluster.metrics[0], "quarry_snapshots_taken_total").await;
+    assert!(taken >= GROUPS, "node 1 took {taken} snapshots");
+
+    // Node 3 returns and, from its own replica, serves every key once caught up.
+    cluster.restart(3);
+    let node3 = KvClient::new(channel(&cluster.addrs[2]).await);
+    let all = quarry::proto::RangeRequest {
+        start: Bytes::from("snap-"),
+        end: Bytes::from("snap."),
+        limit: KEYS as u32,
+        serializable: true,
+        group: None,
+    };
+    let deadline = Instant::now() + READY_DEADLINE;
+    loop {
+        if let Ok(answer) = node3.clone().range(all.clone()).await {
+            let kvs = answer.into_inner().kvs;
+            if kvs.len() == KEYS {
+                for (i, kv) in kvs.iter().enumerate() {
+                    assert_eq!(kv.key, Bytes::from(format!("snap-{i:05}")));
+                    assert_eq!(kv.value, Bytes::from(format!("v{i}")));
+                }
+                break;
+            }
+        }
+        assert!(Instant::now() < deadline, "node 3 never caught up");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let installed = counter(&cluster.metrics[2], "quarry_snapshots_installed_total").await;
+    assert!(installed >= GROUPS, "node 3 installed {installed} snapshots");
 }

@@ -42,6 +42,8 @@ pub struct Metrics {
     /// Group Readies made durable by one fdatasync (the group-commit batch).
     pub readies_per_fdatasync: Histogram,
     pub turn_seconds: Histogram,
+    pub snapshots_taken: Counter,
+    pub snapshots_installed: Counter,
     pub request_seconds: Family<MethodLabel, Histogram>,
     pub peer: PeerCounters,
     group_leader: Family<GroupLabel, Gauge>,
@@ -69,6 +71,13 @@ impl Metrics {
             readies_per_fdatasync.clone(),
         );
         registry.register("turn_seconds", "Duration of one shard turn", turn_seconds.clone());
+        let (snapshots_taken, snapshots_installed) = (Counter::default(), Counter::default());
+        registry.register(
+            "snapshots_taken",
+            "Group snapshots written (then the log compacted)",
+            snapshots_taken.clone(),
+        );
+        registry.register("snapshots_installed", "Group snapshots received from leaders", snapshots_installed.clone());
         registry.register("request_seconds", "Client request latency by method", request_seconds.clone());
         let peer = PeerCounters::default();
         registry.register("peer_batches_sent", "Batches queued to peer streams", peer.batches_sent.clone());
@@ -93,6 +102,8 @@ impl Metrics {
             fdatasyncs,
             readies_per_fdatasync,
             turn_seconds,
+            snapshots_taken,
+            snapshots_installed,
             request_seconds,
             peer,
             group_leader,

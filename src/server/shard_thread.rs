@@ -75,6 +75,8 @@ async fn run(
         let started = Instant::now();
         let stats = shard.turn().await.map_err(|e| format!("shard failed: {e}"))?;
         metrics.turn_seconds.observe(started.elapsed().as_secs_f64());
+        metrics.snapshots_taken.inc_by(stats.snapshots_taken);
+        metrics.snapshots_installed.inc_by(stats.snapshots_installed);
         if stats.fdatasyncs > 0 {
             metrics.fdatasyncs.inc_by(stats.fdatasyncs);
             metrics.readies_per_fdatasync.observe(stats.readies as f64 / stats.fdatasyncs as f64);

@@ -119,6 +119,8 @@ pub struct TurnStats {
     /// Group Readies carried out.
     pub readies: usize,
     pub fdatasyncs: u64,
+    pub snapshots_taken: u64,
+    pub snapshots_installed: u64,
 }
 
 /// Static description of a shard's groups.
@@ -297,6 +299,7 @@ impl<S: StateMachine + Default> Shard<S> {
     /// acknowledge, apply, answer.
     pub async fn turn(&mut self) -> Result<TurnStats, ShardError> {
         let mut acks = Vec::new();
+        let (taken_before, installed_before) = (self.snapshots_taken, self.snapshots_installed);
         for (&group, g) in self.groups.iter_mut() {
             while g.raft.has_ready() {
                 let ready = g.raft.ready();
@@ -342,7 +345,12 @@ impl<S: StateMachine + Default> Shard<S> {
             }
         }
         self.take_due_snapshots()?;
-        let mut stats = TurnStats { readies: acks.len(), fdatasyncs: 0 };
+        let mut stats = TurnStats {
+            readies: acks.len(),
+            fdatasyncs: 0,
+            snapshots_taken: self.snapshots_taken - taken_before,
+            snapshots_installed: self.snapshots_installed - installed_before,
+        };
         while flush_one(&self.log, &mut self.writer).await?.is_some() {
             stats.fdatasyncs += 1;
         }
