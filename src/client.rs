@@ -16,9 +16,32 @@ use tonic::{Code, Status};
 
 use crate::proto::admin_client::AdminClient;
 use crate::proto::kv_client::KvClient;
-use crate::proto::{DeleteRequest, GetRequest, PutRequest, ResponseHeader, StatusRequest, StatusResponse};
+use crate::proto::log_client::LogClient;
+use crate::proto::{
+    CasRequest, DeleteRequest, GetRequest, LogAppendRequest, PutRequest, ResponseHeader, StatusRequest, StatusResponse,
+};
 use crate::raft::NodeId;
 use crate::shard::group_of_key;
+
+/// A write session: the state machine remembers each client id's latest sequence
+/// and refuses older ones, so one id must never have two writes in flight. Each
+/// write borrows a lane and gives it back, its sequence advanced, when it is done.
+struct Lane {
+    client_id: u64,
+    next_sequence: u64,
+}
+
+struct LaneGuard<'a> {
+    client: &'a Client,
+    lane: Lane,
+}
+
+impl Drop for LaneGuard<'_> {
+    fn drop(&mut self) {
+        let lane = Lane { client_id: self.lane.client_id, next_sequence: self.lane.next_sequence + 1 };
+        self.client.lanes.lock().expect("lanes lock").push(lane);
+    }
+}
 
 /// What the client knows of the cluster's layout.
 #[derive(Default)]
@@ -36,8 +59,8 @@ const RETRY_PAUSE: Duration = Duration::from_millis(50);
 
 pub struct Client {
     channels: Vec<Channel>,
-    client_id: u64,
-    sequence: AtomicU64,
+    /// Idle session lanes (see [`Lane`]).
+    lanes: Mutex<Vec<Lane>>,
     next: AtomicU64,
     routing: Mutex<Routing>,
 }
@@ -64,9 +87,16 @@ impl Client {
                     .map_err(|_| ClientError::Endpoint(a.clone()))
             })
             .collect::<Result<_, _>>()?;
-        let client_id = rand::rng().next_u64() | 1;
         let routing = Mutex::new(Routing::default());
-        Ok(Client { channels, client_id, sequence: AtomicU64::new(1), next: AtomicU64::new(0), routing })
+        Ok(Client { channels, lanes: Mutex::default(), next: AtomicU64::new(0), routing })
+    }
+
+    /// A session lane for one write: an idle one, or a new one when every lane is
+    /// busy (so there are as many lanes as writes this client ever had in flight).
+    fn lane(&self) -> LaneGuard<'_> {
+        let idle = self.lanes.lock().expect("lanes lock").pop();
+        let lane = idle.unwrap_or_else(|| Lane { client_id: rand::rng().next_u64() | 1, next_sequence: 1 });
+        LaneGuard { client: self, lane }
     }
 
     fn any_channel(&self) -> Channel {
@@ -153,8 +183,9 @@ impl Client {
 
     /// Writes `value` under `key`; returns the new revision.
     pub async fn put(&self, key: Bytes, value: Bytes) -> Result<u64, ClientError> {
-        let sequence = self.sequence.fetch_add(1, Ordering::Relaxed);
-        let request = PutRequest { key: key.clone(), value, client_id: self.client_id, sequence };
+        let lane = self.lane();
+        let (client_id, sequence) = (lane.lane.client_id, lane.lane.next_sequence);
+        let request = PutRequest { key: key.clone(), value, client_id, sequence };
         let response = self
             .retry(
                 &key,
@@ -187,8 +218,9 @@ impl Client {
 
     /// Deletes `key`; returns whether it existed.
     pub async fn delete(&self, key: Bytes) -> Result<bool, ClientError> {
-        let sequence = self.sequence.fetch_add(1, Ordering::Relaxed);
-        let request = DeleteRequest { key: key.clone(), client_id: self.client_id, sequence };
+        let lane = self.lane();
+        let (client_id, sequence) = (lane.lane.client_id, lane.lane.next_sequence);
+        let request = DeleteRequest { key: key.clone(), client_id, sequence };
         let response = self
             .retry(
                 &key,
@@ -200,6 +232,44 @@ impl Client {
             )
             .await?;
         Ok(response.into_inner().existed)
+    }
+
+    /// Writes `value` under `key` if the key's revision is `expected_revision` (0: the
+    /// key must not exist). Returns whether it did, and the new or current revision.
+    pub async fn cas(&self, key: Bytes, expected_revision: u64, value: Bytes) -> Result<(bool, u64), ClientError> {
+        let lane = self.lane();
+        let (client_id, sequence) = (lane.lane.client_id, lane.lane.next_sequence);
+        let request = CasRequest { key: key.clone(), expected_revision, value, client_id, sequence };
+        let response = self
+            .retry(
+                &key,
+                |r: &tonic::Response<crate::proto::CasResponse>| r.get_ref().header.as_ref(),
+                |ch| {
+                    let request = request.clone();
+                    async move { KvClient::new(ch).cas(request).await }
+                },
+            )
+            .await?
+            .into_inner();
+        Ok((response.succeeded, response.revision))
+    }
+
+    /// Appends `data` to the named log; returns its 1-based position there.
+    pub async fn append(&self, log: &str, data: Bytes) -> Result<u64, ClientError> {
+        let lane = self.lane();
+        let (client_id, sequence) = (lane.lane.client_id, lane.lane.next_sequence);
+        let request = LogAppendRequest { log: log.to_string(), data, client_id, sequence };
+        let response = self
+            .retry(
+                log.as_bytes(),
+                |r: &tonic::Response<crate::proto::LogAppendResponse>| r.get_ref().header.as_ref(),
+                |ch| {
+                    let request = request.clone();
+                    async move { LogClient::new(ch).append(request).await }
+                },
+            )
+            .await?;
+        Ok(response.into_inner().index)
     }
 
     /// The status of the node at position `node` in the address list.

@@ -607,6 +607,24 @@ async fn the_rust_client_learns_leaders_and_sends_keys_straight_to_them() {
     }
     assert!(client.delete(Bytes::from("routed-0")).await.expect("delete"));
     assert_eq!(client.get(Bytes::from("routed-0"), false).await.expect("get"), None);
+
+    // One client shared by concurrent writers: every write applies (each in-flight
+    // write has its own session, so none supersedes another).
+    let client = std::sync::Arc::new(client);
+    let mut writers = tokio::task::JoinSet::new();
+    for w in 0..32 {
+        let client = client.clone();
+        writers.spawn(async move {
+            for i in 0..10 {
+                client.put(Bytes::from(format!("shared-{w}-{i}")), Bytes::from("x")).await.expect("concurrent put");
+                let cas = client.cas(Bytes::from(format!("cas-{w}")), 0, Bytes::from("y")).await.expect("cas");
+                assert_eq!(cas.0, i == 0, "only the first CAS on an absent key succeeds");
+            }
+        });
+    }
+    while let Some(done) = writers.join_next().await {
+        done.expect("writer");
+    }
 }
 
 /// The value of a counter in a node's `/metrics` text (0 when absent).

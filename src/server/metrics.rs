@@ -3,6 +3,7 @@
 //! are filled from the shards' status when scraped, so idle groups cost nothing.
 
 use std::net::SocketAddr;
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -44,6 +45,8 @@ pub struct Metrics {
     pub turn_seconds: Histogram,
     pub snapshots_taken: Counter,
     pub snapshots_installed: Counter,
+    pub log_entries: Counter,
+    process_cpu_seconds: Gauge<f64, AtomicU64>,
     pub request_seconds: Family<MethodLabel, Histogram>,
     pub peer: PeerCounters,
     group_leader: Family<GroupLabel, Gauge>,
@@ -72,6 +75,14 @@ impl Metrics {
         );
         registry.register("turn_seconds", "Duration of one shard turn", turn_seconds.clone());
         let (snapshots_taken, snapshots_installed) = (Counter::default(), Counter::default());
+        let log_entries = Counter::default();
+        registry.register("log_entries", "Raft entries written to the shard logs", log_entries.clone());
+        let process_cpu_seconds = Gauge::<f64, AtomicU64>::default();
+        registry.register(
+            "process_cpu_seconds",
+            "CPU time (user + system) this process used",
+            process_cpu_seconds.clone(),
+        );
         registry.register(
             "snapshots_taken",
             "Group snapshots written (then the log compacted)",
@@ -104,6 +115,8 @@ impl Metrics {
             turn_seconds,
             snapshots_taken,
             snapshots_installed,
+            log_entries,
+            process_cpu_seconds,
             request_seconds,
             peer,
             group_leader,
@@ -123,6 +136,15 @@ impl Metrics {
             self.group_term.get_or_create(&label).set(as_gauge(g.term));
             self.group_commit.get_or_create(&label).set(as_gauge(g.commit));
             self.group_applied.get_or_create(&label).set(as_gauge(g.applied));
+        }
+    }
+
+    fn record_cpu(&self) {
+        // SAFETY: getrusage only writes the struct it is given.
+        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+        if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) } == 0 {
+            let seconds = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+            self.process_cpu_seconds.set(seconds(usage.ru_utime) + seconds(usage.ru_stime));
         }
     }
 
@@ -154,6 +176,7 @@ async fn scrape(State(endpoint): State<Endpoint>) -> (StatusCode, String) {
     if let Some(groups) = collect_status(&endpoint.shards).await {
         endpoint.metrics.record_groups(&groups);
     }
+    endpoint.metrics.record_cpu();
     (StatusCode::OK, endpoint.metrics.encode())
 }
 

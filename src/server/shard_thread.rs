@@ -77,6 +77,7 @@ async fn run(
         metrics.turn_seconds.observe(started.elapsed().as_secs_f64());
         metrics.snapshots_taken.inc_by(stats.snapshots_taken);
         metrics.snapshots_installed.inc_by(stats.snapshots_installed);
+        metrics.log_entries.inc_by(stats.entries_written);
         if stats.fdatasyncs > 0 {
             metrics.fdatasyncs.inc_by(stats.fdatasyncs);
             metrics.readies_per_fdatasync.observe(stats.readies as f64 / stats.fdatasyncs as f64);

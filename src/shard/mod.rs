@@ -121,6 +121,8 @@ pub struct TurnStats {
     pub fdatasyncs: u64,
     pub snapshots_taken: u64,
     pub snapshots_installed: u64,
+    /// Log entries written (appended or replaced) for all groups.
+    pub entries_written: u64,
 }
 
 /// Static description of a shard's groups.
@@ -299,6 +301,7 @@ impl<S: StateMachine + Default> Shard<S> {
     /// acknowledge, apply, answer.
     pub async fn turn(&mut self) -> Result<TurnStats, ShardError> {
         let mut acks = Vec::new();
+        let mut entries_written = 0;
         let (taken_before, installed_before) = (self.snapshots_taken, self.snapshots_installed);
         for (&group, g) in self.groups.iter_mut() {
             while g.raft.has_ready() {
@@ -313,6 +316,7 @@ impl<S: StateMachine + Default> Shard<S> {
                 {
                     let mut log = self.log.borrow_mut();
                     log.append(group, &ready.entries)?;
+                    entries_written += ready.entries.len() as u64;
                     if let Some(hard_state) = ready.hard_state {
                         // A change of commit index alone need not be durable (Raft
                         // recovers it from the leader): it rides along with the next
@@ -350,6 +354,7 @@ impl<S: StateMachine + Default> Shard<S> {
             fdatasyncs: 0,
             snapshots_taken: self.snapshots_taken - taken_before,
             snapshots_installed: self.snapshots_installed - installed_before,
+            entries_written,
         };
         while flush_one(&self.log, &mut self.writer).await?.is_some() {
             stats.fdatasyncs += 1;
