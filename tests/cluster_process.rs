@@ -700,3 +700,38 @@ async fn a_node_that_missed_compacted_entries_catches_up_by_snapshot() {
     let installed = counter(&cluster.metrics[2], "quarry_snapshots_installed_total").await;
     assert!(installed >= GROUPS, "node 3 installed {installed} snapshots");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quarry_bench_measures_a_short_verified_run() {
+    let cluster = start_cluster();
+    wait_for_leaders(&cluster).await;
+    let out = cluster.dir.path().join("bench");
+    let run = Command::new(env!("CARGO_BIN_EXE_quarry-bench"))
+        .args(["--endpoints", &cluster.addrs.join(","), "--metrics", &cluster.metrics.join(",")])
+        .args(["--workload", "mixed", "--clients", "4", "--requests", "300", "--keys", "16", "--warmup", "0"])
+        .args(["--verify", "--json", "--label", "short"])
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .expect("quarry-bench runs");
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(run.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&run.stderr));
+    let summary: serde_json::Value = serde_json::from_str(&stdout).expect("a JSON summary");
+    assert_eq!(summary["requests"], 300, "{summary}");
+    assert_eq!(summary["errors"], serde_json::json!({}), "{summary}");
+    assert!(summary["verify"].as_str().is_some_and(|v| v.starts_with("linearizable")), "{summary}");
+    assert!(summary["latency"]["p50_ms"].as_f64().is_some_and(|p| p > 0.0), "{summary}");
+    assert!(summary["server"]["entries_per_fsync"].as_f64().is_some_and(|e| e > 0.0), "{summary}");
+    for file in ["short.hgrm", "short.json", "short.png"] {
+        let len = std::fs::metadata(out.join(file)).map(|m| m.len()).unwrap_or(0);
+        assert!(len > 0, "{file} not written");
+    }
+
+    // Bad arguments: one line, exit code 2, nothing run.
+    let refused = Command::new(env!("CARGO_BIN_EXE_quarry-bench"))
+        .args(["--endpoints", &cluster.addrs[0], "--clients", "0"])
+        .output()
+        .expect("runs");
+    assert_eq!(refused.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("--clients"));
+}
