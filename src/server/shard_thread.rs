@@ -73,7 +73,9 @@ async fn run(
             next_tick = Instant::now() + tick;
         }
         let started = Instant::now();
-        let stats = shard.turn().await.map_err(|e| format!("shard failed: {e}"))?;
+        let staged = shard.stage().map_err(|e| format!("shard failed: {e}"))?;
+        send(shard, &outbound);
+        let stats = shard.sync(staged).await.map_err(|e| format!("shard failed: {e}"))?;
         metrics.turn_seconds.observe(started.elapsed().as_secs_f64());
         metrics.snapshots_taken.inc_by(stats.snapshots_taken);
         metrics.snapshots_installed.inc_by(stats.snapshots_installed);
@@ -82,10 +84,14 @@ async fn run(
             metrics.fdatasyncs.inc_by(stats.fdatasyncs);
             metrics.readies_per_fdatasync.observe(stats.readies as f64 / stats.fdatasyncs as f64);
         }
-        for (to, messages) in shard.take_outbox() {
-            // A full queue drops messages; Raft retransmits.
-            let _ = outbound.try_send((to, messages));
-        }
+        send(shard, &outbound);
+    }
+}
+
+fn send(shard: &mut Shard<BuiltinState>, outbound: &Outbound) {
+    for (to, messages) in shard.take_outbox() {
+        // A full queue drops messages; Raft retransmits.
+        let _ = outbound.try_send((to, messages));
     }
 }
 

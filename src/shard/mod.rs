@@ -1,9 +1,10 @@
 //! A shard: many Raft groups over one shard log, driven in turns.
 //!
-//! Each [`Shard::turn`]: take every busy group's Ready; write all of them to the log;
-//! make them durable with **one** fdatasync (group commit); acknowledge; apply what
-//! committed; answer the clients waiting on it. Messages for peers collect in an
-//! outbox batched per destination node. There is no task, channel or timer per group:
+//! Each turn, in two halves: [`Shard::stage`] takes every busy group's Ready, writes
+//! all of them to the log, applies what committed and answers the clients waiting on
+//! it; the host sends the outbox (appends reach followers while the leader syncs);
+//! [`Shard::sync`] makes the writes durable with **one** fdatasync (group commit) and
+//! acknowledges them. Messages for peers collect in an outbox batched per node. There is no task, channel or timer per group:
 //! the shard holds thousands of passive group structs and batches their work.
 //!
 //! Client answers go back through bounded `flume` channels, so the caller may live on
@@ -111,6 +112,14 @@ pub struct GroupStatus {
     pub term: Term,
     pub commit: Index,
     pub applied: Index,
+}
+
+/// A staged turn waiting for its sync: per group, the Ready number and the messages
+/// to send once it is durable.
+#[must_use = "a staged turn must be synced"]
+pub struct Staged {
+    acks: Vec<(GroupId, u64, Vec<Message>)>,
+    stats: TurnStats,
 }
 
 /// What one turn did.
@@ -297,9 +306,18 @@ impl<S: StateMachine + Default> Shard<S> {
         std::mem::take(&mut self.outbox)
     }
 
-    /// One turn: write every Ready, snapshot the groups that are due, one fdatasync,
-    /// acknowledge, apply, answer.
+    /// One turn: [`stage`](Self::stage) then [`sync`](Self::sync).
     pub async fn turn(&mut self) -> Result<TurnStats, ShardError> {
+        let staged = self.stage()?;
+        self.sync(staged).await
+    }
+
+    /// The first half of a turn: writes every busy group's Ready to the log (not yet
+    /// durable), applies what committed and answers its clients, snapshots the groups
+    /// that are due. Messages that need no local persistence (a leader's appends to
+    /// followers, heartbeats) are in the outbox now: sending them before the sync lets
+    /// followers write in parallel with the leader.
+    pub fn stage(&mut self) -> Result<Staged, ShardError> {
         let mut acks = Vec::new();
         let mut entries_written = 0;
         let (taken_before, installed_before) = (self.snapshots_taken, self.snapshots_installed);
@@ -349,13 +367,21 @@ impl<S: StateMachine + Default> Shard<S> {
             }
         }
         self.take_due_snapshots()?;
-        let mut stats = TurnStats {
+        let stats = TurnStats {
             readies: acks.len(),
             fdatasyncs: 0,
             snapshots_taken: self.snapshots_taken - taken_before,
             snapshots_installed: self.snapshots_installed - installed_before,
             entries_written,
         };
+        Ok(Staged { acks, stats })
+    }
+
+    /// The second half: one fdatasync covers everything staged; then each group
+    /// learns its Ready is durable and the messages that waited for it (votes,
+    /// append acknowledgements) join the outbox.
+    pub async fn sync(&mut self, staged: Staged) -> Result<TurnStats, ShardError> {
+        let Staged { acks, mut stats } = staged;
         while flush_one(&self.log, &mut self.writer).await?.is_some() {
             stats.fdatasyncs += 1;
         }
