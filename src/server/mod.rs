@@ -14,6 +14,7 @@ mod shard_thread;
 use std::time::Duration;
 
 use tokio_stream::wrappers::TcpListenerStream;
+use arrow_flight::flight_service_server::FlightServiceServer;
 use tonic::transport::Server;
 
 use crate::log::ShardLogConfig;
@@ -21,6 +22,7 @@ use crate::proto::{admin_server::AdminServer, kv_server::KvServer, log_server::L
 use crate::raft::Config;
 use crate::shard::ShardConfig;
 use crate::state::KEY_MAX_BYTES;
+use crate::transport::flight::FlightEndpoint;
 
 pub use config::{Args, NodeConfig};
 use router::Router;
@@ -71,6 +73,10 @@ pub fn run(config: NodeConfig) -> Result<(), String> {
     served
 }
 
+fn snapshot_dir(data_dir: &std::path::Path, shard: usize) -> std::path::PathBuf {
+    data_dir.join(format!("shard-{shard}")).join("snapshots")
+}
+
 fn shard_config(config: &NodeConfig, index: usize) -> ShardConfig {
     let shards = config.shards as u64;
     let mut raft = Config::new(config.node_id);
@@ -85,7 +91,7 @@ fn shard_config(config: &NodeConfig, index: usize) -> ShardConfig {
         voters: config.members.keys().copied().collect(),
         raft,
         log: ShardLogConfig::new(config.data_dir.join(format!("shard-{index}"))),
-        snapshot_dir: config.data_dir.join(format!("shard-{index}")).join("snapshots"),
+        snapshot_dir: snapshot_dir(&config.data_dir, index),
         snapshot_distance: config.snapshot_distance,
     }
 }
@@ -112,7 +118,8 @@ async fn serve(
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
-    let services = Services { router, cluster_id: config.cluster_id };
+    let services = Services { router, cluster_id: config.cluster_id, fetches: Default::default() };
+    let flight = FlightEndpoint::new((0..config.shards).map(|i| snapshot_dir(&config.data_dir, i)).collect());
     eprintln!("quarryd: node {} serving on {}", config.node_id, config.listen);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = Server::builder()
@@ -120,6 +127,7 @@ async fn serve(
         .add_service(LogServer::new(services.clone()))
         .add_service(AdminServer::new(services.clone()))
         .add_service(PeerServer::new(services).max_decoding_message_size(GRPC_MESSAGE_MAX_BYTES))
+        .add_service(FlightServiceServer::new(flight))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
             let _ = stopped.await;
         });

@@ -1,6 +1,8 @@
 //! The gRPC services a node serves: Kv, Log, Admin and Peer.
 
+use std::collections::BTreeSet;
 use std::pin::Pin;
+use std::sync::{Arc, Mutex};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use tokio_stream::wrappers::ReceiverStream;
@@ -8,11 +10,12 @@ use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::log::GroupId;
-use crate::proto::{self, admin_server::Admin, kv_server::Kv, log_server::Log, peer_server::Peer};
+use crate::proto::{self, admin_server::Admin, kv_server::Kv, log_server::Log, peer_server::Peer, raft_message};
 use crate::raft::NodeId;
 use crate::shard::RequestError;
 use crate::state::{BuiltinState, Command, Operation, Outcome, KEY_MAX_BYTES};
-use crate::transport::wire::decode_batch;
+use crate::transport::flight::fetch_snapshot;
+use crate::transport::wire::{decode_batch, SnapshotOffer};
 
 use super::router::{status_of, Router, FORWARDED};
 use super::shard_thread::ShardInput;
@@ -22,10 +25,57 @@ pub const RANGE_LIMIT_MAX: u32 = 10_000;
 /// Records a log read may return in one answer.
 pub const LOG_READ_LIMIT_MAX: u32 = 10_000;
 
+/// Snapshot images being fetched for this node's groups over Flight.
+pub const SNAPSHOT_FETCHES_MAX: usize = 4;
+
 #[derive(Clone)]
 pub struct Services {
     pub router: Router,
     pub cluster_id: u64,
+    pub fetches: Arc<SnapshotFetches>,
+}
+
+/// Fetches under way: at most one per group (later offers meanwhile are dropped;
+/// the leader offers again) and `SNAPSHOT_FETCHES_MAX` at once.
+pub struct SnapshotFetches {
+    groups: Mutex<BTreeSet<GroupId>>,
+    permits: tokio::sync::Semaphore,
+}
+
+impl Default for SnapshotFetches {
+    fn default() -> Self {
+        SnapshotFetches { groups: Mutex::default(), permits: tokio::sync::Semaphore::new(SNAPSHOT_FETCHES_MAX) }
+    }
+}
+
+/// Pulls an offered snapshot from its sender, then steps it into the group's shard.
+fn start_fetch(router: &Router, fetches: &Arc<SnapshotFetches>, offer: SnapshotOffer) {
+    if offer.to != router.node || offer.group >= router.groups {
+        return;
+    }
+    let Some(channel) = router.channel(offer.from) else { return };
+    if !fetches.groups.lock().expect("fetches lock").insert(offer.group) {
+        return;
+    }
+    let (router, fetches) = (router.clone(), fetches.clone());
+    tokio::spawn(async move {
+        let result = match fetches.permits.acquire().await {
+            Ok(_permit) => fetch_snapshot(channel, &offer).await,
+            Err(_) => return,
+        };
+        fetches.groups.lock().expect("fetches lock").remove(&offer.group);
+        match result {
+            Ok(image) => {
+                let (group, message) = offer.into_message(image);
+                // A full shard queue drops it like any message; the leader offers again.
+                let _ = router.shard_of(group).try_send(ShardInput::Peer { group, message });
+            }
+            Err(e) => eprintln!(
+                "node {}: snapshot of group {} at index {} from node {} not installed: {e}",
+                router.node, offer.group, offer.meta.index, offer.from
+            ),
+        }
+    });
 }
 
 fn header(group: GroupId, leader: NodeId) -> Option<proto::ResponseHeader> {
@@ -416,13 +466,19 @@ impl Peer for Services {
     async fn stream(&self, request: Request<Streaming<proto::PeerBatch>>) -> Result<Response<PeerStream>, Status> {
         let mut inbound = request.into_inner();
         let (errors, answer) = tokio::sync::mpsc::channel(1);
-        let (router, cluster_id) = (self.router.clone(), self.cluster_id);
+        let (router, cluster_id, fetches) = (self.router.clone(), self.cluster_id, self.fetches.clone());
         tokio::spawn(async move {
-            while let Ok(Some(batch)) = inbound.message().await {
+            while let Ok(Some(mut batch)) = inbound.message().await {
                 if batch.cluster_id != cluster_id {
                     let reason = format!("cluster id {} does not match this node's {cluster_id}", batch.cluster_id);
                     let _ = errors.send(Err(Status::failed_precondition(reason))).await;
                     return;
+                }
+                let (offers, messages) =
+                    batch.messages.into_iter().partition(|m| matches!(m.kind, Some(raft_message::Kind::Snapshot(_))));
+                batch.messages = messages;
+                for offer in offers.iter().filter_map(SnapshotOffer::of).filter_map(Result::ok) {
+                    start_fetch(&router, &fetches, offer);
                 }
                 for decoded in decode_batch(batch) {
                     match decoded {

@@ -30,9 +30,6 @@ use crate::state::{Command, Outcome, StateMachine};
 /// Sealed log segments a shard holds before it snapshots the groups pinning the
 /// oldest one, whatever their distance: bounds the log's disk use under skewed load.
 pub const SEALED_SEGMENTS_MAX: usize = 4;
-/// The largest image sent inside a Raft message; bigger ones are not sent (a
-/// follower needing one stays behind until bulk transfer over Flight exists).
-pub const INLINE_SNAPSHOT_MAX_BYTES: usize = 32 << 20;
 
 /// A failure that stops the shard: its log, its snapshot files, or a state machine
 /// refusing an image.
@@ -168,8 +165,9 @@ struct StoredImages(Rc<RefCell<SnapshotStore>>);
 
 impl SnapshotImages for StoredImages {
     fn image(&self, group: GroupId, index: Index) -> Option<Bytes> {
-        let image = self.0.borrow().load(group, index).ok()?.1;
-        (image.len() <= INLINE_SNAPSHOT_MAX_BYTES).then_some(image)
+        // Loaded whole: the Raft message carries it to the transport, which sends only
+        // an offer (size and CRC32); followers pull the file over Flight.
+        self.0.borrow().load(group, index).ok().map(|(_, image)| image)
     }
 }
 

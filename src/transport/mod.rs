@@ -2,7 +2,9 @@
 //!
 //! `wire` encodes Raft messages; `peer` keeps one outbound stream per peer node,
 //! batched per destination and reconnecting with back-off. The inbound side is the
-//! `Peer` service in `server::service`.
+//! `Peer` service in `server::service`. `flight` carries the bulk data (snapshot
+//! images) over Arrow Flight.
 
+pub mod flight;
 pub mod peer;
 pub mod wire;

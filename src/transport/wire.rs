@@ -42,9 +42,11 @@ pub fn encode_message(group: GroupId, m: &Message) -> proto::RaftMessage {
         MessageKind::HeartbeatResponse { round } => {
             Kind::HeartbeatResponse(proto::MsgHeartbeatResponse { round: *round })
         }
+        // Only an offer travels here; the receiver pulls the image over Flight.
         MessageKind::Snapshot { snapshot } => Kind::Snapshot(proto::Snapshot {
             meta: Some(encode_snapshot_meta(&snapshot.meta)),
-            data: snapshot.data.clone(),
+            size: snapshot.data.len() as u64,
+            crc32: crc32fast::hash(&snapshot.data),
         }),
         MessageKind::TimeoutNow => Kind::TimeoutNow(proto::MsgTimeoutNow {}),
     };
@@ -70,12 +72,7 @@ pub fn decode_message(m: proto::RaftMessage) -> Result<(GroupId, Message), WireE
         },
         Kind::Heartbeat(h) => MessageKind::Heartbeat { commit: h.commit, round: h.round },
         Kind::HeartbeatResponse(h) => MessageKind::HeartbeatResponse { round: h.round },
-        Kind::Snapshot(s) => {
-            let meta = decode_snapshot_meta(s.meta.ok_or(WireError("snapshot without metadata"))?)?;
-            // Copied: a payload must not pin the whole HTTP/2 receive buffer.
-            let data = bytes::Bytes::copy_from_slice(&s.data);
-            MessageKind::Snapshot { snapshot: Box::new(Snapshot { meta, data }) }
-        }
+        Kind::Snapshot(_) => return Err(WireError("a snapshot offer must be fetched, not stepped")),
         Kind::TimeoutNow(_) => MessageKind::TimeoutNow,
     };
     if m.from == 0 || m.to == 0 {
@@ -145,6 +142,40 @@ pub fn decode_batch(batch: proto::PeerBatch) -> Vec<Result<(GroupId, Message), W
         }
     }
     decoded
+}
+
+/// A leader's offer of a snapshot image, to be fetched over Flight before the Raft
+/// message (with the image) can be stepped.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SnapshotOffer {
+    pub group: GroupId,
+    pub from: NodeId,
+    pub to: NodeId,
+    pub term: u64,
+    pub meta: SnapshotMeta,
+    pub size: u64,
+    pub crc32: u32,
+}
+
+impl SnapshotOffer {
+    /// The offer in `m`, if `m` is one (`None` for every other message).
+    pub fn of(m: &proto::RaftMessage) -> Option<Result<SnapshotOffer, WireError>> {
+        let Some(proto::raft_message::Kind::Snapshot(s)) = &m.kind else { return None };
+        let offer = || {
+            let meta = decode_snapshot_meta(s.meta.clone().ok_or(WireError("snapshot without metadata"))?)?;
+            if m.from == 0 || m.to == 0 || meta.index == 0 {
+                return Err(WireError("snapshot offer without nodes or index"));
+            }
+            Ok(SnapshotOffer { group: m.group, from: m.from, to: m.to, term: m.term, meta, size: s.size, crc32: s.crc32 })
+        };
+        Some(offer())
+    }
+
+    /// The Raft message the offer stands for, once its image is fetched and checked.
+    pub fn into_message(self, image: bytes::Bytes) -> (GroupId, Message) {
+        let snapshot = Box::new(Snapshot { meta: self.meta, data: image });
+        (self.group, Message { from: self.from, to: self.to, term: self.term, kind: MessageKind::Snapshot { snapshot } })
+    }
 }
 
 fn encode_entry(e: &Entry) -> proto::Entry {
@@ -285,6 +316,15 @@ mod tests {
     #[test]
     fn every_message_kind_survives_the_wire() {
         for m in samples() {
+            if let MessageKind::Snapshot { snapshot } = &m.kind {
+                // A snapshot travels as an offer; the image comes separately.
+                let encoded = proto::RaftMessage::decode(encode_message(7, &m).encode_to_vec().as_slice()).unwrap();
+                assert!(decode_message(encoded.clone()).is_err(), "an offer is not a message");
+                let offer = SnapshotOffer::of(&encoded).unwrap().unwrap();
+                assert_eq!((offer.size, offer.crc32), (5, crc32fast::hash(b"image")));
+                assert_eq!(offer.into_message(snapshot.data.clone()), (7, m.clone()));
+                continue;
+            }
             let bytes = encode_message(7, &m).encode_to_vec();
             let decoded = proto::RaftMessage::decode(bytes.as_slice()).unwrap();
             assert_eq!(decode_message(decoded), Ok((7, m)));
@@ -293,7 +333,8 @@ mod tests {
 
     #[test]
     fn a_batch_coalesces_heartbeats_and_decodes_to_the_same_messages() {
-        let mut messages: Vec<(GroupId, Message)> = samples().into_iter().map(|m| (3, m)).collect();
+        let not_offers = samples().into_iter().filter(|m| !matches!(m.kind, MessageKind::Snapshot { .. }));
+        let mut messages: Vec<(GroupId, Message)> = not_offers.map(|m| (3, m)).collect();
         for group in 0..100 {
             let kind = if group % 2 == 0 {
                 MessageKind::Heartbeat { commit: group * 7, round: group + 1 }
@@ -305,7 +346,7 @@ mod tests {
         let batch = encode_batch(9, 1, 2, &messages);
         assert_eq!(batch.heartbeats.as_ref().map(|h| h.groups.len()), Some(51), "sample heartbeat included");
         assert_eq!(batch.heartbeat_responses.as_ref().map(|h| h.groups.len()), Some(51));
-        assert_eq!(batch.messages.len(), samples().len() - 2);
+        assert_eq!(batch.messages.len(), samples().len() - 3);
         let wire = proto::PeerBatch::decode(batch.encode_to_vec().as_slice()).unwrap();
         let mut decoded: Vec<_> = decode_batch(wire).into_iter().map(Result::unwrap).collect();
         let key = |(g, m): &(GroupId, Message)| (*g, format!("{m:?}"));

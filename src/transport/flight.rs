@@ -1,0 +1,278 @@
+//! Bulk transfer over Arrow Flight. A node serves its snapshot files with `DoGet`
+//! (ticket `snapshot/<group>/<index>/<offset>`), streaming their chunk batches from
+//! `offset`, paced to `TRANSFER_BYTES_PER_SEC` so a transfer cannot starve the groups'
+//! normal traffic. A follower offered a snapshot pulls it with [`fetch_snapshot`]:
+//! every chunk is checked as it arrives; after a broken stream or a bad chunk it asks
+//! again from the last good byte, and the image is handed over only once it matches
+//! the offer's size and CRC32.
+
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use arrow_array::{Array, BinaryArray, RecordBatch, UInt64Array};
+use arrow_flight::decode::FlightRecordBatchStream;
+use arrow_flight::encode::FlightDataEncoderBuilder;
+use arrow_flight::error::FlightError;
+use arrow_flight::flight_service_client::FlightServiceClient;
+use arrow_flight::flight_service_server::FlightService;
+use arrow_flight::{
+    Action, ActionType, Criteria, Empty, FlightData, FlightDescriptor, FlightInfo, HandshakeRequest, HandshakeResponse,
+    PollInfo, PutResult, SchemaResult, Ticket,
+};
+use bytes::Bytes;
+use futures::{Stream, StreamExt, TryStreamExt};
+use tonic::transport::Channel;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::wire::SnapshotOffer;
+use crate::log::GroupId;
+use crate::raft::Index;
+use crate::snapshot::{Assembler, Manifest, SnapshotError};
+
+/// The pace a node serves snapshot bytes at, per transfer.
+pub const TRANSFER_BYTES_PER_SEC: f64 = 128.0 * 1024.0 * 1024.0;
+/// Chunks read ahead of the network, per transfer (the memory a transfer holds).
+const READ_AHEAD_CHUNKS: usize = 2;
+/// Tries of one fetch (each resumes where the last stopped) before giving up.
+pub const FETCH_ATTEMPTS_MAX: u32 = 8;
+const FETCH_BACKOFF: Duration = Duration::from_millis(100);
+
+/// Faults a test injects into the serving side, each firing once, and the offsets
+/// transfers were asked to start at.
+#[derive(Debug)]
+pub struct TransferFaults {
+    /// End the stream with an error after this many chunks.
+    pub fail_after_chunks: AtomicUsize,
+    /// Flip a byte of the chunk with this ordinal (its checksum left as it was).
+    pub corrupt_chunk: AtomicUsize,
+    pub requested_offsets: Mutex<Vec<u64>>,
+}
+
+impl Default for TransferFaults {
+    fn default() -> Self {
+        TransferFaults {
+            fail_after_chunks: AtomicUsize::new(usize::MAX),
+            corrupt_chunk: AtomicUsize::new(usize::MAX),
+            requested_offsets: Mutex::default(),
+        }
+    }
+}
+
+/// Serves this node's snapshot files over Flight.
+#[derive(Clone)]
+pub struct FlightEndpoint {
+    /// Snapshot directory of each shard; group g lives on shard g mod shards.
+    snapshot_dirs: Arc<Vec<PathBuf>>,
+    pub faults: Arc<TransferFaults>,
+}
+
+impl FlightEndpoint {
+    pub fn new(snapshot_dirs: Vec<PathBuf>) -> FlightEndpoint {
+        FlightEndpoint { snapshot_dirs: Arc::new(snapshot_dirs), faults: Arc::default() }
+    }
+
+    fn snapshot_path(&self, group: GroupId, index: Index) -> Result<PathBuf, Status> {
+        let dir = &self.snapshot_dirs[(group % self.snapshot_dirs.len() as u64) as usize];
+        let prefix = format!("{group:06}-{index:020}-");
+        let found = std::fs::read_dir(dir).ok().and_then(|entries| {
+            entries.filter_map(Result::ok).map(|e| e.path()).find(|p| {
+                let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+                name.starts_with(&prefix) && name.ends_with(".arrow")
+            })
+        });
+        found.ok_or_else(|| Status::not_found(format!("no snapshot of group {group} at index {index} here")))
+    }
+}
+
+fn parse_ticket(ticket: &[u8]) -> Result<(GroupId, Index, u64), Status> {
+    let bad = || Status::invalid_argument("ticket is not snapshot/<group>/<index>/<offset>");
+    let text = std::str::from_utf8(ticket).map_err(|_| bad())?;
+    let mut parts = text.strip_prefix("snapshot/").ok_or_else(bad)?.split('/');
+    let mut number = || parts.next().and_then(|p| p.parse::<u64>().ok()).ok_or_else(bad);
+    let parsed = (number()?, number()?, number()?);
+    Ok(parsed)
+}
+
+fn ticket(group: GroupId, index: Index, offset: u64) -> Ticket {
+    Ticket { ticket: format!("snapshot/{group}/{index}/{offset}").into() }
+}
+
+/// Streams the file's chunks from `offset` into `tx`, paced, with the test faults.
+fn stream_chunks(
+    path: &Path,
+    offset: u64,
+    faults: &TransferFaults,
+    tx: &tokio::sync::mpsc::Sender<Result<RecordBatch, FlightError>>,
+    reader: arrow_ipc::reader::FileReader<std::fs::File>,
+) -> Result<(), FlightError> {
+    let (started, mut sent_bytes, mut sent_chunks) = (Instant::now(), 0u64, 0usize);
+    let mut found_offset = false;
+    for batch in reader {
+        let batch = batch?;
+        let start = batch.column(0).as_any().downcast_ref::<UInt64Array>().filter(|a| !a.is_empty()).map(|a| a.value(0));
+        let Some(start) = start else {
+            return Err(FlightError::ProtocolError(format!("{} has a chunk without an offset", path.display())));
+        };
+        if start < offset {
+            continue;
+        }
+        if !found_offset && start != offset {
+            return Err(FlightError::ProtocolError(format!("offset {offset} is not a chunk boundary")));
+        }
+        found_offset = true;
+        if faults.fail_after_chunks.load(Ordering::Relaxed) == sent_chunks {
+            faults.fail_after_chunks.store(usize::MAX, Ordering::Relaxed);
+            return Err(FlightError::ProtocolError("injected: transfer cut".into()));
+        }
+        let batch = if faults.corrupt_chunk.load(Ordering::Relaxed) == sent_chunks {
+            faults.corrupt_chunk.store(usize::MAX, Ordering::Relaxed);
+            corrupt(batch)
+        } else {
+            batch
+        };
+        sent_bytes += batch.get_array_memory_size() as u64;
+        sent_chunks += 1;
+        if tx.blocking_send(Ok(batch)).is_err() {
+            return Ok(()); // The receiver went away.
+        }
+        let due = Duration::from_secs_f64(sent_bytes as f64 / TRANSFER_BYTES_PER_SEC);
+        if let Some(wait) = due.checked_sub(started.elapsed()) {
+            std::thread::sleep(wait);
+        }
+    }
+    if !found_offset && offset > 0 {
+        return Err(FlightError::ProtocolError(format!("offset {offset} is past the image")));
+    }
+    Ok(())
+}
+
+/// The batch with one byte of its data flipped (test fault).
+fn corrupt(batch: RecordBatch) -> RecordBatch {
+    let Some(data) = batch.column(1).as_any().downcast_ref::<BinaryArray>() else { return batch };
+    let mut bytes = data.value(0).to_vec();
+    if let Some(b) = bytes.first_mut() {
+        *b ^= 0xff;
+    }
+    let mut columns = batch.columns().to_vec();
+    columns[1] = Arc::new(BinaryArray::from_vec(vec![&bytes[..]]));
+    RecordBatch::try_new(batch.schema(), columns).unwrap_or(batch)
+}
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+fn unimplemented<T>(what: &str) -> Result<T, Status> {
+    Err(Status::unimplemented(format!("Flight {what} is not offered; DoGet serves snapshots")))
+}
+
+#[tonic::async_trait]
+impl FlightService for FlightEndpoint {
+    type HandshakeStream = BoxStream<HandshakeResponse>;
+    type ListFlightsStream = BoxStream<FlightInfo>;
+    type DoGetStream = BoxStream<FlightData>;
+    type DoPutStream = BoxStream<PutResult>;
+    type DoExchangeStream = BoxStream<FlightData>;
+    type DoActionStream = BoxStream<arrow_flight::Result>;
+    type ListActionsStream = BoxStream<ActionType>;
+
+    async fn do_get(&self, request: Request<Ticket>) -> Result<Response<Self::DoGetStream>, Status> {
+        let (group, index, offset) = parse_ticket(&request.get_ref().ticket)?;
+        let path = self.snapshot_path(group, index)?;
+        self.faults.requested_offsets.lock().expect("faults lock").push(offset);
+        let opened = path.clone();
+        let reader = tokio::task::spawn_blocking(move || {
+            std::fs::File::open(&opened)
+                .map_err(|e| e.to_string())
+                .and_then(|f| arrow_ipc::reader::FileReader::try_new(f, None).map_err(|e| e.to_string()))
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?
+        .map_err(|e| Status::not_found(format!("{}: {e}", path.display())))?;
+        let schema = reader.schema();
+        let (tx, rx) = tokio::sync::mpsc::channel(READ_AHEAD_CHUNKS);
+        let faults = self.faults.clone();
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = stream_chunks(&path, offset, &faults, &tx, reader) {
+                let _ = tx.blocking_send(Err(e));
+            }
+        });
+        let batches = tokio_stream::wrappers::ReceiverStream::new(rx);
+        let flight = FlightDataEncoderBuilder::new().with_schema(schema).build(batches);
+        Ok(Response::new(Box::pin(flight.map_err(|e| Status::aborted(e.to_string())))))
+    }
+
+    async fn handshake(
+        &self,
+        _: Request<Streaming<HandshakeRequest>>,
+    ) -> Result<Response<Self::HandshakeStream>, Status> {
+        unimplemented("Handshake")
+    }
+    async fn list_flights(&self, _: Request<Criteria>) -> Result<Response<Self::ListFlightsStream>, Status> {
+        unimplemented("ListFlights")
+    }
+    async fn get_flight_info(&self, _: Request<FlightDescriptor>) -> Result<Response<FlightInfo>, Status> {
+        unimplemented("GetFlightInfo")
+    }
+    async fn poll_flight_info(&self, _: Request<FlightDescriptor>) -> Result<Response<PollInfo>, Status> {
+        unimplemented("PollFlightInfo")
+    }
+    async fn get_schema(&self, _: Request<FlightDescriptor>) -> Result<Response<SchemaResult>, Status> {
+        unimplemented("GetSchema")
+    }
+    async fn do_put(&self, _: Request<Streaming<FlightData>>) -> Result<Response<Self::DoPutStream>, Status> {
+        unimplemented("DoPut")
+    }
+    async fn do_exchange(&self, _: Request<Streaming<FlightData>>) -> Result<Response<Self::DoExchangeStream>, Status> {
+        unimplemented("DoExchange")
+    }
+    async fn do_action(&self, _: Request<Action>) -> Result<Response<Self::DoActionStream>, Status> {
+        unimplemented("DoAction")
+    }
+    async fn list_actions(&self, _: Request<Empty>) -> Result<Response<Self::ListActionsStream>, Status> {
+        unimplemented("ListActions")
+    }
+}
+
+/// Pulls the image an offer describes from the node behind `channel`, resuming after
+/// failures; returns it only once it is whole and matches the offer.
+pub async fn fetch_snapshot(channel: Channel, offer: &SnapshotOffer) -> Result<Bytes, SnapshotError> {
+    let manifest = Manifest { group: offer.group, meta: offer.meta.clone(), size: offer.size, crc32: offer.crc32 };
+    let mut assembler = Assembler::new(manifest);
+    let mut failures = 0;
+    loop {
+        let error = match pull(&channel, &mut assembler).await {
+            Ok(()) if assembler.received() == offer.size => return assembler.finish().map(|(_, image)| image),
+            Ok(()) => SnapshotError::Corrupt(format!("stream ended at byte {} of {}", assembler.received(), offer.size)),
+            Err(e) => e,
+        };
+        failures += 1;
+        if failures >= FETCH_ATTEMPTS_MAX {
+            return Err(error);
+        }
+        tokio::time::sleep(FETCH_BACKOFF * failures).await;
+    }
+}
+
+/// One DoGet from where the assembler stands, pushing every chunk it yields.
+async fn pull(channel: &Channel, assembler: &mut Assembler) -> Result<(), SnapshotError> {
+    let transfer = |e: &dyn std::fmt::Display| SnapshotError::Corrupt(format!("transfer: {e}"));
+    let m = assembler.manifest();
+    let request = ticket(m.group, m.meta.index, assembler.received());
+    let response = FlightServiceClient::new(channel.clone()).do_get(request).await.map_err(|e| transfer(&e))?;
+    let mut batches = FlightRecordBatchStream::new_from_flight_data(response.into_inner().map_err(|s| FlightError::Tonic(Box::new(s))));
+    let mut checked_schema = false;
+    while let Some(batch) = batches.next().await {
+        let batch = batch.map_err(|e| transfer(&e))?;
+        if !checked_schema {
+            let served = batches.schema().map(|s| Manifest::from_schema(s)).transpose()?;
+            if served.as_ref() != Some(assembler.manifest()) {
+                return Err(SnapshotError::Corrupt("the sender serves another snapshot than it offered".into()));
+            }
+            checked_schema = true;
+        }
+        assembler.push(&batch)?;
+    }
+    Ok(())
+}
