@@ -13,8 +13,8 @@ mod shard_thread;
 
 use std::time::Duration;
 
-use tokio_stream::wrappers::TcpListenerStream;
 use arrow_flight::flight_service_server::FlightServiceServer;
+use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::Server;
 
 use crate::log::ShardLogConfig;

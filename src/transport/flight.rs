@@ -112,7 +112,8 @@ fn stream_chunks(
     let mut found_offset = false;
     for batch in reader {
         let batch = batch?;
-        let start = batch.column(0).as_any().downcast_ref::<UInt64Array>().filter(|a| !a.is_empty()).map(|a| a.value(0));
+        let start =
+            batch.column(0).as_any().downcast_ref::<UInt64Array>().filter(|a| !a.is_empty()).map(|a| a.value(0));
         let Some(start) = start else {
             return Err(FlightError::ProtocolError(format!("{} has a chunk without an offset", path.display())));
         };
@@ -133,7 +134,7 @@ fn stream_chunks(
         } else {
             batch
         };
-        sent_bytes += batch.get_array_memory_size() as u64;
+        sent_bytes += batch.column(1).as_any().downcast_ref::<BinaryArray>().map_or(0, |d| d.values().len()) as u64;
         sent_chunks += 1;
         if tx.blocking_send(Ok(batch)).is_err() {
             return Ok(()); // The receiver went away.
@@ -235,6 +236,19 @@ impl FlightService for FlightEndpoint {
     }
 }
 
+/// Why a pull stopped: worth resuming (a cut stream, a bad chunk) or not (the sender
+/// has no such snapshot, or serves another one).
+enum PullError {
+    Retry(SnapshotError),
+    Fatal(SnapshotError),
+}
+
+impl From<SnapshotError> for PullError {
+    fn from(e: SnapshotError) -> Self {
+        PullError::Retry(e)
+    }
+}
+
 /// Pulls the image an offer describes from the node behind `channel`, resuming after
 /// failures; returns it only once it is whole and matches the offer.
 pub async fn fetch_snapshot(channel: Channel, offer: &SnapshotOffer) -> Result<Bytes, SnapshotError> {
@@ -244,8 +258,11 @@ pub async fn fetch_snapshot(channel: Channel, offer: &SnapshotOffer) -> Result<B
     loop {
         let error = match pull(&channel, &mut assembler).await {
             Ok(()) if assembler.received() == offer.size => return assembler.finish().map(|(_, image)| image),
-            Ok(()) => SnapshotError::Corrupt(format!("stream ended at byte {} of {}", assembler.received(), offer.size)),
-            Err(e) => e,
+            Ok(()) => {
+                SnapshotError::Corrupt(format!("stream ended at byte {} of {}", assembler.received(), offer.size))
+            }
+            Err(PullError::Retry(e)) => e,
+            Err(PullError::Fatal(e)) => return Err(e),
         };
         failures += 1;
         if failures >= FETCH_ATTEMPTS_MAX {
@@ -256,19 +273,26 @@ pub async fn fetch_snapshot(channel: Channel, offer: &SnapshotOffer) -> Result<B
 }
 
 /// One DoGet from where the assembler stands, pushing every chunk it yields.
-async fn pull(channel: &Channel, assembler: &mut Assembler) -> Result<(), SnapshotError> {
+async fn pull(channel: &Channel, assembler: &mut Assembler) -> Result<(), PullError> {
     let transfer = |e: &dyn std::fmt::Display| SnapshotError::Corrupt(format!("transfer: {e}"));
     let m = assembler.manifest();
     let request = ticket(m.group, m.meta.index, assembler.received());
-    let response = FlightServiceClient::new(channel.clone()).do_get(request).await.map_err(|e| transfer(&e))?;
-    let mut batches = FlightRecordBatchStream::new_from_flight_data(response.into_inner().map_err(|s| FlightError::Tonic(Box::new(s))));
+    let response = match FlightServiceClient::new(channel.clone()).do_get(request).await {
+        Ok(response) => response,
+        Err(s) if s.code() == tonic::Code::NotFound => return Err(PullError::Fatal(transfer(&s))),
+        Err(s) => return Err(PullError::Retry(transfer(&s))),
+    };
+    let mut batches = FlightRecordBatchStream::new_from_flight_data(
+        response.into_inner().map_err(|s| FlightError::Tonic(Box::new(s))),
+    );
     let mut checked_schema = false;
     while let Some(batch) = batches.next().await {
         let batch = batch.map_err(|e| transfer(&e))?;
         if !checked_schema {
             let served = batches.schema().map(|s| Manifest::from_schema(s)).transpose()?;
             if served.as_ref() != Some(assembler.manifest()) {
-                return Err(SnapshotError::Corrupt("the sender serves another snapshot than it offered".into()));
+                let e = SnapshotError::Corrupt("the sender serves another snapshot than it offered".into());
+                return Err(PullError::Fatal(e));
             }
             checked_schema = true;
         }

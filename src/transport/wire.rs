@@ -166,7 +166,15 @@ impl SnapshotOffer {
             if m.from == 0 || m.to == 0 || meta.index == 0 {
                 return Err(WireError("snapshot offer without nodes or index"));
             }
-            Ok(SnapshotOffer { group: m.group, from: m.from, to: m.to, term: m.term, meta, size: s.size, crc32: s.crc32 })
+            Ok(SnapshotOffer {
+                group: m.group,
+                from: m.from,
+                to: m.to,
+                term: m.term,
+                meta,
+                size: s.size,
+                crc32: s.crc32,
+            })
         };
         Some(offer())
     }
@@ -174,7 +182,10 @@ impl SnapshotOffer {
     /// The Raft message the offer stands for, once its image is fetched and checked.
     pub fn into_message(self, image: bytes::Bytes) -> (GroupId, Message) {
         let snapshot = Box::new(Snapshot { meta: self.meta, data: image });
-        (self.group, Message { from: self.from, to: self.to, term: self.term, kind: MessageKind::Snapshot { snapshot } })
+        (
+            self.group,
+            Message { from: self.from, to: self.to, term: self.term, kind: MessageKind::Snapshot { snapshot } },
+        )
     }
 }
 
