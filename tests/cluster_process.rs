@@ -735,3 +735,120 @@ async fn quarry_bench_measures_a_short_verified_run() {
     assert_eq!(refused.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&refused.stderr).contains("--clients"));
 }
+
+/// Bytes of the shard log segment files under a node's data directory.
+fn segment_bytes_on_disk(dir: &std::path::Path) -> u64 {
+    let Ok(shards) = std::fs::read_dir(dir) else { return 0 };
+    let files = shards.filter_map(Result::ok).filter_map(|s| std::fs::read_dir(s.path()).ok()).flatten();
+    files
+        .filter_map(Result::ok)
+        .filter(|f| f.path().extension().is_some_and(|e| e == "qseg"))
+        .filter_map(|f| f.metadata().ok())
+        .map(|m| m.len())
+        .sum()
+}
+
+/// Every key and value a node holds, read from its own replica, page by page.
+async fn all_pairs(addr: &str) -> Vec<(Bytes, Bytes)> {
+    let kv = KvClient::new(channel(addr).await);
+    let mut pairs = Vec::new();
+    let mut start = Bytes::from_static(b"\0");
+    loop {
+        let page = quarry::proto::RangeRequest {
+            start: start.clone(),
+            end: Bytes::new(),
+            limit: 10_000,
+            serializable: true,
+            group: None,
+        };
+        let answer = kv.clone().range(page).await.expect("range").into_inner();
+        pairs.extend(answer.kvs.iter().map(|kv| (kv.key.clone(), kv.value.clone())));
+        match answer.kvs.last() {
+            Some(last) if answer.more => start = Bytes::from([&last.key[..], b"\0"].concat()),
+            _ => return pairs,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_down_for_200k_entries_catches_up_by_snapshot_and_disk_stays_bounded() {
+    const ENTRIES: u64 = 200_000;
+    const SEGMENT_MIB: u64 = 1;
+    // Per shard log: the active segment, SEALED_SEGMENTS_MAX sealed ones, up to four
+    // free ones kept for reuse, and one more while a release is in flight.
+    let log_bound = (1 + quarry::shard::SEALED_SEGMENTS_MAX as u64 + 4 + 1) * (SEGMENT_MIB << 20);
+    let mut cluster = start_cluster_with(&[
+        "--snapshot-distance",
+        "2000",
+        "--segment-mib",
+        &SEGMENT_MIB.to_string(),
+        "--max-value-bytes",
+        "65536",
+        "--shards",
+        "1",
+    ]);
+    wait_for_leaders(&cluster).await;
+    cluster.kill(3);
+
+    // 200,000 writes through nodes 1 and 2 (quarry-bench as the client), while the
+    // log segments on node 1's disk are sampled.
+    let node1_dir = cluster.dir.path().join("node1");
+    let sampling = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let sampler = {
+        let (dir, sampling) = (node1_dir.clone(), sampling.clone());
+        tokio::task::spawn_blocking(move || {
+            let mut most = 0;
+            while sampling.load(std::sync::atomic::Ordering::Relaxed) {
+                most = most.max(segment_bytes_on_disk(&dir));
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            most
+        })
+    };
+    let endpoints = cluster.addrs[..2].join(",");
+    let written = Instant::now();
+    let load = tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_quarry-bench"))
+            .args(["--endpoints", &endpoints, "--workload", "put", "--keys", &ENTRIES.to_string()])
+            .args(["--requests", &ENTRIES.to_string(), "--clients", "128", "--value-size", "64"])
+            .args(["--warmup", "0", "--json", "--no-progress"])
+            .output()
+            .expect("quarry-bench runs")
+    })
+    .await
+    .expect("load");
+    let stdout = String::from_utf8_lossy(&load.stdout);
+    assert!(load.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&load.stderr));
+    let summary: serde_json::Value = serde_json::from_str(&stdout).expect("summary");
+    assert_eq!(summary["requests"], ENTRIES, "every write acknowledged: {summary}");
+    eprintln!("200,000 writes in {:.1} s", written.elapsed().as_secs_f64());
+    sampling.store(false, std::sync::atomic::Ordering::Relaxed);
+    let most = sampler.await.expect("sampler");
+    eprintln!("node 1 held at most {most} bytes of log segments (bound {log_bound})");
+    assert!(most <= log_bound, "node 1 held {most} bytes of log segments (bound {log_bound})");
+    assert!(counter(&cluster.metrics[0], "quarry_snapshots_taken_total").await >= ENTRIES / 2000 / 2);
+
+    // Node 3 comes back: its log ends 200,000 entries ago, long compacted away.
+    let restarted = Instant::now();
+    cluster.restart(3);
+    let deadline = Instant::now() + READY_DEADLINE;
+    let mut admin3 = AdminClient::new(channel(&cluster.addrs[2]).await);
+    let mut admin1 = AdminClient::new(channel(&cluster.addrs[0]).await);
+    let target: Vec<u64> =
+        admin1.status(StatusRequest {}).await.expect("status").into_inner().groups.iter().map(|g| g.commit).collect();
+    loop {
+        if let Ok(status) = admin3.status(StatusRequest {}).await {
+            let applied: Vec<u64> = status.into_inner().groups.iter().map(|g| g.applied).collect();
+            if applied.len() == target.len() && applied.iter().zip(&target).all(|(a, t)| a >= t) {
+                break;
+            }
+        }
+        assert!(Instant::now() < deadline, "node 3 did not catch up");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eprintln!("node 3 caught up {ENTRIES} entries in {:.2} s", restarted.elapsed().as_secs_f64());
+    assert!(counter(&cluster.metrics[2], "quarry_snapshots_installed_total").await >= GROUPS);
+    let (on1, on3) = (all_pairs(&cluster.addrs[0]).await, all_pairs(&cluster.addrs[2]).await);
+    assert!(on1.len() > 100_000, "{} keys", on1.len());
+    assert!(on1 == on3, "node 3's state differs from node 1's ({} vs {} keys)", on3.len(), on1.len());
+}

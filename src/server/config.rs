@@ -53,6 +53,9 @@ pub struct Args {
     /// 0 never does (the log then grows without bound) [default: 10000].
     #[arg(long)]
     pub snapshot_distance: Option<u64>,
+    /// Size of each shard log segment file in MiB, preallocated [default: 64].
+    #[arg(long)]
+    pub segment_mib: Option<u64>,
 }
 
 /// The same settings, from `/etc/quarry/quarry.toml` (or `--config`).
@@ -71,6 +74,7 @@ struct FileConfig {
     metrics_listen: Option<SocketAddr>,
     max_value_bytes: Option<u64>,
     snapshot_distance: Option<u64>,
+    segment_mib: Option<u64>,
 }
 
 /// A checked configuration.
@@ -89,6 +93,7 @@ pub struct NodeConfig {
     pub heartbeat_ticks: u32,
     pub max_value_bytes: u64,
     pub snapshot_distance: u64,
+    pub segment_bytes: u64,
 }
 
 /// Groups a node may host; more would make startup and heartbeats unreasonable.
@@ -134,6 +139,14 @@ impl Args {
         if heartbeat_ticks == 0 || election_ticks <= heartbeat_ticks {
             return Err("--election-ticks must exceed --heartbeat-ticks, which must be positive".into());
         }
+        let segment_mib = self.segment_mib.or(file.segment_mib).unwrap_or(64);
+        if !(1..=1024).contains(&segment_mib) {
+            return Err("--segment-mib must be in 1..=1024".into());
+        }
+        // A segment must hold the largest entry with room to spare.
+        if segment_mib << 20 < 4 * max_value_bytes {
+            return Err("--segment-mib must be at least four times --max-value-bytes".into());
+        }
         if max_value_bytes == 0 || max_value_bytes > 64 << 20 {
             return Err("--max-value-bytes must be in 1..=64 MiB".into());
         }
@@ -151,6 +164,7 @@ impl Args {
             heartbeat_ticks,
             max_value_bytes,
             snapshot_distance: self.snapshot_distance.or(file.snapshot_distance).unwrap_or(10_000),
+            segment_bytes: segment_mib << 20,
         })
     }
 }

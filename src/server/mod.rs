@@ -90,7 +90,10 @@ fn shard_config(config: &NodeConfig, index: usize) -> ShardConfig {
         groups: (0..config.groups).filter(|g| g % shards == index as u64).collect(),
         voters: config.members.keys().copied().collect(),
         raft,
-        log: ShardLogConfig::new(config.data_dir.join(format!("shard-{index}"))),
+        log: ShardLogConfig {
+            segment_bytes: config.segment_bytes,
+            ..ShardLogConfig::new(config.data_dir.join(format!("shard-{index}")))
+        },
         snapshot_dir: snapshot_dir(&config.data_dir, index),
         snapshot_distance: config.snapshot_distance,
     }
