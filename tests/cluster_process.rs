@@ -852,3 +852,63 @@ async fn a_node_down_for_200k_entries_catches_up_by_snapshot_and_disk_stays_boun
     assert!(on1.len() > 100_000, "{} keys", on1.len());
     assert!(on1 == on3, "node 3's state differs from node 1's ({} vs {} keys)", on3.len(), on1.len());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_tails_a_named_log_over_flight_from_any_node() {
+    use arrow_array::{Array, BinaryArray, UInt64Array};
+    use arrow_flight::decode::FlightRecordBatchStream;
+    use arrow_flight::flight_service_client::FlightServiceClient;
+    use arrow_flight::Ticket;
+    use futures::{StreamExt, TryStreamExt};
+
+    let cluster = start_cluster();
+    wait_for_leaders(&cluster).await;
+    let log = LogClient::new(channel(&cluster.addrs[0]).await);
+    let append = |n: u64| {
+        let request =
+            LogAppendRequest { log: "wal".into(), data: Bytes::from(format!("rec{n}")), client_id: 9, sequence: n };
+        let log = log.clone();
+        async move {
+            retry(|| {
+                let (mut c, r) = (log.clone(), request.clone());
+                async move { c.append(r).await }
+            })
+            .await
+            .expect("append")
+            .into_inner()
+            .index
+        }
+    };
+    for n in 1..=5 {
+        assert_eq!(append(n).await, n);
+    }
+    // Tail from record 2 on node 2 (a replica, maybe not the leader): the four
+    // records there, then three appended while the stream is open.
+    let mut flight = FlightServiceClient::new(channel(&cluster.addrs[1]).await);
+    let stream = flight.do_get(Ticket { ticket: "log/2/wal".into() }).await.expect("tail opens").into_inner();
+    let mut batches = FlightRecordBatchStream::new_from_flight_data(
+        stream.map_err(|s| arrow_flight::error::FlightError::Tonic(Box::new(s))),
+    );
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + READY_DEADLINE;
+    let mut appended_more = false;
+    while seen.len() < 7 {
+        let next = tokio::time::timeout_at(deadline.into(), batches.next()).await.expect("records in time");
+        let batch = next.expect("the tail stays open").expect("a batch");
+        let indexes = batch.column(0).as_any().downcast_ref::<UInt64Array>().expect("index column");
+        let data = batch.column(1).as_any().downcast_ref::<BinaryArray>().expect("data column");
+        for row in 0..batch.num_rows() {
+            seen.push((indexes.value(row), String::from_utf8_lossy(data.value(row)).into_owned()));
+        }
+        if seen.len() >= 4 && !appended_more {
+            appended_more = true;
+            for n in 6..=8 {
+                append(n).await;
+            }
+        }
+    }
+    let expected: Vec<(u64, String)> = (2..=8).map(|n| (n, format!("rec{n}"))).collect();
+    assert_eq!(seen, expected);
+    let refused = flight.do_get(Ticket { ticket: "log/x/wal".into() }).await.expect_err("bad ticket");
+    assert_eq!(refused.code(), Code::InvalidArgument);
+}

@@ -122,7 +122,8 @@ async fn serve(
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
     let services = Services { router, cluster_id: config.cluster_id, fetches: Default::default() };
-    let flight = FlightEndpoint::new((0..config.shards).map(|i| snapshot_dir(&config.data_dir, i)).collect());
+    let flight = FlightEndpoint::new((0..config.shards).map(|i| snapshot_dir(&config.data_dir, i)).collect())
+        .with_records(std::sync::Arc::new(services.clone()));
     eprintln!("quarryd: node {} serving on {}", config.node_id, config.listen);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = Server::builder()

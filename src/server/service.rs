@@ -14,7 +14,7 @@ use crate::proto::{self, admin_server::Admin, kv_server::Kv, log_server::Log, pe
 use crate::raft::NodeId;
 use crate::shard::RequestError;
 use crate::state::{BuiltinState, Command, Operation, Outcome, KEY_MAX_BYTES};
-use crate::transport::flight::fetch_snapshot;
+use crate::transport::flight::{fetch_snapshot, RecordSource};
 use crate::transport::wire::{decode_batch, SnapshotOffer};
 
 use super::router::{status_of, Router, FORWARDED};
@@ -400,6 +400,18 @@ impl Log for Services {
     async fn read(&self, request: Request<proto::LogReadRequest>) -> Result<Response<proto::LogReadResponse>, Status> {
         check_key(request.get_ref().log.as_bytes())?;
         serve_or_forward!(self, request, log_client, read, |req| self.read_log(&req).await)
+    }
+}
+
+#[tonic::async_trait]
+impl RecordSource for Services {
+    async fn records(&self, name: &str, from: u64, max: u32) -> Result<Vec<Bytes>, Status> {
+        let request = proto::LogReadRequest { log: name.to_string(), from, limit: max, serializable: true };
+        match self.read_log(&request).await {
+            Ok(answer) => Ok(answer.entries),
+            Err(RequestError::NotFound(_)) => Ok(Vec::new()), // Not created yet: wait for it.
+            Err(e) => Err(status_of(e)),
+        }
     }
 }
 

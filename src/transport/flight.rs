@@ -1,5 +1,9 @@
-//! Bulk transfer over Arrow Flight. A node serves its snapshot files with `DoGet`
-//! (ticket `snapshot/<group>/<index>/<offset>`), streaming their chunk batches from
+//! Bulk transfer over Arrow Flight. A node serves two kinds of `DoGet`:
+//!
+//! - `log/<from>/<name>`: a change stream of the named log's committed records from
+//!   index `from` (1-based), as batches of (`index`, `data`), following new appends
+//!   until the client goes away. Read from this node's replica, so every node serves it.
+//! - `snapshot/<group>/<index>/<offset>`: a snapshot file's chunk batches from
 //! `offset`, paced to `TRANSFER_BYTES_PER_SEC` so a transfer cannot starve the groups'
 //! normal traffic. A follower offered a snapshot pulls it with [`fetch_snapshot`]:
 //! every chunk is checked as it arrives; after a broken stream or a bad chunk it asks
@@ -61,17 +65,93 @@ impl Default for TransferFaults {
     }
 }
 
-/// Serves this node's snapshot files over Flight.
+/// Records a named-log tail reads, from this node's replica.
+#[tonic::async_trait]
+pub trait RecordSource: Send + Sync + 'static {
+    /// Up to `max` records of log `name` from index `from`; none while the log does
+    /// not exist yet.
+    async fn records(&self, name: &str, from: u64, max: u32) -> Result<Vec<Bytes>, Status>;
+}
+
+/// Records per batch of a log tail.
+pub const TAIL_BATCH_RECORDS_MAX: u32 = 1024;
+/// Log tails a node serves at once; more are refused.
+pub const TAILS_MAX: usize = 256;
+/// How often a tail that has caught up looks for new records.
+const TAIL_POLL: Duration = Duration::from_millis(20);
+
+/// Serves this node's snapshot files (and, given a record source, log tails) over Flight.
 #[derive(Clone)]
 pub struct FlightEndpoint {
     /// Snapshot directory of each shard; group g lives on shard g mod shards.
     snapshot_dirs: Arc<Vec<PathBuf>>,
+    records: Option<Arc<dyn RecordSource>>,
+    tails: Arc<tokio::sync::Semaphore>,
     pub faults: Arc<TransferFaults>,
 }
 
 impl FlightEndpoint {
     pub fn new(snapshot_dirs: Vec<PathBuf>) -> FlightEndpoint {
-        FlightEndpoint { snapshot_dirs: Arc::new(snapshot_dirs), faults: Arc::default() }
+        FlightEndpoint {
+            snapshot_dirs: Arc::new(snapshot_dirs),
+            records: None,
+            tails: Arc::new(tokio::sync::Semaphore::new(TAILS_MAX)),
+            faults: Arc::default(),
+        }
+    }
+
+    pub fn with_records(self, records: Arc<dyn RecordSource>) -> FlightEndpoint {
+        FlightEndpoint { records: Some(records), ..self }
+    }
+
+    fn tail(&self, ticket: &str) -> Result<BoxStream<FlightData>, Status> {
+        let bad = || Status::invalid_argument("ticket is not log/<from>/<name>");
+        let (from, name) = ticket.strip_prefix("log/").and_then(|t| t.split_once('/')).ok_or_else(bad)?;
+        let from: u64 = from.parse().map_err(|_| bad())?;
+        if name.is_empty() {
+            return Err(bad());
+        }
+        let source = self.records.clone().ok_or_else(|| Status::unimplemented("this endpoint serves no logs"))?;
+        let permit = self
+            .tails
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| Status::resource_exhausted(format!("{TAILS_MAX} log tails already open here")))?;
+        let name = name.to_string();
+        let schema = tail_schema();
+        let (tx, rx) = tokio::sync::mpsc::channel(READ_AHEAD_CHUNKS);
+        let batch_schema = schema.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let mut next = from.max(1);
+            loop {
+                let records = match source.records(&name, next, TAIL_BATCH_RECORDS_MAX).await {
+                    Ok(records) => records,
+                    Err(status) => {
+                        let _ = tx.send(Err(FlightError::Tonic(Box::new(status)))).await;
+                        return;
+                    }
+                };
+                if records.is_empty() {
+                    if tx.is_closed() {
+                        return;
+                    }
+                    tokio::time::sleep(TAIL_POLL).await;
+                    continue;
+                }
+                let indexes = UInt64Array::from_iter_values(next..next + records.len() as u64);
+                let data = BinaryArray::from_iter_values(records.iter());
+                next += records.len() as u64;
+                let batch = RecordBatch::try_new(batch_schema.clone(), vec![Arc::new(indexes), Arc::new(data)])
+                    .expect("the columns match the schema");
+                if tx.send(Ok(batch)).await.is_err() {
+                    return; // The client went away.
+                }
+            }
+        });
+        let batches = tokio_stream::wrappers::ReceiverStream::new(rx);
+        let flight = FlightDataEncoderBuilder::new().with_schema(schema).build(batches);
+        Ok(Box::pin(flight.map_err(|e| Status::aborted(e.to_string()))))
     }
 
     fn snapshot_path(&self, group: GroupId, index: Index) -> Result<PathBuf, Status> {
@@ -85,6 +165,14 @@ impl FlightEndpoint {
         });
         found.ok_or_else(|| Status::not_found(format!("no snapshot of group {group} at index {index} here")))
     }
+}
+
+/// A log tail's batches: each record with its index in the named log.
+pub fn tail_schema() -> arrow_schema::SchemaRef {
+    Arc::new(arrow_schema::Schema::new(vec![
+        arrow_schema::Field::new("index", arrow_schema::DataType::UInt64, false),
+        arrow_schema::Field::new("data", arrow_schema::DataType::Binary, false),
+    ]))
 }
 
 fn parse_ticket(ticket: &[u8]) -> Result<(GroupId, Index, u64), Status> {
@@ -179,6 +267,9 @@ impl FlightService for FlightEndpoint {
     type ListActionsStream = BoxStream<ActionType>;
 
     async fn do_get(&self, request: Request<Ticket>) -> Result<Response<Self::DoGetStream>, Status> {
+        if let Some(tail) = std::str::from_utf8(&request.get_ref().ticket).ok().filter(|t| t.starts_with("log/")) {
+            return self.tail(tail).map(Response::new);
+        }
         let (group, index, offset) = parse_ticket(&request.get_ref().ticket)?;
         let path = self.snapshot_path(group, index)?;
         self.faults.requested_offsets.lock().expect("faults lock").push(offset);
