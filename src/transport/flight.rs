@@ -4,11 +4,13 @@
 //!   index `from` (1-based), as batches of (`index`, `data`), following new appends
 //!   until the client goes away. Read from this node's replica, so every node serves it.
 //! - `snapshot/<group>/<index>/<offset>`: a snapshot file's chunk batches from
-//! `offset`, paced to `TRANSFER_BYTES_PER_SEC` so a transfer cannot starve the groups'
-//! normal traffic. A follower offered a snapshot pulls it with [`fetch_snapshot`]:
-//! every chunk is checked as it arrives; after a broken stream or a bad chunk it asks
-//! again from the last good byte, and the image is handed over only once it matches
-//! the offer's size and CRC32.
+//!   `offset`, paced to `TRANSFER_BYTES_PER_SEC` so a transfer cannot starve the
+//!   groups' normal traffic.
+//!
+//! A follower offered a snapshot pulls it with [`fetch_snapshot`]: every chunk is
+//! checked as it arrives; after a broken stream or a bad chunk it asks again from the
+//! last good byte, and the image is handed over only once it matches the offer's
+//! size and CRC32.
 
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
