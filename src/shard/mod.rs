@@ -24,6 +24,7 @@ use crate::raft::{
     bootstrap_state, Config, Entry, EntryPayload, HardState, Index, Message, NodeId, ProposeError, RaftNode, ReadCtx,
     Role, Snapshot, SnapshotMeta, StepError, Term,
 };
+use crate::snapshot::writer::SnapshotWriter;
 use crate::snapshot::{SnapshotError, SnapshotStore};
 use crate::state::{Command, Outcome, StateMachine};
 
@@ -154,6 +155,7 @@ pub struct Shard<S: StateMachine + Default> {
     outbox: BTreeMap<NodeId, Vec<(GroupId, Message)>>,
     next_read_ctx: ReadCtx,
     snapshots: Rc<RefCell<SnapshotStore>>,
+    snapshot_writer: SnapshotWriter,
     snapshot_distance: u64,
     pub fdatasyncs: u64,
     pub snapshots_taken: u64,
@@ -213,6 +215,8 @@ impl<S: StateMachine + Default> Shard<S> {
             outbox: BTreeMap::new(),
             next_read_ctx: 1,
             snapshots,
+            snapshot_writer: SnapshotWriter::start(format!("quarry-snap-{}", config.node))
+                .map_err(|e| LogError::io(&config.snapshot_dir, e))?,
             snapshot_distance: config.snapshot_distance,
             fdatasyncs: 0,
             snapshots_taken: 0,
@@ -319,6 +323,7 @@ impl<S: StateMachine + Default> Shard<S> {
         let mut acks = Vec::new();
         let mut entries_written = 0;
         let (taken_before, installed_before) = (self.snapshots_taken, self.snapshots_installed);
+        self.finish_snapshot_writes()?;
         for (&group, g) in self.groups.iter_mut() {
             while g.raft.has_ready() {
                 let ready = g.raft.ready();
@@ -410,20 +415,49 @@ impl<S: StateMachine + Default> Shard<S> {
                 Vec::new()
             }
         };
-        let mut taken = 0;
         for (&group, g) in &self.groups {
             let base = self.log.borrow().snapshot_meta(group).index;
             let applied = g.state.last_applied();
             let due = applied >= base + self.snapshot_distance || (applied > base && pinning.contains(&group));
-            if due {
-                take_snapshot(&self.log, &self.snapshots, group, g)?;
-                taken += 1;
+            if due && self.snapshot_writer.can_take(group) {
+                let term =
+                    self.log.borrow().term(group, applied).map_err(|_| LogError::Missing { group, index: applied })?;
+                // Every committed entry handed out is applied in the same turn, so the
+                // core's configuration is the one as of `applied`.
+                let meta = SnapshotMeta { index: applied, term, conf_state: g.raft.conf_state().clone() };
+                let job = self.snapshots.borrow().file_writer(group, &meta);
+                self.snapshot_writer.submit(job, g.state.snapshot());
             }
         }
-        if taken > 0 {
-            self.snapshots_taken += taken;
-            self.log.borrow_mut().release_unneeded_segments()?;
+        Ok(())
+    }
+
+    /// Compacts the log of every group whose snapshot file is now durable. The file
+    /// the log stood on before is deleted only once the new marker is in the log
+    /// (durable by the end of this turn), so a crash always finds a file matching it.
+    fn finish_snapshot_writes(&mut self) -> Result<(), ShardError> {
+        let finished = self.snapshot_writer.finished();
+        if finished.is_empty() {
+            return Ok(());
         }
+        for (job, result) in finished {
+            let (group, meta) = (job.group, job.meta);
+            if let Err(e) = result {
+                // The log keeps its entries; the group is due again next turn.
+                eprintln!("shard of node {}: snapshot of group {group} at {} not written: {e}", self.node, meta.index);
+                continue;
+            }
+            let base = self.log.borrow().snapshot_meta(group).index;
+            let mut snapshots = self.snapshots.borrow_mut();
+            snapshots.saved(group, &meta);
+            if meta.index > base {
+                // Entries up to an applied index are committed: never truncated since.
+                self.log.borrow_mut().compact(group, meta)?;
+                snapshots.release_before(group, base)?;
+                self.snapshots_taken += 1;
+            }
+        }
+        self.log.borrow_mut().release_unneeded_segments()?;
         Ok(())
     }
 
@@ -439,30 +473,6 @@ fn restore<S: StateMachine>(group: GroupId, state: &mut S, index: Index, image: 
     if state.last_applied() != index {
         return Err(failed(format!("the image is of index {}", state.last_applied())));
     }
-    Ok(())
-}
-
-/// Writes the group's image at its applied index, then compacts its log there. The
-/// file the log stood on is kept until the new marker is durable (the next turn).
-fn take_snapshot<S: StateMachine>(
-    log: &RefCell<ShardLog>,
-    snapshots: &RefCell<SnapshotStore>,
-    group: GroupId,
-    g: &Group<S>,
-) -> Result<(), ShardError> {
-    let index = g.state.last_applied();
-    let (base, term) = {
-        let log = log.borrow();
-        let term = log.term(group, index).map_err(|_| LogError::Missing { group, index })?;
-        (log.snapshot_meta(group).index, term)
-    };
-    // Every committed entry handed out is applied in the same turn, so the core's
-    // configuration is the one as of `index`.
-    let meta = SnapshotMeta { index, term, conf_state: g.raft.conf_state().clone() };
-    let mut snapshots = snapshots.borrow_mut();
-    snapshots.save(group, &meta, &g.state.snapshot())?;
-    log.borrow_mut().compact(group, meta)?;
-    snapshots.release_before(group, base)?;
     Ok(())
 }
 

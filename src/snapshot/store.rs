@@ -54,13 +54,20 @@ impl SnapshotStore {
 
     /// Writes a group's image durably.
     pub fn save(&mut self, group: GroupId, meta: &SnapshotMeta, image: &[u8]) -> Result<(), SnapshotError> {
-        let path = self.path(group, meta.index, meta.term);
-        let temp = path.with_extension(TEMP_SUFFIX.trim_start_matches('.'));
-        write_file(&temp, &Manifest::of(group, meta.clone(), image), image)?;
-        std::fs::rename(&temp, &path)?;
-        File::open(&self.dir)?.sync_all()?;
-        self.files.entry(group).or_default().insert(meta.index, meta.term);
+        self.file_writer(group, meta).write(image)?;
+        self.saved(group, meta);
         Ok(())
+    }
+
+    /// What writing a group's image takes, to be done on another thread; then
+    /// [`saved`](Self::saved) records the file.
+    pub fn file_writer(&self, group: GroupId, meta: &SnapshotMeta) -> FileWriteJob {
+        FileWriteJob { dir: self.dir.clone(), path: self.path(group, meta.index, meta.term), group, meta: meta.clone() }
+    }
+
+    /// Records a file written by a [`FileWriteJob`].
+    pub fn saved(&mut self, group: GroupId, meta: &SnapshotMeta) {
+        self.files.entry(group).or_default().insert(meta.index, meta.term);
     }
 
     /// Reads and checks the group's snapshot at `index`.
@@ -93,6 +100,24 @@ impl SnapshotStore {
     pub fn disk_bytes(&self) -> u64 {
         let sizes = self.files.iter().flat_map(|(&g, files)| files.iter().map(move |(&i, &t)| (g, i, t)));
         sizes.filter_map(|(g, i, t)| std::fs::metadata(self.path(g, i, t)).ok()).map(|m| m.len()).sum()
+    }
+}
+
+/// Writing one snapshot file: under a temporary name, synced, renamed, directory synced.
+pub struct FileWriteJob {
+    dir: PathBuf,
+    path: PathBuf,
+    pub group: GroupId,
+    pub meta: SnapshotMeta,
+}
+
+impl FileWriteJob {
+    pub fn write(&self, image: &[u8]) -> Result<(), SnapshotError> {
+        let temp = self.path.with_extension(TEMP_SUFFIX.trim_start_matches('.'));
+        write_file(&temp, &Manifest::of(self.group, self.meta.clone(), image), image)?;
+        std::fs::rename(&temp, &self.path)?;
+        File::open(&self.dir)?.sync_all()?;
+        Ok(())
     }
 }
 
