@@ -162,7 +162,7 @@ struct Endpoint {
 }
 
 /// Every shard's group status, or `None` if a shard does not answer in time.
-async fn collect_status(shards: &[flume::Sender<ShardInput>]) -> Option<Vec<GroupStatus>> {
+pub(super) async fn collect_status(shards: &[flume::Sender<ShardInput>]) -> Option<Vec<GroupStatus>> {
     let mut all = Vec::new();
     for shard in shards {
         let (reply, answer) = flume::bounded(1);

@@ -10,6 +10,7 @@ mod metrics;
 mod router;
 mod service;
 mod shard_thread;
+mod systemd;
 
 use std::time::Duration;
 
@@ -109,6 +110,7 @@ async fn serve(
         metrics::serve(addr, metrics.clone(), inboxes.clone()).await?;
     }
     let peer_counters = metrics.peer.clone();
+    let shards = inboxes.clone();
     let router =
         Router::new(config.node_id, config.groups, config.max_value_bytes, inboxes, config.members.clone(), metrics);
     let peers = config
@@ -125,6 +127,7 @@ async fn serve(
     let flight = FlightEndpoint::new((0..config.shards).map(|i| snapshot_dir(&config.data_dir, i)).collect())
         .with_records(std::sync::Arc::new(services.clone()));
     eprintln!("quarryd: node {} serving on {}", config.node_id, config.listen);
+    systemd::announce_when_ready(shards);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = Server::builder()
         .add_service(KvServer::new(services.clone()))
@@ -140,6 +143,7 @@ async fn serve(
         result = &mut server => result.map_err(|e| format!("server failed: {e}"))?,
         () = shutdown_signal() => {
             eprintln!("quarryd: node {} stopping", config.node_id);
+            systemd::stopping();
             let _ = stop.send(());
             // Requests in flight get a grace period; peers' streams never end by
             // themselves, so the server is not waited for beyond it.
