@@ -95,6 +95,11 @@ impl Metrics {
         registry.register("peer_batches_dropped", "Batches dropped at a full peer queue", peer.batches_dropped.clone());
         registry.register("peer_messages_sent", "Raft messages queued to peer streams", peer.messages_sent.clone());
         registry.register(
+            "peer_catch_up_entries",
+            "Log entries received in bulk over Flight to catch up",
+            peer.catch_up_entries.clone(),
+        );
+        registry.register(
             "peer_heartbeats_coalesced",
             "Heartbeats and responses sent as packed per-node-pair columns",
             peer.heartbeats_coalesced.clone(),

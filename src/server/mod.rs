@@ -103,7 +103,7 @@ fn shard_config(config: &NodeConfig, index: usize) -> ShardConfig {
 async fn serve(
     config: &NodeConfig,
     inboxes: Vec<flume::Sender<shard_thread::ShardInput>>,
-    outbound: flume::Receiver<(crate::raft::NodeId, Vec<(crate::log::GroupId, crate::raft::Message)>)>,
+    outbound: flume::Receiver<(crate::raft::NodeId, crate::transport::peer::Outgoing)>,
     metrics: std::sync::Arc<metrics::Metrics>,
 ) -> Result<(), String> {
     if let Some(addr) = config.metrics_listen {
@@ -125,7 +125,8 @@ async fn serve(
         .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
     let services = Services { router, cluster_id: config.cluster_id, fetches: Default::default() };
     let flight = FlightEndpoint::new((0..config.shards).map(|i| snapshot_dir(&config.data_dir, i)).collect())
-        .with_records(std::sync::Arc::new(services.clone()));
+        .with_records(std::sync::Arc::new(services.clone()))
+        .with_entries(std::sync::Arc::new(services.clone()));
     eprintln!("quarryd: node {} serving on {}", config.node_id, config.listen);
     systemd::announce_when_ready(shards);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

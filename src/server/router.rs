@@ -62,6 +62,10 @@ impl Router {
         &self.shards[(group % self.shards.len() as u64) as usize]
     }
 
+    pub fn peer_counters(&self) -> &crate::transport::peer::PeerCounters {
+        &self.metrics.peer
+    }
+
     pub fn shards(&self) -> &[flume::Sender<ShardInput>] {
         &self.shards
     }

@@ -12,12 +12,12 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::log::GroupId;
 use crate::proto::{self, admin_server::Admin, kv_server::Kv, log_server::Log, peer_server::Peer, raft_message};
 use crate::raft::NodeId;
-use crate::shard::RequestError;
+use crate::shard::{CatchUp, EntryRange, RequestError};
 use crate::state::{BuiltinState, Command, Operation, Outcome, KEY_MAX_BYTES};
-use crate::transport::flight::{fetch_snapshot, RecordSource};
+use crate::transport::flight::{fetch_snapshot, pull_entries, EntrySource, RecordSource};
 use crate::transport::wire::{decode_batch, SnapshotOffer};
 
-use super::router::{status_of, Router, FORWARDED};
+use super::router::{status_of, Router, FORWARDED, REQUEST_TIMEOUT};
 use super::shard_thread::ShardInput;
 
 /// Keys a range may return in one answer.
@@ -46,6 +46,41 @@ impl Default for SnapshotFetches {
     fn default() -> Self {
         SnapshotFetches { groups: Mutex::default(), permits: tokio::sync::Semaphore::new(SNAPSHOT_FETCHES_MAX) }
     }
+}
+
+/// Pulls the entries a leader invited this node to catch up with, stepping each
+/// batch into the group's shard as that leader's append.
+fn start_catch_up(router: &Router, fetches: &Arc<SnapshotFetches>, leader: NodeId, offer: CatchUp) {
+    if offer.group >= router.groups || offer.from == 0 || offer.to < offer.from {
+        return;
+    }
+    let Some(channel) = router.channel(leader) else { return };
+    if !fetches.groups.lock().expect("fetches lock").insert(offer.group) {
+        return;
+    }
+    let (router, fetches) = (router.clone(), fetches.clone());
+    tokio::spawn(async move {
+        let result = match fetches.permits.acquire().await {
+            Ok(_permit) => {
+                let shard = router.shard_of(offer.group).clone();
+                let deliver = |message| shard.try_send(ShardInput::Peer { group: offer.group, message }).is_ok();
+                pull_entries(channel, leader, router.node, &offer, deliver).await
+            }
+            Err(_) => return,
+        };
+        fetches.groups.lock().expect("fetches lock").remove(&offer.group);
+        match result {
+            Ok(caught_up) => {
+                router.peer_counters().catch_up_entries.inc_by(caught_up.entries);
+            }
+            Err(e) => eprintln!(
+                "node {}: bulk catch-up of group {} from node {leader} stopped: {}",
+                router.node,
+                offer.group,
+                e.message()
+            ),
+        }
+    });
 }
 
 /// Pulls an offered snapshot from its sender, then steps it into the group's shard.
@@ -404,6 +439,24 @@ impl Log for Services {
 }
 
 #[tonic::async_trait]
+impl EntrySource for Services {
+    async fn entries(&self, group: GroupId, from: u64, to: u64) -> Result<EntryRange, Status> {
+        if group >= self.router.groups {
+            return Err(Status::invalid_argument(format!("group {group} does not exist")));
+        }
+        let (reply, answer) = flume::bounded(1);
+        self.router
+            .shard_of(group)
+            .try_send(ShardInput::ReadEntries { group, from, to, reply })
+            .map_err(|_| Status::resource_exhausted("shard busy; retry"))?;
+        match tokio::time::timeout(REQUEST_TIMEOUT, answer.recv_async()).await {
+            Ok(Ok(result)) => result.map_err(status_of),
+            _ => Err(Status::unavailable("the shard did not answer")),
+        }
+    }
+}
+
+#[tonic::async_trait]
 impl RecordSource for Services {
     async fn records(&self, name: &str, from: u64, max: u32) -> Result<Vec<Bytes>, Status> {
         let request = proto::LogReadRequest { log: name.to_string(), from, limit: max, serializable: true };
@@ -491,6 +544,10 @@ impl Peer for Services {
                 batch.messages = messages;
                 for offer in offers.iter().filter_map(SnapshotOffer::of).filter_map(Result::ok) {
                     start_fetch(&router, &fetches, offer);
+                }
+                for c in std::mem::take(&mut batch.catch_up) {
+                    let offer = CatchUp { group: c.group, term: c.term, from: c.from_index, to: c.to_index };
+                    start_catch_up(&router, &fetches, batch.from_node, offer);
                 }
                 for decoded in decode_batch(batch) {
                     match decoded {

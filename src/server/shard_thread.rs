@@ -7,8 +7,9 @@ use bytes::Bytes;
 
 use crate::log::GroupId;
 use crate::raft::{Message, NodeId};
-use crate::shard::{GroupStatus, Query, Reply, Shard, ShardConfig};
+use crate::shard::{EntryRange, GroupStatus, Query, Reply, RequestError, Shard, ShardConfig};
 use crate::state::{BuiltinState, Command, Outcome};
+use crate::transport::peer::Outgoing;
 
 use super::metrics::Metrics;
 
@@ -18,14 +19,35 @@ pub const INBOX_MAX: usize = 16_384;
 const INPUTS_PER_TURN_MAX: usize = 4096;
 
 pub enum ShardInput {
-    Peer { group: GroupId, message: Message },
-    Propose { group: GroupId, command: Command, reply: Reply<Outcome> },
-    Read { group: GroupId, query: Query<BuiltinState>, reply: Reply<Bytes>, serializable: bool },
-    Status { reply: flume::Sender<Vec<GroupStatus>> },
+    Peer {
+        group: GroupId,
+        message: Message,
+    },
+    Propose {
+        group: GroupId,
+        command: Command,
+        reply: Reply<Outcome>,
+    },
+    Read {
+        group: GroupId,
+        query: Query<BuiltinState>,
+        reply: Reply<Bytes>,
+        serializable: bool,
+    },
+    Status {
+        reply: flume::Sender<Vec<GroupStatus>>,
+    },
+    /// Committed entries for a follower's bulk catch-up (see `Shard::read_entries`).
+    ReadEntries {
+        group: GroupId,
+        from: u64,
+        to: u64,
+        reply: flume::Sender<Result<EntryRange, RequestError>>,
+    },
 }
 
-/// Raft messages leaving a shard: (destination node, messages of its groups).
-pub type Outbound = flume::Sender<(NodeId, Vec<(GroupId, Message)>)>;
+/// What leaves a shard for each destination node.
+pub type Outbound = flume::Sender<(NodeId, Outgoing)>;
 
 /// Starts the shard's thread. It runs until every sender of `inbox` is dropped.
 pub fn spawn(
@@ -89,9 +111,14 @@ async fn run(
 }
 
 fn send(shard: &mut Shard<BuiltinState>, outbound: &Outbound) {
+    let mut catch_up = shard.take_catch_up();
     for (to, messages) in shard.take_outbox() {
+        let output = Outgoing { messages, catch_up: catch_up.remove(&to).unwrap_or_default() };
         // A full queue drops messages; Raft retransmits.
-        let _ = outbound.try_send((to, messages));
+        let _ = outbound.try_send((to, output));
+    }
+    for (to, catch_up) in catch_up {
+        let _ = outbound.try_send((to, Outgoing { messages: Vec::new(), catch_up }));
     }
 }
 
@@ -111,6 +138,9 @@ fn handle(shard: &mut Shard<BuiltinState>, input: ShardInput, metrics: &Metrics)
         }
         ShardInput::Status { reply } => {
             let _ = reply.try_send(shard.status());
+        }
+        ShardInput::ReadEntries { group, from, to, reply } => {
+            let _ = reply.try_send(shard.read_entries(group, from, to));
         }
     }
 }

@@ -3,6 +3,10 @@
 //! - `log/<from>/<name>`: a change stream of the named log's committed records from
 //!   index `from` (1-based), as batches of (`index`, `data`), following new appends
 //!   until the client goes away. Read from this node's replica, so every node serves it.
+//! - `entries/<group>/<from>/<to>`: a leader's committed log entries, for a follower
+//!   far behind (invited by a catch-up offer), as batches of (`index`, `term`,
+//!   `entry`: the protobuf `Entry`), with the leader's term, commit index and the
+//!   term before `from` in the schema metadata.
 //! - `snapshot/<group>/<index>/<offset>`: a snapshot file's chunk batches from
 //!   `offset`, paced to `TRANSFER_BYTES_PER_SEC` so a transfer cannot starve the
 //!   groups' normal traffic.
@@ -33,9 +37,11 @@ use futures::{Stream, StreamExt, TryStreamExt};
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::wire::SnapshotOffer;
+use super::wire::{decode_entry, encode_entry, SnapshotOffer};
 use crate::log::GroupId;
-use crate::raft::Index;
+use crate::proto;
+use crate::raft::{Entry, Index, Message, MessageKind, NodeId};
+use crate::shard::{CatchUp, EntryRange};
 use crate::snapshot::{Assembler, Manifest, SnapshotError};
 
 /// The pace a node serves snapshot bytes at, per transfer.
@@ -75,6 +81,12 @@ pub trait RecordSource: Send + Sync + 'static {
     async fn records(&self, name: &str, from: u64, max: u32) -> Result<Vec<Bytes>, Status>;
 }
 
+/// Committed entries, read from the leader's log, for a follower's bulk catch-up.
+#[tonic::async_trait]
+pub trait EntrySource: Send + Sync + 'static {
+    async fn entries(&self, group: GroupId, from: Index, to: Index) -> Result<EntryRange, Status>;
+}
+
 /// Records per batch of a log tail.
 pub const TAIL_BATCH_RECORDS_MAX: u32 = 1024;
 /// Log tails a node serves at once; more are refused.
@@ -88,6 +100,7 @@ pub struct FlightEndpoint {
     /// Snapshot directory of each shard; group g lives on shard g mod shards.
     snapshot_dirs: Arc<Vec<PathBuf>>,
     records: Option<Arc<dyn RecordSource>>,
+    entries: Option<Arc<dyn EntrySource>>,
     tails: Arc<tokio::sync::Semaphore>,
     pub faults: Arc<TransferFaults>,
 }
@@ -97,6 +110,7 @@ impl FlightEndpoint {
         FlightEndpoint {
             snapshot_dirs: Arc::new(snapshot_dirs),
             records: None,
+            entries: None,
             tails: Arc::new(tokio::sync::Semaphore::new(TAILS_MAX)),
             faults: Arc::default(),
         }
@@ -104,6 +118,44 @@ impl FlightEndpoint {
 
     pub fn with_records(self, records: Arc<dyn RecordSource>) -> FlightEndpoint {
         FlightEndpoint { records: Some(records), ..self }
+    }
+
+    pub fn with_entries(self, entries: Arc<dyn EntrySource>) -> FlightEndpoint {
+        FlightEndpoint { entries: Some(entries), ..self }
+    }
+
+    async fn entry_stream(&self, ticket: &str) -> Result<BoxStream<FlightData>, Status> {
+        let bad = || Status::invalid_argument("ticket is not entries/<group>/<from>/<to>");
+        let mut parts = ticket.strip_prefix("entries/").ok_or_else(bad)?.split('/');
+        let mut number = || parts.next().and_then(|p| p.parse::<u64>().ok()).ok_or_else(bad);
+        let (group, from, to) = (number()?, number()?, number()?);
+        let source = self.entries.clone().ok_or_else(|| Status::unimplemented("this endpoint serves no entries"))?;
+        // The first read fixes the term every later read must still be leader in.
+        let first = source.entries(group, from, to).await?;
+        let (term, commit, prev_term) = (first.term, first.commit, first.prev_term);
+        let schema = entries_schema(term, commit, prev_term);
+        let (tx, rx) = tokio::sync::mpsc::channel(READ_AHEAD_CHUNKS);
+        let batch_schema = schema.clone();
+        tokio::spawn(async move {
+            let mut range = first;
+            loop {
+                let Some(last) = range.entries.last().map(|e| e.index) else { return };
+                if tx.send(Ok(entries_batch(&batch_schema, &range.entries))).await.is_err() || last >= to {
+                    return;
+                }
+                range = match source.entries(group, last + 1, to).await {
+                    Ok(next) if next.term == term => next,
+                    Ok(_) => return, // Leadership moved on: the follower has what it got.
+                    Err(status) => {
+                        let _ = tx.send(Err(FlightError::Tonic(Box::new(status)))).await;
+                        return;
+                    }
+                };
+            }
+        });
+        let batches = tokio_stream::wrappers::ReceiverStream::new(rx);
+        let flight = FlightDataEncoderBuilder::new().with_schema(schema).build(batches);
+        Ok(Box::pin(flight.map_err(|e| Status::aborted(e.to_string()))))
     }
 
     fn tail(&self, ticket: &str) -> Result<BoxStream<FlightData>, Status> {
@@ -167,6 +219,98 @@ impl FlightEndpoint {
         });
         found.ok_or_else(|| Status::not_found(format!("no snapshot of group {group} at index {index} here")))
     }
+}
+
+fn entries_schema(term: u64, commit: u64, prev_term: u64) -> arrow_schema::SchemaRef {
+    let metadata = std::collections::HashMap::from([
+        ("quarry.term".to_string(), term.to_string()),
+        ("quarry.commit".to_string(), commit.to_string()),
+        ("quarry.prev_term".to_string(), prev_term.to_string()),
+    ]);
+    Arc::new(arrow_schema::Schema::new_with_metadata(
+        vec![
+            arrow_schema::Field::new("index", arrow_schema::DataType::UInt64, false),
+            arrow_schema::Field::new("term", arrow_schema::DataType::UInt64, false),
+            arrow_schema::Field::new("entry", arrow_schema::DataType::Binary, false),
+        ],
+        metadata,
+    ))
+}
+
+fn entries_batch(schema: &arrow_schema::SchemaRef, entries: &[Entry]) -> RecordBatch {
+    use prost::Message as _;
+    let index = UInt64Array::from_iter_values(entries.iter().map(|e| e.index));
+    let term = UInt64Array::from_iter_values(entries.iter().map(|e| e.term));
+    let encoded: Vec<Vec<u8>> = entries.iter().map(|e| encode_entry(e).encode_to_vec()).collect();
+    let entry = BinaryArray::from_iter_values(encoded.iter());
+    RecordBatch::try_new(schema.clone(), vec![Arc::new(index), Arc::new(term), Arc::new(entry)])
+        .expect("the columns match the schema")
+}
+
+/// What a bulk catch-up delivered.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CaughtUp {
+    pub entries: u64,
+}
+
+/// Pulls the entries a catch-up offer names from the leader behind `channel` and
+/// hands each batch to `deliver` as the append that leader could have sent (its
+/// term, the previous index and term, the entries, its commit index); stops early
+/// when `deliver` refuses one.
+pub async fn pull_entries(
+    channel: Channel,
+    leader: NodeId,
+    me: NodeId,
+    offer: &CatchUp,
+    mut deliver: impl FnMut(Message) -> bool,
+) -> Result<CaughtUp, Status> {
+    use prost::Message as _;
+    let malformed = |what: &str| Status::data_loss(format!("catch-up stream: {what}"));
+    let ticket = Ticket { ticket: format!("entries/{}/{}/{}", offer.group, offer.from, offer.to).into() };
+    let response = FlightServiceClient::new(channel).do_get(ticket).await?;
+    let mut batches = FlightRecordBatchStream::new_from_flight_data(
+        response.into_inner().map_err(|s| FlightError::Tonic(Box::new(s))),
+    );
+    let mut caught_up = CaughtUp::default();
+    // (leader term, commit, previous index, previous term) for the next append.
+    let mut next: Option<(u64, u64, u64, u64)> = None;
+    while let Some(batch) = batches.next().await {
+        let batch = batch.map_err(|e| Status::aborted(e.to_string()))?;
+        let (term, commit, prev_index, prev_term) = match next {
+            Some(n) => n,
+            None => {
+                let metadata = batches.schema().map(|s| s.metadata().clone()).unwrap_or_default();
+                let get = |k: &str| metadata.get(k).and_then(|v| v.parse::<u64>().ok());
+                let (Some(term), Some(commit), Some(prev_term)) =
+                    (get("quarry.term"), get("quarry.commit"), get("quarry.prev_term"))
+                else {
+                    return Err(malformed("no term, commit or previous term"));
+                };
+                (term, commit, offer.from - 1, prev_term)
+            }
+        };
+        let Some(encoded) = batch.columns().get(2).and_then(|c| c.as_any().downcast_ref::<BinaryArray>()) else {
+            return Err(malformed("no entry column"));
+        };
+        let mut entries = Vec::with_capacity(batch.num_rows());
+        for row in 0..batch.num_rows() {
+            let entry = proto::Entry::decode(encoded.value(row)).map_err(|_| malformed("undecodable entry"))?;
+            let entry = decode_entry(entry).map_err(|e| malformed(&e.to_string()))?;
+            if entry.index != prev_index + 1 + row as u64 {
+                return Err(malformed("entries out of order"));
+            }
+            entries.push(entry);
+        }
+        let Some((last_index, last_term)) = entries.last().map(|e| (e.index, e.term)) else { continue };
+        let count = entries.len() as u64;
+        let kind = MessageKind::Append { prev_index, prev_term, entries, commit };
+        if !deliver(Message { from: leader, to: me, term, kind }) {
+            break;
+        }
+        caught_up.entries += count;
+        next = Some((term, commit, last_index, last_term));
+    }
+    Ok(caught_up)
 }
 
 /// A log tail's batches: each record with its index in the named log.
@@ -269,6 +413,10 @@ impl FlightService for FlightEndpoint {
     type ListActionsStream = BoxStream<ActionType>;
 
     async fn do_get(&self, request: Request<Ticket>) -> Result<Response<Self::DoGetStream>, Status> {
+        if let Some(ticket) = std::str::from_utf8(&request.get_ref().ticket).ok().filter(|t| t.starts_with("entries/"))
+        {
+            return self.entry_stream(ticket).await.map(Response::new);
+        }
         if let Some(tail) = std::str::from_utf8(&request.get_ref().ticket).ok().filter(|t| t.starts_with("log/")) {
             return self.tail(tail).map(Response::new);
         }

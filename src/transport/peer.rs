@@ -11,6 +11,7 @@ use super::wire;
 use crate::log::GroupId;
 use crate::proto::{self, peer_client::PeerClient};
 use crate::raft::{Message, NodeId};
+use crate::shard::CatchUp;
 
 /// Batches queued for one peer; beyond it batches are dropped (Raft retransmits).
 pub const PEER_QUEUE_MAX: usize = 1024;
@@ -38,18 +39,27 @@ pub struct PeerCounters {
     pub messages_sent: Counter,
     /// Heartbeats and responses that travelled as packed columns.
     pub heartbeats_coalesced: Counter,
+    /// Log entries received in bulk over Flight to catch up.
+    pub catch_up_entries: Counter,
 }
 
 /// Shard outputs merged into one round of batches, so a node pair's heartbeats from
 /// every shard coalesce. Bounds the work done before the queues see anything.
 const OUTPUTS_PER_ROUND_MAX: usize = 256;
 
+/// What a shard sends one peer in one turn.
+#[derive(Debug, Default)]
+pub struct Outgoing {
+    pub messages: Vec<(GroupId, Message)>,
+    pub catch_up: Vec<CatchUp>,
+}
+
 /// Starts a sender task per peer and a dispatcher that routes shard output to them.
 pub fn start(
     node: NodeId,
     cluster_id: u64,
     peers: BTreeMap<NodeId, Channel>,
-    outbound: flume::Receiver<(NodeId, Vec<(GroupId, Message)>)>,
+    outbound: flume::Receiver<(NodeId, Outgoing)>,
     counters: PeerCounters,
 ) {
     let mut queues = BTreeMap::new();
@@ -59,25 +69,35 @@ pub fn start(
         tokio::spawn(sender(node, cluster_id, channel, rx));
     }
     tokio::spawn(async move {
-        let mut round: BTreeMap<NodeId, Vec<(GroupId, Message)>> = BTreeMap::new();
+        let mut round: BTreeMap<NodeId, Outgoing> = BTreeMap::new();
         while let Ok(first) = outbound.recv_async().await {
-            for (to, messages) in std::iter::once(first).chain(outbound.try_iter().take(OUTPUTS_PER_ROUND_MAX)) {
-                round.entry(to).or_default().extend(messages);
+            for (to, output) in std::iter::once(first).chain(outbound.try_iter().take(OUTPUTS_PER_ROUND_MAX)) {
+                let merged = round.entry(to).or_default();
+                merged.messages.extend(output.messages);
+                merged.catch_up.extend(output.catch_up);
             }
-            for (to, messages) in std::mem::take(&mut round) {
+            for (to, output) in std::mem::take(&mut round) {
                 let Some(queue) = queues.get(&to) else { continue };
-                for chunk in messages.chunks(BATCH_MESSAGES_MAX) {
-                    let batch = wire::encode_batch(cluster_id, node, to, chunk);
+                let send = |messages: &[(GroupId, Message)], catch_up: &[CatchUp]| {
+                    let batch = wire::encode_batch(cluster_id, node, to, messages, catch_up);
                     let coalesced = batch.heartbeats.as_ref().map_or(0, |h| h.groups.len())
                         + batch.heartbeat_responses.as_ref().map_or(0, |r| r.groups.len());
                     // A full queue to a slow peer drops the batch; Raft retransmits.
                     if queue.try_send(batch).is_ok() {
                         counters.batches_sent.inc();
-                        counters.messages_sent.inc_by(chunk.len() as u64);
+                        counters.messages_sent.inc_by(messages.len() as u64);
                         counters.heartbeats_coalesced.inc_by(coalesced as u64);
                     } else {
                         counters.batches_dropped.inc();
                     }
+                };
+                // Catch-up invitations ride with the first batch, or alone.
+                let mut catch_up = output.catch_up;
+                for chunk in output.messages.chunks(BATCH_MESSAGES_MAX) {
+                    send(chunk, &std::mem::take(&mut catch_up));
+                }
+                if !catch_up.is_empty() {
+                    send(&[], &catch_up);
                 }
             }
         }

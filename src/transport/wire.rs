@@ -10,6 +10,7 @@ use crate::raft::{
     ConfChange, ConfState, Entry, EntryPayload, Message, MessageKind, NodeId, RejectHint, SingleChange, Snapshot,
     SnapshotMeta,
 };
+use crate::shard::CatchUp;
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("malformed peer message: {0}")]
@@ -84,8 +85,18 @@ pub fn decode_message(m: proto::RaftMessage) -> Result<(GroupId, Message), WireE
 /// Encodes messages of many groups from node `from` to node `to` as one batch,
 /// coalescing heartbeats and heartbeat responses into packed columns (a dozen bytes
 /// per group instead of a full message each).
-pub fn encode_batch(cluster_id: u64, from: NodeId, to: NodeId, messages: &[(GroupId, Message)]) -> proto::PeerBatch {
+pub fn encode_batch(
+    cluster_id: u64,
+    from: NodeId,
+    to: NodeId,
+    messages: &[(GroupId, Message)],
+    catch_up: &[CatchUp],
+) -> proto::PeerBatch {
     let mut batch = proto::PeerBatch { cluster_id, from_node: from, to_node: to, ..Default::default() };
+    batch.catch_up = catch_up
+        .iter()
+        .map(|c| proto::CatchUpOffer { group: c.group, term: c.term, from_index: c.from, to_index: c.to })
+        .collect();
     let mut heartbeats = proto::CoalescedHeartbeats::default();
     let mut responses = proto::CoalescedHeartbeatResponses::default();
     for (group, m) in messages {
@@ -189,7 +200,7 @@ impl SnapshotOffer {
     }
 }
 
-fn encode_entry(e: &Entry) -> proto::Entry {
+pub fn encode_entry(e: &Entry) -> proto::Entry {
     use proto::entry::Payload;
     let payload = match &e.payload {
         EntryPayload::Noop => Payload::Noop(proto::Noop {}),
@@ -199,7 +210,7 @@ fn encode_entry(e: &Entry) -> proto::Entry {
     proto::Entry { term: e.term, index: e.index, payload: Some(payload) }
 }
 
-fn decode_entry(e: proto::Entry) -> Result<Entry, WireError> {
+pub fn decode_entry(e: proto::Entry) -> Result<Entry, WireError> {
     use proto::entry::Payload;
     let payload = match e.payload.ok_or(WireError("entry without a payload"))? {
         Payload::Noop(_) => EntryPayload::Noop,
@@ -354,7 +365,7 @@ mod tests {
             };
             messages.push((group, Message { from: 1, to: 2, term: group / 10 + 1, kind }));
         }
-        let batch = encode_batch(9, 1, 2, &messages);
+        let batch = encode_batch(9, 1, 2, &messages, &[]);
         assert_eq!(batch.heartbeats.as_ref().map(|h| h.groups.len()), Some(51), "sample heartbeat included");
         assert_eq!(batch.heartbeat_responses.as_ref().map(|h| h.groups.len()), Some(51));
         assert_eq!(batch.messages.len(), samples().len() - 3);
@@ -372,7 +383,7 @@ mod tests {
     fn malformed_coalesced_columns_are_refused_and_the_rest_survives() {
         let heartbeat = Message { from: 1, to: 2, term: 1, kind: MessageKind::Heartbeat { commit: 0, round: 1 } };
         let append = samples().swap_remove(4);
-        let mut batch = encode_batch(9, 1, 2, &[(0, heartbeat), (1, append.clone())]);
+        let mut batch = encode_batch(9, 1, 2, &[(0, heartbeat), (1, append.clone())], &[]);
         batch.heartbeats.as_mut().unwrap().rounds.clear();
         let decoded = decode_batch(batch.clone());
         assert_eq!(decoded[0], Ok((1, append)));
