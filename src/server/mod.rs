@@ -5,6 +5,7 @@
 //! address in `--initial-cluster` is that listener. Requests reaching a node that does
 //! not lead the key's group are forwarded to the leader once.
 
+mod bulk;
 pub mod config;
 mod metrics;
 mod router;
@@ -123,7 +124,7 @@ async fn serve(
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
-    let services = Services { router, cluster_id: config.cluster_id, fetches: Default::default() };
+    let services = Services { router, cluster_id: config.cluster_id, transfers: Default::default() };
     let flight = FlightEndpoint::new((0..config.shards).map(|i| snapshot_dir(&config.data_dir, i)).collect())
         .with_records(std::sync::Arc::new(services.clone()))
         .with_entries(std::sync::Arc::new(services.clone()));

@@ -1,8 +1,7 @@
 //! The gRPC services a node serves: Kv, Log, Admin and Peer.
 
-use std::collections::BTreeSet;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use tokio_stream::wrappers::ReceiverStream;
@@ -14,9 +13,10 @@ use crate::proto::{self, admin_server::Admin, kv_server::Kv, log_server::Log, pe
 use crate::raft::NodeId;
 use crate::shard::{CatchUp, EntryRange, RequestError};
 use crate::state::{BuiltinState, Command, Operation, Outcome, KEY_MAX_BYTES};
-use crate::transport::flight::{fetch_snapshot, pull_entries, EntrySource, RecordSource};
+use crate::transport::flight::{EntrySource, RecordSource};
 use crate::transport::wire::{decode_batch, SnapshotOffer};
 
+use super::bulk::{start_catch_up, start_snapshot_fetch, BulkTransfers};
 use super::router::{status_of, Router, FORWARDED, REQUEST_TIMEOUT};
 use super::shard_thread::ShardInput;
 
@@ -25,92 +25,11 @@ pub const RANGE_LIMIT_MAX: u32 = 10_000;
 /// Records a log read may return in one answer.
 pub const LOG_READ_LIMIT_MAX: u32 = 10_000;
 
-/// Snapshot images being fetched for this node's groups over Flight.
-pub const SNAPSHOT_FETCHES_MAX: usize = 4;
-
 #[derive(Clone)]
 pub struct Services {
     pub router: Router,
     pub cluster_id: u64,
-    pub fetches: Arc<SnapshotFetches>,
-}
-
-/// Fetches under way: at most one per group (later offers meanwhile are dropped;
-/// the leader offers again) and `SNAPSHOT_FETCHES_MAX` at once.
-pub struct SnapshotFetches {
-    groups: Mutex<BTreeSet<GroupId>>,
-    permits: tokio::sync::Semaphore,
-}
-
-impl Default for SnapshotFetches {
-    fn default() -> Self {
-        SnapshotFetches { groups: Mutex::default(), permits: tokio::sync::Semaphore::new(SNAPSHOT_FETCHES_MAX) }
-    }
-}
-
-/// Pulls the entries a leader invited this node to catch up with, stepping each
-/// batch into the group's shard as that leader's append.
-fn start_catch_up(router: &Router, fetches: &Arc<SnapshotFetches>, leader: NodeId, offer: CatchUp) {
-    if offer.group >= router.groups || offer.from == 0 || offer.to < offer.from {
-        return;
-    }
-    let Some(channel) = router.channel(leader) else { return };
-    if !fetches.groups.lock().expect("fetches lock").insert(offer.group) {
-        return;
-    }
-    let (router, fetches) = (router.clone(), fetches.clone());
-    tokio::spawn(async move {
-        let result = match fetches.permits.acquire().await {
-            Ok(_permit) => {
-                let shard = router.shard_of(offer.group).clone();
-                let deliver = |message| shard.try_send(ShardInput::Peer { group: offer.group, message }).is_ok();
-                pull_entries(channel, leader, router.node, &offer, deliver).await
-            }
-            Err(_) => return,
-        };
-        fetches.groups.lock().expect("fetches lock").remove(&offer.group);
-        match result {
-            Ok(caught_up) => {
-                router.peer_counters().catch_up_entries.inc_by(caught_up.entries);
-            }
-            Err(e) => eprintln!(
-                "node {}: bulk catch-up of group {} from node {leader} stopped: {}",
-                router.node,
-                offer.group,
-                e.message()
-            ),
-        }
-    });
-}
-
-/// Pulls an offered snapshot from its sender, then steps it into the group's shard.
-fn start_fetch(router: &Router, fetches: &Arc<SnapshotFetches>, offer: SnapshotOffer) {
-    if offer.to != router.node || offer.group >= router.groups {
-        return;
-    }
-    let Some(channel) = router.channel(offer.from) else { return };
-    if !fetches.groups.lock().expect("fetches lock").insert(offer.group) {
-        return;
-    }
-    let (router, fetches) = (router.clone(), fetches.clone());
-    tokio::spawn(async move {
-        let result = match fetches.permits.acquire().await {
-            Ok(_permit) => fetch_snapshot(channel, &offer).await,
-            Err(_) => return,
-        };
-        fetches.groups.lock().expect("fetches lock").remove(&offer.group);
-        match result {
-            Ok(image) => {
-                let (group, message) = offer.into_message(image);
-                // A full shard queue drops it like any message; the leader offers again.
-                let _ = router.shard_of(group).try_send(ShardInput::Peer { group, message });
-            }
-            Err(e) => eprintln!(
-                "node {}: snapshot of group {} at index {} from node {} not installed: {e}",
-                router.node, offer.group, offer.meta.index, offer.from
-            ),
-        }
-    });
+    pub transfers: Arc<BulkTransfers>,
 }
 
 fn header(group: GroupId, leader: NodeId) -> Option<proto::ResponseHeader> {
@@ -531,7 +450,7 @@ impl Peer for Services {
     async fn stream(&self, request: Request<Streaming<proto::PeerBatch>>) -> Result<Response<PeerStream>, Status> {
         let mut inbound = request.into_inner();
         let (errors, answer) = tokio::sync::mpsc::channel(1);
-        let (router, cluster_id, fetches) = (self.router.clone(), self.cluster_id, self.fetches.clone());
+        let (router, cluster_id, transfers) = (self.router.clone(), self.cluster_id, self.transfers.clone());
         tokio::spawn(async move {
             while let Ok(Some(mut batch)) = inbound.message().await {
                 if batch.cluster_id != cluster_id {
@@ -543,11 +462,11 @@ impl Peer for Services {
                     batch.messages.into_iter().partition(|m| matches!(m.kind, Some(raft_message::Kind::Snapshot(_))));
                 batch.messages = messages;
                 for offer in offers.iter().filter_map(SnapshotOffer::of).filter_map(Result::ok) {
-                    start_fetch(&router, &fetches, offer);
+                    start_snapshot_fetch(&router, &transfers, offer);
                 }
                 for c in std::mem::take(&mut batch.catch_up) {
                     let offer = CatchUp { group: c.group, term: c.term, from: c.from_index, to: c.to_index };
-                    start_catch_up(&router, &fetches, batch.from_node, offer);
+                    start_catch_up(&router, &transfers, batch.from_node, offer);
                 }
                 for decoded in decode_batch(batch) {
                     match decoded {
