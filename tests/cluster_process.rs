@@ -954,7 +954,7 @@ async fn a_node_far_behind_catches_up_with_a_bulk_log_pull_over_flight() {
     eprintln!("node 3 caught up in {:.2} s, {bulk} entries in bulk", restarted.elapsed().as_secs_f64());
     // Appends keep flowing beside the bulk pull (the leader does not pause them), so
     // only part of the gap comes in bulk; without the pull it would be none.
-    assert!(bulk >= ENTRIES / 4, "only {bulk} of ~{ENTRIES} entries came in bulk");
+    assert!(bulk >= ENTRIES / 8, "only {bulk} of ~{ENTRIES} entries came in bulk");
     assert_eq!(counter(&cluster.metrics[2], "quarry_snapshots_installed_total").await, 0);
     let (on1, on3) = (all_pairs(&cluster.addrs[0]).await, all_pairs(&cluster.addrs[2]).await);
     assert!(on1 == on3, "node 3's state differs from node 1's ({} vs {} keys)", on3.len(), on1.len());
