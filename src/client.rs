@@ -18,7 +18,8 @@ use crate::proto::admin_client::AdminClient;
 use crate::proto::kv_client::KvClient;
 use crate::proto::log_client::LogClient;
 use crate::proto::{
-    CasRequest, DeleteRequest, GetRequest, LogAppendRequest, PutRequest, ResponseHeader, StatusRequest, StatusResponse,
+    CasRequest, DeleteRequest, GetRequest, KeyValue, LogAppendRequest, PutRequest, RangeRequest, ResponseHeader,
+    StatusRequest, StatusResponse,
 };
 use crate::raft::NodeId;
 use crate::shard::group_of_key;
@@ -214,6 +215,30 @@ impl Client {
             .await?
             .into_inner();
         Ok(response.found.then_some((response.value, response.revision)))
+    }
+
+    /// Keys in `[start, end)` (empty `end`: to the last key) across every group, in key
+    /// order, at most `limit`; and whether more remain.
+    pub async fn range(
+        &self,
+        start: Bytes,
+        end: Bytes,
+        limit: u32,
+        serializable: bool,
+    ) -> Result<(Vec<KeyValue>, bool), ClientError> {
+        let request = RangeRequest { start: start.clone(), end, limit, serializable, group: None };
+        let response = self
+            .retry(
+                &start,
+                |_: &tonic::Response<crate::proto::RangeResponse>| None,
+                |ch| {
+                    let request = request.clone();
+                    async move { KvClient::new(ch).range(request).await }
+                },
+            )
+            .await?
+            .into_inner();
+        Ok((response.kvs, response.more))
     }
 
     /// Deletes `key`; returns whether it existed.

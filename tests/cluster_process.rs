@@ -584,6 +584,36 @@ async fn quarryctl_puts_gets_deletes_and_reports_status() {
     assert_eq!(ctl(&["get", "greeting"]).status.code(), Some(3), "a missing key exits with 3");
     let bad = Command::new(env!("CARGO_BIN_EXE_quarryctl")).args(["frobnicate"]).output().expect("runs");
     assert_eq!(bad.status.code(), Some(2), "bad usage exits with 2");
+
+    // range: keys across groups, in order, with a limit.
+    for k in ["r-a", "r-b", "r-c"] {
+        assert!(ctl(&["put", k, &k.to_uppercase()]).status.success());
+    }
+    let out = ctl(&["range", "r-", "r.", "--limit", "2"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "r-a\tR-A\nr-b\tR-B\n(more)");
+
+    // snapshot status reads a file offline and refuses a damaged one.
+    let dir = cluster.dir.path().join("snaps");
+    let meta = quarry::raft::SnapshotMeta { index: 9, term: 2, conf_state: Default::default() };
+    quarry::snapshot::SnapshotStore::open(&dir).expect("store").save(4, &meta, b"image bytes").expect("save");
+    let file = std::fs::read_dir(&dir).expect("dir").next().expect("a file").expect("entry").path();
+    let file = file.to_str().expect("utf-8 path");
+    let out = ctl(&["--json", "snapshot", "status", file]);
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(
+        (status["group"].as_u64(), status["index"].as_u64(), status["size"].as_u64()),
+        (Some(4), Some(9), Some(11))
+    );
+    let mut bytes = std::fs::read(file).expect("read");
+    let at = bytes.windows(5).position(|w| w == b"image").expect("image bytes in the file");
+    bytes[at] ^= 1;
+    std::fs::write(file, bytes).expect("write");
+    let out = ctl(&["snapshot", "status", file]);
+    assert_eq!(out.status.code(), Some(1), "a damaged snapshot exits with 1");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("checksum"), "{}", String::from_utf8_lossy(&out.stderr));
+
+    let out = ctl(&["completions", "bash"]);
+    assert!(out.status.success() && String::from_utf8_lossy(&out.stdout).contains("quarryctl"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
