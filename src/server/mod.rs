@@ -36,6 +36,10 @@ const OUTBOUND_MAX: usize = 4096;
 const GRPC_MESSAGE_MAX_BYTES: usize = 64 << 20;
 /// How long requests in flight may finish after SIGTERM.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+/// Requests one connection may have in flight (clients multiplex many on one).
+const REQUESTS_PER_CONNECTION_MAX: usize = 1024;
+/// HTTP/2 streams one connection may open at once.
+const STREAMS_PER_CONNECTION_MAX: u32 = 1024;
 /// Bytes a command adds around its key and value.
 const COMMAND_OVERHEAD_BYTES: u64 = 64;
 
@@ -132,6 +136,8 @@ async fn serve(
     systemd::announce_when_ready(shards);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = Server::builder()
+        .concurrency_limit_per_connection(REQUESTS_PER_CONNECTION_MAX)
+        .max_concurrent_streams(STREAMS_PER_CONNECTION_MAX)
         .add_service(KvServer::new(services.clone()))
         .add_service(LogServer::new(services.clone()))
         .add_service(AdminServer::new(services.clone()))
