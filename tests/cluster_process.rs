@@ -138,6 +138,36 @@ where
     }
 }
 
+/// Writes keys 0..keys (named by `pair`) from `workers` concurrent writers spread
+/// over `clients`, retrying while the cluster settles; every write must succeed.
+async fn put_concurrently(
+    clients: &[KvClient<Channel>],
+    workers: usize,
+    keys: usize,
+    pair: fn(usize) -> (String, String),
+) {
+    let mut tasks = tokio::task::JoinSet::new();
+    for worker in 0..workers {
+        let client = clients[worker % clients.len()].clone();
+        tasks.spawn(async move {
+            for i in (worker..keys).step_by(workers) {
+                let (key, value) = pair(i);
+                let request =
+                    PutRequest { key: Bytes::from(key), value: Bytes::from(value), client_id: 0, sequence: 0 };
+                retry(|| {
+                    let (mut c, r) = (client.clone(), request.clone());
+                    async move { c.put(r).await }
+                })
+                .await
+                .unwrap_or_else(|e| panic!("put {:?}: {e}", request.key));
+            }
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done.expect("writer task");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_three_node_cluster_serves_writes_and_linearizable_reads_from_every_node() {
     let cluster = start_cluster();
@@ -149,29 +179,7 @@ async fn a_three_node_cluster_serves_writes_and_linearizable_reads_from_every_no
 
     // 10,000 keys written through the three nodes, 32 at a time.
     const KEYS: usize = 10_000;
-    let mut tasks = tokio::task::JoinSet::new();
-    for worker in 0..32 {
-        let client = clients[worker % 3].clone();
-        tasks.spawn(async move {
-            for i in (worker..KEYS).step_by(32) {
-                let request = PutRequest {
-                    key: Bytes::from(format!("key-{i}")),
-                    value: Bytes::from(format!("value-{i}")),
-                    client_id: 0,
-                    sequence: 0,
-                };
-                retry(|| {
-                    let (mut c, r) = (client.clone(), request.clone());
-                    async move { c.put(r).await }
-                })
-                .await
-                .unwrap_or_else(|e| panic!("put key-{i}: {e}"));
-            }
-        });
-    }
-    while let Some(done) = tasks.join_next().await {
-        done.expect("writer task");
-    }
+    put_concurrently(&clients, 32, KEYS, |i| (format!("key-{i}"), format!("value-{i}"))).await;
 
     // Every node answers every key (linearizable reads are forwarded to leaders).
     for (n, client) in clients.iter().enumerate() {
@@ -676,29 +684,7 @@ async fn a_node_that_missed_compacted_entries_catches_up_by_snapshot() {
     cluster.kill(3);
     // ~250 entries per group while node 3 is down: every group compacts past them.
     let clients = [KvClient::new(channel(&cluster.addrs[0]).await), KvClient::new(channel(&cluster.addrs[1]).await)];
-    let mut tasks = tokio::task::JoinSet::new();
-    for worker in 0..16 {
-        let client = clients[worker % 2].clone();
-        tasks.spawn(async move {
-            for i in (worker..KEYS).step_by(16) {
-                let put = PutRequest {
-                    key: Bytes::from(format!("snap-{i:05}")),
-                    value: Bytes::from(format!("v{i}")),
-                    client_id: 0,
-                    sequence: 0,
-                };
-                retry(|| {
-                    let (mut c, r) = (client.clone(), put.clone());
-                    async move { c.put(r).await }
-                })
-                .await
-                .unwrap_or_else(|e| panic!("put snap-{i}: {e}"));
-            }
-        });
-    }
-    while let Some(done) = tasks.join_next().await {
-        done.expect("writer");
-    }
+    put_concurrently(&clients, 16, KEYS, |i| (format!("snap-{i:05}"), format!("v{i}"))).await;
     let taken = counter(&cluster.metrics[0], "quarry_snapshots_taken_total").await;
     assert!(taken >= GROUPS, "node 1 took {taken} snapshots");
 
@@ -800,6 +786,45 @@ async fn all_pairs(addr: &str) -> Vec<(Bytes, Bytes)> {
     }
 }
 
+/// `n` puts of `value_size`-byte values over `n` keys through `addrs`, by quarry-bench
+/// with `clients` clients; its JSON summary.
+async fn put_with_bench(addrs: &[String], n: u64, clients: u32, value_size: u32) -> serde_json::Value {
+    let endpoints = addrs.join(",");
+    let load = tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_quarry-bench"))
+            .args(["--endpoints", &endpoints, "--workload", "put", "--keys", &n.to_string()])
+            .args(["--requests", &n.to_string(), "--clients", &clients.to_string()])
+            .args(["--value-size", &value_size.to_string(), "--warmup", "0", "--json", "--no-progress"])
+            .output()
+            .expect("quarry-bench runs")
+    })
+    .await
+    .expect("load");
+    let stdout = String::from_utf8_lossy(&load.stdout);
+    assert!(load.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&load.stderr));
+    serde_json::from_str(&stdout).expect("a JSON summary")
+}
+
+/// Polls node `behind` until every group there has applied what node `ahead` had
+/// committed when the wait began.
+async fn wait_until_applied_everywhere_as_committed_on(cluster: &Cluster, ahead: usize, behind: usize) {
+    let mut admin_ahead = AdminClient::new(channel(&cluster.addrs[ahead - 1]).await);
+    let mut admin_behind = AdminClient::new(channel(&cluster.addrs[behind - 1]).await);
+    let status = admin_ahead.status(StatusRequest {}).await.expect("status").into_inner();
+    let target: Vec<u64> = status.groups.iter().map(|g| g.commit).collect();
+    let deadline = Instant::now() + READY_DEADLINE;
+    loop {
+        if let Ok(status) = admin_behind.status(StatusRequest {}).await {
+            let applied: Vec<u64> = status.into_inner().groups.iter().map(|g| g.applied).collect();
+            if applied.len() == target.len() && applied.iter().zip(&target).all(|(a, t)| a >= t) {
+                return;
+            }
+        }
+        assert!(Instant::now() < deadline, "node {behind} did not catch up with node {ahead}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_down_for_200k_entries_catches_up_by_snapshot_and_disk_stays_bounded() {
     const ENTRIES: u64 = 200_000;
@@ -835,21 +860,8 @@ async fn a_node_down_for_200k_entries_catches_up_by_snapshot_and_disk_stays_boun
             most
         })
     };
-    let endpoints = cluster.addrs[..2].join(",");
     let written = Instant::now();
-    let load = tokio::task::spawn_blocking(move || {
-        Command::new(env!("CARGO_BIN_EXE_quarry-bench"))
-            .args(["--endpoints", &endpoints, "--workload", "put", "--keys", &ENTRIES.to_string()])
-            .args(["--requests", &ENTRIES.to_string(), "--clients", "128", "--value-size", "64"])
-            .args(["--warmup", "0", "--json", "--no-progress"])
-            .output()
-            .expect("quarry-bench runs")
-    })
-    .await
-    .expect("load");
-    let stdout = String::from_utf8_lossy(&load.stdout);
-    assert!(load.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&load.stderr));
-    let summary: serde_json::Value = serde_json::from_str(&stdout).expect("summary");
+    let summary = put_with_bench(&cluster.addrs[..2], ENTRIES, 128, 64).await;
     assert_eq!(summary["requests"], ENTRIES, "every write acknowledged: {summary}");
     eprintln!("200,000 writes in {:.1} s", written.elapsed().as_secs_f64());
     sampling.store(false, std::sync::atomic::Ordering::Relaxed);
@@ -861,21 +873,7 @@ async fn a_node_down_for_200k_entries_catches_up_by_snapshot_and_disk_stays_boun
     // Node 3 comes back: its log ends 200,000 entries ago, long compacted away.
     let restarted = Instant::now();
     cluster.restart(3);
-    let deadline = Instant::now() + READY_DEADLINE;
-    let mut admin3 = AdminClient::new(channel(&cluster.addrs[2]).await);
-    let mut admin1 = AdminClient::new(channel(&cluster.addrs[0]).await);
-    let target: Vec<u64> =
-        admin1.status(StatusRequest {}).await.expect("status").into_inner().groups.iter().map(|g| g.commit).collect();
-    loop {
-        if let Ok(status) = admin3.status(StatusRequest {}).await {
-            let applied: Vec<u64> = status.into_inner().groups.iter().map(|g| g.applied).collect();
-            if applied.len() == target.len() && applied.iter().zip(&target).all(|(a, t)| a >= t) {
-                break;
-            }
-        }
-        assert!(Instant::now() < deadline, "node 3 did not catch up");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_until_applied_everywhere_as_committed_on(&cluster, 1, 3).await;
     eprintln!("node 3 caught up {ENTRIES} entries in {:.2} s", restarted.elapsed().as_secs_f64());
     assert!(counter(&cluster.metrics[2], "quarry_snapshots_installed_total").await >= GROUPS);
     let (on1, on3) = (all_pairs(&cluster.addrs[0]).await, all_pairs(&cluster.addrs[2]).await);
@@ -950,36 +948,11 @@ async fn a_node_far_behind_catches_up_with_a_bulk_log_pull_over_flight() {
     let mut cluster = start_cluster_with(&["--snapshot-distance", "0", "--shards", "1"]);
     wait_for_leaders(&cluster).await;
     cluster.kill(3);
-    let endpoints = cluster.addrs[..2].join(",");
-    let load = tokio::task::spawn_blocking(move || {
-        Command::new(env!("CARGO_BIN_EXE_quarry-bench"))
-            .args(["--endpoints", &endpoints, "--workload", "put", "--keys", &ENTRIES.to_string()])
-            .args(["--requests", &ENTRIES.to_string(), "--clients", "64", "--value-size", "32"])
-            .args(["--warmup", "0", "--json", "--no-progress"])
-            .output()
-            .expect("quarry-bench runs")
-    })
-    .await
-    .expect("load");
-    assert!(load.status.success(), "{}", String::from_utf8_lossy(&load.stderr));
+    put_with_bench(&cluster.addrs[..2], ENTRIES, 64, 32).await;
 
     let restarted = Instant::now();
     cluster.restart(3);
-    let mut admin1 = AdminClient::new(channel(&cluster.addrs[0]).await);
-    let mut admin3 = AdminClient::new(channel(&cluster.addrs[2]).await);
-    let target: Vec<u64> =
-        admin1.status(StatusRequest {}).await.expect("status").into_inner().groups.iter().map(|g| g.commit).collect();
-    let deadline = Instant::now() + READY_DEADLINE;
-    loop {
-        if let Ok(status) = admin3.status(StatusRequest {}).await {
-            let applied: Vec<u64> = status.into_inner().groups.iter().map(|g| g.applied).collect();
-            if applied.len() == target.len() && applied.iter().zip(&target).all(|(a, t)| a >= t) {
-                break;
-            }
-        }
-        assert!(Instant::now() < deadline, "node 3 did not catch up");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_until_applied_everywhere_as_committed_on(&cluster, 1, 3).await;
     let bulk = counter(&cluster.metrics[2], "quarry_peer_catch_up_entries_total").await;
     eprintln!("node 3 caught up in {:.2} s, {bulk} entries in bulk", restarted.elapsed().as_secs_f64());
     // Appends keep flowing beside the bulk pull (the leader does not pause them), so
