@@ -454,7 +454,8 @@ impl<S: StateMachine + Default> Shard<S> {
                 acks.push((group, ready.number, ready.persisted_messages));
             }
         }
-        self.take_due_snapshots()?;
+        let busy: Vec<GroupId> = acks.iter().map(|(group, _, _)| *group).collect();
+        self.take_due_snapshots(&busy)?;
         let stats = TurnStats {
             readies: acks.len(),
             fdatasyncs: 0,
@@ -488,7 +489,11 @@ impl<S: StateMachine + Default> Shard<S> {
     /// Snapshots the groups that applied `snapshot_distance` entries since their last
     /// one, and those pinning the oldest log segment once too many are held; then
     /// releases the segments no group needs.
-    fn take_due_snapshots(&mut self) -> Result<(), ShardError> {
+    ///
+    /// Only groups that had a Ready this turn (`busy`) can have newly reached their
+    /// distance, so only they and the pinning ones are looked at: a turn costs nothing
+    /// per idle group.
+    fn take_due_snapshots(&mut self, busy: &[GroupId]) -> Result<(), ShardError> {
         if self.snapshot_distance == 0 {
             return Ok(());
         }
@@ -500,7 +505,11 @@ impl<S: StateMachine + Default> Shard<S> {
                 Vec::new()
             }
         };
-        for (&group, g) in &self.groups {
+        let mut candidates: Vec<GroupId> = busy.iter().chain(&pinning).copied().collect();
+        candidates.sort_unstable();
+        candidates.dedup();
+        for group in candidates {
+            let Some(g) = self.groups.get(&group) else { continue };
             let base = self.log.borrow().snapshot_meta(group).index;
             let applied = g.state.last_applied();
             let due = applied >= base + self.snapshot_distance || (applied > base && pinning.contains(&group));
