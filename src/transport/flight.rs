@@ -89,6 +89,9 @@ pub trait EntrySource: Send + Sync + 'static {
 
 /// Records per batch of a log tail.
 pub const TAIL_BATCH_RECORDS_MAX: u32 = 1024;
+/// Snapshot and entry transfers a node serves at once; more are refused (the
+/// follower tries again).
+pub const SERVED_TRANSFERS_MAX: usize = 8;
 /// Log tails a node serves at once; more are refused.
 pub const TAILS_MAX: usize = 256;
 /// How often a tail that has caught up looks for new records.
@@ -102,6 +105,7 @@ pub struct FlightEndpoint {
     records: Option<Arc<dyn RecordSource>>,
     entries: Option<Arc<dyn EntrySource>>,
     tails: Arc<tokio::sync::Semaphore>,
+    transfers: Arc<tokio::sync::Semaphore>,
     pub faults: Arc<TransferFaults>,
 }
 
@@ -112,6 +116,7 @@ impl FlightEndpoint {
             records: None,
             entries: None,
             tails: Arc::new(tokio::sync::Semaphore::new(TAILS_MAX)),
+            transfers: Arc::new(tokio::sync::Semaphore::new(SERVED_TRANSFERS_MAX)),
             faults: Arc::default(),
         }
     }
@@ -130,6 +135,7 @@ impl FlightEndpoint {
         let mut number = || parts.next().and_then(|p| p.parse::<u64>().ok()).ok_or_else(bad);
         let (group, from, to) = (number()?, number()?, number()?);
         let source = self.entries.clone().ok_or_else(|| Status::unimplemented("this endpoint serves no entries"))?;
+        let permit = self.transfer_permit()?;
         // The first read fixes the term every later read must still be leader in.
         let first = source.entries(group, from, to).await?;
         let (term, commit, prev_term) = (first.term, first.commit, first.prev_term);
@@ -137,6 +143,7 @@ impl FlightEndpoint {
         let (tx, rx) = tokio::sync::mpsc::channel(READ_AHEAD_CHUNKS);
         let batch_schema = schema.clone();
         tokio::spawn(async move {
+            let _permit = permit;
             let mut range = first;
             loop {
                 let Some(last) = range.entries.last().map(|e| e.index) else { return };
@@ -206,6 +213,12 @@ impl FlightEndpoint {
         let batches = tokio_stream::wrappers::ReceiverStream::new(rx);
         let flight = FlightDataEncoderBuilder::new().with_schema(schema).build(batches);
         Ok(Box::pin(flight.map_err(|e| Status::aborted(e.to_string()))))
+    }
+
+    fn transfer_permit(&self) -> Result<tokio::sync::OwnedSemaphorePermit, Status> {
+        self.transfers.clone().try_acquire_owned().map_err(|_| {
+            Status::resource_exhausted(format!("{SERVED_TRANSFERS_MAX} transfers already served here; retry"))
+        })
     }
 
     fn snapshot_path(&self, group: GroupId, index: Index) -> Result<PathBuf, Status> {
@@ -422,6 +435,7 @@ impl FlightService for FlightEndpoint {
         }
         let (group, index, offset) = parse_ticket(&request.get_ref().ticket)?;
         let path = self.snapshot_path(group, index)?;
+        let permit = self.transfer_permit()?;
         self.faults.requested_offsets.lock().expect("faults lock").push(offset);
         let opened = path.clone();
         let reader = tokio::task::spawn_blocking(move || {
@@ -436,6 +450,7 @@ impl FlightService for FlightEndpoint {
         let (tx, rx) = tokio::sync::mpsc::channel(READ_AHEAD_CHUNKS);
         let faults = self.faults.clone();
         tokio::task::spawn_blocking(move || {
+            let _permit = permit;
             if let Err(e) = stream_chunks(&path, offset, &faults, &tx, reader) {
                 let _ = tx.blocking_send(Err(e));
             }
