@@ -52,6 +52,9 @@ const READ_AHEAD_CHUNKS: usize = 2;
 pub const FETCH_ATTEMPTS_MAX: u32 = 8;
 const FETCH_BACKOFF: Duration = Duration::from_millis(100);
 
+/// Transfer requests whose starting offsets are remembered (for tests).
+const REQUESTS_REMEMBERED: usize = 64;
+
 /// Faults a test injects into the serving side, each firing once, and the offsets
 /// transfers were asked to start at.
 #[derive(Debug)]
@@ -60,6 +63,7 @@ pub struct TransferFaults {
     pub fail_after_chunks: AtomicUsize,
     /// Flip a byte of the chunk with this ordinal (its checksum left as it was).
     pub corrupt_chunk: AtomicUsize,
+    /// The latest `REQUESTS_REMEMBERED` only.
     pub requested_offsets: Mutex<Vec<u64>>,
 }
 
@@ -436,7 +440,13 @@ impl FlightService for FlightEndpoint {
         let (group, index, offset) = parse_ticket(&request.get_ref().ticket)?;
         let path = self.snapshot_path(group, index)?;
         let permit = self.transfer_permit()?;
-        self.faults.requested_offsets.lock().expect("faults lock").push(offset);
+        {
+            let mut offsets = self.faults.requested_offsets.lock().expect("faults lock");
+            if offsets.len() >= REQUESTS_REMEMBERED {
+                offsets.remove(0);
+            }
+            offsets.push(offset);
+        }
         let opened = path.clone();
         let reader = tokio::task::spawn_blocking(move || {
             std::fs::File::open(&opened)
