@@ -309,6 +309,11 @@ impl Client {
         (routing.groups > 0).then(|| routing.leaders.get(&group_of_key(key, routing.groups)).copied()).flatten()
     }
 
+    /// An admin client for endpoint `node` (index into the endpoints given).
+    pub fn admin(&self, node: usize) -> Option<AdminClient<Channel>> {
+        self.channels.get(node).cloned().map(AdminClient::new)
+    }
+
     pub fn nodes(&self) -> usize {
         self.channels.len()
     }

@@ -6,7 +6,12 @@
 use std::io::Write;
 use std::process::ExitCode;
 
+use std::time::Duration;
+
 use bytes::Bytes;
+use indicatif::ProgressBar;
+use quarry::proto::{self, admin_client::AdminClient};
+use tonic::transport::Channel;
 use clap::{Parser, Subcommand};
 use quarry::client::{Client, ClientError};
 use serde::Serialize;
@@ -48,6 +53,16 @@ enum Cmd {
     },
     /// Every node's view of every group: leader, term, commit, applied, lag.
     Status,
+    /// Cluster members: list, add, promote, remove, replace.
+    Member {
+        #[command(subcommand)]
+        command: MemberCmd,
+    },
+    /// Group leadership: transfer one group, drain a node, balance leaders.
+    Leader {
+        #[command(subcommand)]
+        command: LeaderCmd,
+    },
     /// Snapshot files.
     Snapshot {
         #[command(subcommand)]
@@ -55,6 +70,37 @@ enum Cmd {
     },
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions { shell: clap_complete::Shell },
+}
+
+#[derive(Subcommand)]
+enum MemberCmd {
+    /// The members and the change in progress, if any.
+    List,
+    /// Add a node (started with --initial-cluster-state existing): it becomes a
+    /// learner in every group, catches up, and is promoted to voter.
+    Add {
+        node: u64,
+        address: String,
+        /// Stop once it is a learner everywhere (promote it later).
+        #[arg(long)]
+        learner: bool,
+    },
+    /// Promote a caught-up learner to voter in every group.
+    Promote { node: u64 },
+    /// Remove a node from every group (its leaderships move first).
+    Remove { node: u64 },
+    /// Replace a (failed) node with a new one, in one joint change per group.
+    Replace { old: u64, new: u64, address: String },
+}
+
+#[derive(Subcommand)]
+enum LeaderCmd {
+    /// Hand one group's leadership to a voter.
+    Transfer { group: u64, to: u64 },
+    /// Move every leadership off a node (before maintenance).
+    Drain { node: u64 },
+    /// Spread group leaders evenly over the voters.
+    Balance,
 }
 
 #[derive(Subcommand)]
@@ -137,6 +183,8 @@ async fn run(client: &Client, command: Cmd, json: bool) -> Result<ExitCode, Clie
             print(json, &serde_json::json!({ "kvs": rows, "more": more }), &format!("{}{more_line}", lines.join("\n")));
         }
         Cmd::Status => status(client, json).await?,
+        Cmd::Member { command } => member(client, command, json).await?,
+        Cmd::Leader { command } => leader(client, command, json).await?,
         Cmd::Snapshot { .. } | Cmd::Completions { .. } => unreachable!("handled before connecting"),
     }
     Ok(ExitCode::SUCCESS)
@@ -205,6 +253,130 @@ async fn status(client: &Client, json: bool) -> Result<(), ClientError> {
             r.node, r.group, r.role, r.leader, r.term, r.commit, r.applied, r.lag
         );
     }
+    Ok(())
+}
+
+/// Sends an admin request to the first endpoint that takes it. Another endpoint is
+/// tried when one cannot be reached, and the whole list again while the answer is
+/// "unavailable" (no leader yet, leadership moved): member changes are resumable, so
+/// repeating one is safe.
+async fn admin_call<T, F, Fut>(client: &Client, call: F) -> Result<T, ClientError>
+where
+    F: Fn(AdminClient<Channel>) -> Fut,
+    Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+{
+    let mut last = tonic::Status::unavailable("no endpoints");
+    for round in 0..ADMIN_ROUNDS {
+        if round > 0 {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        for node in 0..client.nodes() {
+            let Some(admin) = client.admin(node) else { continue };
+            match call(admin).await {
+                Ok(response) => return Ok(response.into_inner()),
+                Err(status) if status.code() == tonic::Code::Unavailable => last = status,
+                Err(status) => return Err(status.into()),
+            }
+        }
+    }
+    Err(last.into())
+}
+
+/// Rounds over the endpoints before an admin request is given up.
+const ADMIN_ROUNDS: usize = 10;
+
+fn spinner(message: String) -> ProgressBar {
+    let bar = ProgressBar::new_spinner().with_message(message);
+    bar.enable_steady_tick(Duration::from_millis(100));
+    bar
+}
+
+fn print_members(json: bool, members: &[proto::Member], change: &str) {
+    let rows: Vec<_> = members
+        .iter()
+        .map(|m| serde_json::json!({ "node": m.node, "address": m.address, "voter": m.voter }))
+        .collect();
+    let mut text = format!("{:>4} {:<22} {}", "NODE", "ADDRESS", "ROLE");
+    for m in members {
+        text += &format!("\n{:>4} {:<22} {}", m.node, m.address, if m.voter { "voter" } else { "learner" });
+    }
+    if !change.is_empty() {
+        text += &format!("\nin progress: {change}");
+    }
+    print(json, &serde_json::json!({ "members": rows, "change": change }), &text);
+}
+
+async fn member(client: &Client, command: MemberCmd, json: bool) -> Result<(), ClientError> {
+    let done = |what: String, r: proto::MemberChangeResponse| {
+        eprintln!("{what} ({} group changes)", r.groups_changed);
+        print_members(json, &r.members, "");
+    };
+    match command {
+        MemberCmd::List => {
+            let r = admin_call(client, |mut a| async move { a.members(proto::MembersRequest {}).await }).await?;
+            print_members(json, &r.members, &r.change);
+        }
+        MemberCmd::Add { node, address, learner } => {
+            let bar = spinner(format!("adding node {node}: learner in every group, catching up, promoting"));
+            let request = proto::AddMemberRequest { node, address, learner_only: learner };
+            let r = admin_call(client, |mut a| {
+                let request = request.clone();
+                async move { a.add_member(request).await }
+            })
+            .await;
+            bar.finish_and_clear();
+            done(format!("node {node} added"), r?);
+        }
+        MemberCmd::Promote { node } => {
+            let bar = spinner(format!("promoting node {node} in every group"));
+            let r = admin_call(client, |mut a| async move { a.promote_member(proto::PromoteMemberRequest { node }).await })
+                .await;
+            bar.finish_and_clear();
+            done(format!("node {node} promoted"), r?);
+        }
+        MemberCmd::Remove { node } => {
+            let bar = spinner(format!("removing node {node} from every group"));
+            let r = admin_call(client, |mut a| async move { a.remove_member(proto::RemoveMemberRequest { node }).await })
+                .await;
+            bar.finish_and_clear();
+            done(format!("node {node} removed"), r?);
+        }
+        MemberCmd::Replace { old, new, address } => {
+            let bar = spinner(format!("replacing node {old} with node {new}"));
+            let request = proto::ReplaceMemberRequest { old_node: old, new_node: new, new_address: address };
+            let r = admin_call(client, |mut a| {
+                let request = request.clone();
+                async move { a.replace_member(request).await }
+            })
+            .await;
+            bar.finish_and_clear();
+            done(format!("node {old} replaced by node {new}"), r?);
+        }
+    }
+    Ok(())
+}
+
+async fn leader(client: &Client, command: LeaderCmd, json: bool) -> Result<(), ClientError> {
+    let moves = match command {
+        LeaderCmd::Transfer { group, to } => {
+            let request = proto::TransferLeaderRequest { group, to };
+            admin_call(client, |mut a| async move { a.transfer_leader(request).await }).await?;
+            print(json, &serde_json::json!({ "group": group, "leader": to }), &format!("node {to} leads group {group}"));
+            return Ok(());
+        }
+        LeaderCmd::Drain { node } => {
+            admin_call(client, |mut a| async move { a.drain_leaders(proto::DrainLeadersRequest { node }).await }).await?
+        }
+        LeaderCmd::Balance => {
+            admin_call(client, |mut a| async move { a.balance_leaders(proto::BalanceLeadersRequest {}).await }).await?
+        }
+    };
+    let rows: Vec<_> =
+        moves.moves.iter().map(|m| serde_json::json!({ "group": m.group, "from": m.from, "to": m.to })).collect();
+    let lines: Vec<String> =
+        moves.moves.iter().map(|m| format!("group {}: node {} -> node {}", m.group, m.from, m.to)).collect();
+    let text = if lines.is_empty() { "no leadership moved".to_string() } else { lines.join("\n") };
+    print(json, &serde_json::json!({ "moves": rows }), &text);
     Ok(())
 }
 

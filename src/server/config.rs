@@ -25,6 +25,12 @@ pub struct Args {
     /// The address serves the client, admin and peer services.
     #[arg(long)]
     pub initial_cluster: Option<String>,
+    /// `new` founds a cluster with the members of --initial-cluster; `existing` joins a
+    /// running one (after `quarryctl member add`): the node's groups start empty and
+    /// learn everything from their leaders. Ignored once the data dir is initialized
+    /// [default: new].
+    #[arg(long, value_parser = ["new", "existing"])]
+    pub initial_cluster_state: Option<String>,
     /// Refuse peers of another cluster [default: 1].
     #[arg(long)]
     pub cluster_id: Option<u64>,
@@ -65,6 +71,7 @@ struct FileConfig {
     node_id: Option<NodeId>,
     data_dir: Option<PathBuf>,
     initial_cluster: Option<String>,
+    initial_cluster_state: Option<String>,
     cluster_id: Option<u64>,
     groups: Option<u64>,
     shards: Option<usize>,
@@ -83,6 +90,8 @@ pub struct NodeConfig {
     pub node_id: NodeId,
     pub data_dir: PathBuf,
     pub members: BTreeMap<NodeId, SocketAddr>,
+    /// Whether this node founds the cluster (bootstraps its groups with `members`).
+    pub founding: bool,
     pub listen: SocketAddr,
     pub metrics_listen: Option<SocketAddr>,
     pub cluster_id: u64,
@@ -125,6 +134,11 @@ impl Args {
         let heartbeat_ticks = self.heartbeat_ticks.or(file.heartbeat_ticks).unwrap_or(2);
         let max_value_bytes = self.max_value_bytes.or(file.max_value_bytes).unwrap_or(1 << 20);
         let members = parse_cluster(&cluster)?;
+        let founding = match self.initial_cluster_state.or(file.initial_cluster_state).as_deref() {
+            None | Some("new") => true,
+            Some("existing") => false,
+            Some(other) => return Err(format!("initial_cluster_state must be new or existing, not {other:?}")),
+        };
         let listen =
             *members.get(&node_id).ok_or_else(|| format!("--node-id {node_id} is not in --initial-cluster"))?;
         if groups == 0 || groups > GROUPS_MAX {
@@ -154,6 +168,7 @@ impl Args {
             node_id,
             data_dir,
             members,
+            founding,
             listen,
             metrics_listen: self.metrics_listen.or(file.metrics_listen),
             cluster_id: self.cluster_id.or(file.cluster_id).unwrap_or(1),

@@ -7,6 +7,8 @@
 
 mod bulk;
 pub mod config;
+mod identity;
+mod members;
 mod metrics;
 mod router;
 mod service;
@@ -47,13 +49,17 @@ const COMMAND_OVERHEAD_BYTES: u64 = 64;
 pub fn run(config: NodeConfig) -> Result<(), String> {
     std::fs::create_dir_all(&config.data_dir)
         .map_err(|e| format!("cannot create data dir {}: {e}", config.data_dir.display()))?;
+    // Groups are founded once, by the founding members; afterwards (and on a node
+    // joining a running cluster) they start from what the log holds.
+    let initialized = identity::check(&config)?;
+    let founding = config.founding && !initialized;
     let (outbound, outbound_rx) = flume::bounded(OUTBOUND_MAX);
     let metrics = metrics::Metrics::new();
     let mut inboxes = Vec::with_capacity(config.shards);
     let mut threads = Vec::with_capacity(config.shards);
     for index in 0..config.shards {
         let (inbox, inbox_rx) = flume::bounded(shard_thread::INBOX_MAX);
-        let shard_config = shard_config(&config, index);
+        let shard_config = shard_config(&config, index, founding);
         let name = format!("quarry-shard-{index}");
         let thread = shard_thread::spawn(name, shard_config, config.tick, inbox_rx, outbound.clone(), metrics.clone())
             .map_err(|e| format!("cannot start shard {index}: {e}"))?;
@@ -66,7 +72,7 @@ pub fn run(config: NodeConfig) -> Result<(), String> {
         .enable_all()
         .build()
         .map_err(|e| format!("cannot start the network runtime: {e}"))?;
-    let served = runtime.block_on(serve(&config, inboxes, outbound_rx, metrics));
+    let served = runtime.block_on(serve(&config, initialized, inboxes, outbound_rx, metrics));
     runtime.shutdown_timeout(Duration::from_secs(5));
     // Every inbox sender is gone with the runtime: the shards finish their turn and stop.
     for (index, thread) in threads.into_iter().enumerate() {
@@ -83,7 +89,7 @@ fn snapshot_dir(data_dir: &std::path::Path, shard: usize) -> std::path::PathBuf 
     data_dir.join(format!("shard-{shard}")).join("snapshots")
 }
 
-fn shard_config(config: &NodeConfig, index: usize) -> ShardConfig {
+fn shard_config(config: &NodeConfig, index: usize, founding: bool) -> ShardConfig {
     let shards = config.shards as u64;
     let mut raft = Config::new(config.node_id);
     raft.election_ticks = config.election_ticks;
@@ -94,7 +100,7 @@ fn shard_config(config: &NodeConfig, index: usize) -> ShardConfig {
     ShardConfig {
         node: config.node_id,
         groups: (0..config.groups).filter(|g| g % shards == index as u64).collect(),
-        voters: config.members.keys().copied().collect(),
+        voters: if founding { config.members.keys().copied().collect() } else { Vec::new() },
         raft,
         log: ShardLogConfig {
             segment_bytes: config.segment_bytes,
@@ -107,6 +113,7 @@ fn shard_config(config: &NodeConfig, index: usize) -> ShardConfig {
 
 async fn serve(
     config: &NodeConfig,
+    initialized: bool,
     inboxes: Vec<flume::Sender<shard_thread::ShardInput>>,
     outbound: flume::Receiver<(crate::raft::NodeId, crate::transport::peer::Outgoing)>,
     metrics: std::sync::Arc<metrics::Metrics>,
@@ -116,15 +123,17 @@ async fn serve(
     }
     let peer_counters = metrics.peer.clone();
     let shards = inboxes.clone();
-    let router =
-        Router::new(config.node_id, config.groups, config.max_value_bytes, inboxes, config.members.clone(), metrics);
-    let peers = config
-        .members
-        .keys()
-        .filter(|&&id| id != config.node_id)
-        .filter_map(|&id| router.channel(id).map(|channel| (id, channel)))
-        .collect();
-    crate::transport::peer::start(config.node_id, config.cluster_id, peers, outbound, peer_counters);
+    if !initialized {
+        // Once every shard answers, its groups exist in its log.
+        while metrics::collect_status(&shards).await.is_none() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        identity::write(&config.data_dir, config)?;
+    }
+    let book = members::AddressBook::new(config.members.clone());
+    let router = Router::new(config.node_id, config.groups, config.max_value_bytes, inboxes, book, metrics);
+    let links = crate::transport::peer::start(config.node_id, config.cluster_id, outbound, peer_counters);
+    members::follow_registry(router.clone(), links);
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;

@@ -11,12 +11,14 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::Status;
 
 use crate::log::GroupId;
+use crate::proto::admin_client::AdminClient;
 use crate::proto::kv_client::KvClient;
 use crate::proto::log_client::LogClient;
 use crate::raft::NodeId;
 use crate::shard::{group_of_key, Query, RequestError};
 use crate::state::{BuiltinState, Command, Outcome};
 
+use super::members::AddressBook;
 use super::metrics::{MethodLabel, Metrics};
 use super::shard_thread::ShardInput;
 
@@ -31,8 +33,9 @@ pub struct Router {
     pub groups: u64,
     pub max_value_bytes: u64,
     shards: Vec<flume::Sender<ShardInput>>,
-    members: BTreeMap<NodeId, SocketAddr>,
-    channels: Arc<Mutex<BTreeMap<NodeId, Channel>>>,
+    pub book: AddressBook,
+    /// One lazily connected channel per peer, for the address it was made for.
+    channels: Arc<Mutex<BTreeMap<NodeId, (SocketAddr, Channel)>>>,
     metrics: Arc<Metrics>,
 }
 
@@ -42,10 +45,10 @@ impl Router {
         groups: u64,
         max_value_bytes: u64,
         shards: Vec<flume::Sender<ShardInput>>,
-        members: BTreeMap<NodeId, SocketAddr>,
+        book: AddressBook,
         metrics: Arc<Metrics>,
     ) -> Self {
-        Router { node, groups, max_value_bytes, shards, members, channels: Arc::default(), metrics }
+        Router { node, groups, max_value_bytes, shards, book, channels: Arc::default(), metrics }
     }
 
     fn observe(&self, method: &'static str, started: Instant) {
@@ -104,15 +107,23 @@ impl Router {
 
     /// A channel to `node`'s gRPC address, connected lazily and reused.
     pub fn channel(&self, node: NodeId) -> Option<Channel> {
-        let addr = self.members.get(&node)?;
+        let addr = self.book.get(node)?;
         let mut channels = self.channels.lock().expect("channel cache lock");
-        let channel = channels.entry(node).or_insert_with(|| {
-            Endpoint::from_shared(format!("http://{addr}"))
-                .expect("member addresses are valid URIs")
-                .connect_timeout(Duration::from_secs(2))
-                .connect_lazy()
-        });
-        Some(channel.clone())
+        match channels.get(&node) {
+            Some((cached, channel)) if *cached == addr => Some(channel.clone()),
+            _ => {
+                let channel = Endpoint::from_shared(format!("http://{addr}"))
+                    .expect("socket addresses are valid URIs")
+                    .connect_timeout(Duration::from_secs(2))
+                    .connect_lazy();
+                channels.insert(node, (addr, channel.clone()));
+                Some(channel)
+            }
+        }
+    }
+
+    pub fn admin_client(&self, node: NodeId) -> Option<AdminClient<Channel>> {
+        self.channel(node).map(AdminClient::new)
     }
 
     pub fn kv_client(&self, node: NodeId) -> Option<KvClient<Channel>> {

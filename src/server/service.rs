@@ -9,13 +9,18 @@ use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::log::GroupId;
+use crate::proto::admin_client::AdminClient;
 use crate::proto::{self, admin_server::Admin, kv_server::Kv, log_server::Log, peer_server::Peer, raft_message};
-use crate::raft::NodeId;
+use crate::raft::{ConfChange, NodeId, SingleChange};
 use crate::shard::{CatchUp, EntryRange, RequestError};
 use crate::state::{BuiltinState, Command, Operation, Outcome, KEY_MAX_BYTES};
 use crate::transport::flight::{EntrySource, RecordSource};
 use crate::transport::wire::{decode_batch, SnapshotOffer};
 
+use super::members::changes::{change_here, Coordinator};
+use super::members::leaders::{balance, drain, transfer_here};
+use super::members::view::group_view;
+use super::members::{is_system_key, node_status, REGISTRY_KEY};
 use super::bulk::{start_catch_up, start_snapshot_fetch, BulkTransfers};
 use super::router::{status_of, Router, FORWARDED, REQUEST_TIMEOUT};
 use super::shard_thread::ShardInput;
@@ -37,6 +42,9 @@ fn header(group: GroupId, leader: NodeId) -> Option<proto::ResponseHeader> {
 }
 
 fn check_key(key: &[u8]) -> Result<(), Status> {
+    if is_system_key(key) {
+        return Err(Status::invalid_argument("keys starting with 0xFFFF are reserved for Quarry's own records"));
+    }
     match key.len() {
         0 => Err(Status::invalid_argument("empty key")),
         n if n > KEY_MAX_BYTES => Err(Status::invalid_argument(format!("key of {n} bytes exceeds {KEY_MAX_BYTES}"))),
@@ -257,7 +265,7 @@ impl Services {
         let (start, end) = (req.start.clone(), req.end.clone());
         let query = Box::new(move |s: &BuiltinState| {
             let mut out = BytesMut::new();
-            for (k, v) in s.range(&start, &end, limit as usize) {
+            for (k, v) in s.range(&start, &end, limit as usize).into_iter().filter(|(k, _)| !is_system_key(k)) {
                 out.put_u32_le(k.len() as u32);
                 out.extend_from_slice(&k);
                 out.put_u32_le(v.value.len() as u32);
@@ -422,22 +430,168 @@ impl Services {
 #[tonic::async_trait]
 impl Admin for Services {
     async fn status(&self, _: Request<proto::StatusRequest>) -> Result<Response<proto::StatusResponse>, Status> {
-        let mut groups = Vec::new();
-        for shard in self.router.shards() {
-            let (reply, answer) = flume::bounded(1);
-            shard.try_send(ShardInput::Status { reply }).map_err(|_| Status::unavailable("shard busy or stopped"))?;
-            let status = answer.recv_async().await.map_err(|_| Status::unavailable("shard stopped"))?;
-            groups.extend(status.into_iter().map(|s| proto::GroupStatus {
-                group: s.group,
-                leader: s.leader.unwrap_or(0),
-                term: s.term,
-                commit: s.commit,
-                applied: s.applied,
-                role: format!("{:?}", s.role).to_lowercase(),
-            }));
+        Ok(Response::new(node_status(&self.router, self.cluster_id).await?))
+    }
+
+    async fn members(&self, request: Request<proto::MembersRequest>) -> Result<Response<proto::MembersResponse>, Status> {
+        if let Some(leader) = self.coordinator_elsewhere(&request, None).await? {
+            return self.admin(leader)?.members(forward_request(request.into_inner())).await;
         }
-        groups.sort_by_key(|g| g.group);
-        Ok(Response::new(proto::StatusResponse { node: self.router.node, cluster_id: self.cluster_id, groups }))
+        Ok(Response::new(self.coordinator().members().await?))
+    }
+
+    async fn add_member(
+        &self,
+        request: Request<proto::AddMemberRequest>,
+    ) -> Result<Response<proto::MemberChangeResponse>, Status> {
+        if let Some(leader) = self.coordinator_elsewhere(&request, None).await? {
+            return self.admin(leader)?.add_member(forward_request(request.into_inner())).await;
+        }
+        let req = request.into_inner();
+        let address = parse_address(&req.address)?;
+        Ok(Response::new(self.coordinator().add(req.node, address, req.learner_only).await?))
+    }
+
+    async fn promote_member(
+        &self,
+        request: Request<proto::PromoteMemberRequest>,
+    ) -> Result<Response<proto::MemberChangeResponse>, Status> {
+        if let Some(leader) = self.coordinator_elsewhere(&request, None).await? {
+            return self.admin(leader)?.promote_member(forward_request(request.into_inner())).await;
+        }
+        Ok(Response::new(self.coordinator().promote(request.into_inner().node).await?))
+    }
+
+    async fn remove_member(
+        &self,
+        request: Request<proto::RemoveMemberRequest>,
+    ) -> Result<Response<proto::MemberChangeResponse>, Status> {
+        let node = request.get_ref().node;
+        if let Some(leader) = self.coordinator_elsewhere(&request, Some(node)).await? {
+            return self.admin(leader)?.remove_member(forward_request(request.into_inner())).await;
+        }
+        Ok(Response::new(self.coordinator().remove(node).await?))
+    }
+
+    async fn replace_member(
+        &self,
+        request: Request<proto::ReplaceMemberRequest>,
+    ) -> Result<Response<proto::MemberChangeResponse>, Status> {
+        let old = request.get_ref().old_node;
+        if let Some(leader) = self.coordinator_elsewhere(&request, Some(old)).await? {
+            return self.admin(leader)?.replace_member(forward_request(request.into_inner())).await;
+        }
+        let req = request.into_inner();
+        let address = parse_address(&req.new_address)?;
+        Ok(Response::new(self.coordinator().replace(old, req.new_node, address).await?))
+    }
+
+    async fn transfer_leader(
+        &self,
+        request: Request<proto::TransferLeaderRequest>,
+    ) -> Result<Response<proto::TransferLeaderResponse>, Status> {
+        let (group, to) = (request.get_ref().group, request.get_ref().to);
+        self.check_group(group)?;
+        let view = group_view(&self.router, self.cluster_id, group)
+            .await
+            .ok_or_else(|| Status::unavailable(format!("group {group} has no leader; retry")))?;
+        if view.leader == to {
+            return Ok(Response::new(proto::TransferLeaderResponse { leader: to }));
+        }
+        if !view.conf.voters.contains(&to) {
+            return Err(Status::invalid_argument(format!("node {to} is not a voter of group {group}")));
+        }
+        if view.leader == self.router.node {
+            transfer_here(&self.router, self.cluster_id, group, to).await?;
+        } else if forwarded(&request) {
+            return Err(Status::unavailable(format!("group {group}'s leadership moved; retry")));
+        } else {
+            self.admin(view.leader)?.transfer_leader(forward_request(request.into_inner())).await?;
+        }
+        Ok(Response::new(proto::TransferLeaderResponse { leader: to }))
+    }
+
+    async fn drain_leaders(
+        &self,
+        request: Request<proto::DrainLeadersRequest>,
+    ) -> Result<Response<proto::LeaderMovesResponse>, Status> {
+        let moves = drain(&self.router, self.cluster_id, request.into_inner().node).await?;
+        Ok(Response::new(proto::LeaderMovesResponse { moves }))
+    }
+
+    async fn balance_leaders(
+        &self,
+        _: Request<proto::BalanceLeadersRequest>,
+    ) -> Result<Response<proto::LeaderMovesResponse>, Status> {
+        let moves = balance(&self.router, self.cluster_id).await?;
+        Ok(Response::new(proto::LeaderMovesResponse { moves }))
+    }
+
+    async fn change_group(
+        &self,
+        request: Request<proto::ChangeGroupRequest>,
+    ) -> Result<Response<proto::ChangeGroupResponse>, Status> {
+        self.check_group(request.get_ref().group)?;
+        serve_or_forward!(self, request, admin_client, change_group, |req| {
+            let changes = req
+                .add_learners
+                .iter()
+                .map(|&n| SingleChange::AddLearner(n))
+                .chain(req.add_voters.iter().map(|&n| SingleChange::AddVoter(n)))
+                .chain(req.remove.iter().map(|&n| SingleChange::RemoveNode(n)))
+                .collect();
+            change_here(&self.router, req.group, ConfChange::Change(changes))
+                .await
+                .map(|index| proto::ChangeGroupResponse { index })
+        })
+    }
+
+    async fn snapshot_now(
+        &self,
+        _: Request<proto::SnapshotNowRequest>,
+    ) -> Result<Response<proto::SnapshotNowResponse>, Status> {
+        Err(Status::unimplemented("not yet"))
+    }
+}
+
+fn parse_address(address: &str) -> Result<std::net::SocketAddr, Status> {
+    address.parse().map_err(|_| Status::invalid_argument(format!("{address:?} is not host:port")))
+}
+
+impl Services {
+    fn coordinator(&self) -> Coordinator {
+        Coordinator { router: self.router.clone(), cluster_id: self.cluster_id }
+    }
+
+    fn admin(&self, node: NodeId) -> Result<AdminClient<tonic::transport::Channel>, Status> {
+        self.router.admin_client(node).ok_or_else(|| Status::unavailable(format!("node {node} has no known address")))
+    }
+
+    fn check_group(&self, group: GroupId) -> Result<(), Status> {
+        if group >= self.router.groups {
+            return Err(Status::invalid_argument(format!("group {group} does not exist")));
+        }
+        Ok(())
+    }
+
+    /// Member changes run at the registry group's leader: the node to forward to,
+    /// or `None` to run here. When the change concerns this node (`leaving`), the
+    /// registry's leadership moves away first, so the coordinator stays a member.
+    async fn coordinator_elsewhere<T>(&self, request: &Request<T>, leaving: Option<NodeId>) -> Result<Option<NodeId>, Status> {
+        let group = self.router.group_of(REGISTRY_KEY);
+        let no_leader = || Status::unavailable("the member registry's group has no leader; retry");
+        let view = group_view(&self.router, self.cluster_id, group).await.ok_or_else(no_leader)?;
+        let mut leader = view.leader;
+        if leader == self.router.node && leaving == Some(leader) {
+            let to = view.successor(leader).ok_or_else(no_leader)?;
+            transfer_here(&self.router, self.cluster_id, group, to).await?;
+            leader = to;
+        }
+        match leader {
+            l if l == self.router.node => Ok(None),
+            _ if forwarded(request) => Err(Status::unavailable("the member registry's leader moved; retry")),
+            l => Ok(Some(l)),
+        }
     }
 }
 

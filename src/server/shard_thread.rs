@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use crate::log::GroupId;
-use crate::raft::{Message, NodeId};
+use crate::raft::{ConfChange, Message, NodeId};
 use crate::shard::{EntryRange, GroupStatus, Query, Reply, RequestError, Shard, ShardConfig};
 use crate::state::{BuiltinState, Command, Outcome};
 use crate::transport::peer::Outgoing;
@@ -36,6 +36,17 @@ pub enum ShardInput {
     },
     Status {
         reply: flume::Sender<Vec<GroupStatus>>,
+    },
+    /// A membership change of one group (at its leader).
+    ConfChange {
+        group: GroupId,
+        change: ConfChange,
+        reply: Reply<Outcome>,
+    },
+    TransferLeader {
+        group: GroupId,
+        to: NodeId,
+        reply: flume::Sender<Result<(), RequestError>>,
     },
     /// Committed entries for a follower's bulk catch-up (see `Shard::read_entries`).
     ReadEntries {
@@ -138,6 +149,10 @@ fn handle(shard: &mut Shard<BuiltinState>, input: ShardInput, metrics: &Metrics)
         }
         ShardInput::Status { reply } => {
             let _ = reply.try_send(shard.status());
+        }
+        ShardInput::ConfChange { group, change, reply } => shard.propose_conf_change(group, change, reply),
+        ShardInput::TransferLeader { group, to, reply } => {
+            let _ = reply.try_send(shard.transfer_leader(group, to));
         }
         ShardInput::ReadEntries { group, from, to, reply } => {
             let _ = reply.try_send(shard.read_entries(group, from, to));

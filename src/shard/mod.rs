@@ -21,7 +21,7 @@ use crate::log::io::{flush_one, SegmentWriter};
 use crate::log::store::SnapshotImages;
 use crate::log::{GroupId, GroupStorage, LogError, LogStore, ShardLog, ShardLogConfig};
 use crate::raft::{
-    bootstrap_state, Config, Entry, EntryPayload, HardState, Index, Message, NodeId, ProposeError, RaftNode, ReadCtx,
+    bootstrap_state, Config, ConfChange, ConfState, Entry, EntryPayload, HardState, Index, Message, NodeId, ProposeError, RaftNode, ReadCtx,
     Role, Snapshot, SnapshotMeta, StepError, Storage, Term,
 };
 use crate::snapshot::writer::SnapshotWriter;
@@ -137,6 +137,10 @@ pub struct GroupStatus {
     pub term: Term,
     pub commit: Index,
     pub applied: Index,
+    pub last_index: Index,
+    pub conf: ConfState,
+    /// Only on the leader: each other member's matched index.
+    pub progress: Vec<(NodeId, Index)>,
 }
 
 /// A staged turn waiting for its sync: per group, the Ready number and the messages
@@ -164,7 +168,9 @@ pub struct TurnStats {
 pub struct ShardConfig {
     pub node: NodeId,
     pub groups: Vec<GroupId>,
-    /// The founding voters, for groups created on first start.
+    /// The founding voters, for groups created on first start; empty on a node joining
+    /// an existing cluster, whose groups start empty and learn everything from their
+    /// leaders (the configuration included).
     pub voters: Vec<NodeId>,
     pub raft: Config,
     pub log: ShardLogConfig,
@@ -213,7 +219,7 @@ impl<S: StateMachine + Default> Shard<S> {
         let images: Rc<dyn SnapshotImages> = Rc::new(StoredImages(snapshots.clone()));
         let mut groups = BTreeMap::new();
         for &group in &config.groups {
-            if log.borrow().index().group(group).is_none() {
+            if log.borrow().index().group(group).is_none() && !config.voters.is_empty() {
                 let (entry, hard_state) = bootstrap_state(config.voters.iter().copied());
                 log.borrow_mut().append(group, &[entry])?;
                 log.borrow_mut().set_hard_state(group, hard_state)?;
@@ -288,6 +294,26 @@ impl<S: StateMachine + Default> Shard<S> {
         if let Err(e) = result {
             let _ = reply.try_send(Err(e));
         }
+    }
+
+    /// Proposes a membership change of one group; `reply` hears `Written { revision }`
+    /// with the entry's index once it is applied (the leader then leaves a joint
+    /// configuration on its own).
+    pub fn propose_conf_change(&mut self, group: GroupId, change: ConfChange, reply: Reply<Outcome>) {
+        let result = self.group_mut(group).and_then(|g| {
+            let proposed = g.raft.propose_conf_change(change)?;
+            g.writes.insert(proposed.index, (proposed.term, reply.clone()));
+            Ok(())
+        });
+        if let Err(e) = result {
+            let _ = reply.try_send(Err(e));
+        }
+    }
+
+    /// Starts handing the group's leadership to `to` (a voter); the caller watches
+    /// the leader change.
+    pub fn transfer_leader(&mut self, group: GroupId, to: NodeId) -> Result<(), RequestError> {
+        Ok(self.group_mut(group)?.raft.transfer_leader(to)?)
     }
 
     /// A linearizable read: `query` runs once leadership is confirmed and the state
@@ -384,6 +410,16 @@ impl<S: StateMachine + Default> Shard<S> {
                 term: g.raft.term(),
                 commit: g.raft.committed(),
                 applied: g.state.last_applied(),
+                last_index: g.raft.last_index(),
+                conf: g.raft.conf_state().clone(),
+                progress: g
+                    .raft
+                    .conf_state()
+                    .members()
+                    .into_iter()
+                    .filter(|&peer| peer != self.node)
+                    .filter_map(|peer| g.raft.progress(peer).map(|p| (peer, p.matched)))
+                    .collect(),
             })
             .collect()
     }
@@ -601,7 +637,12 @@ fn apply<S: StateMachine>(g: &mut Group<S>, entry: Entry) {
                 Outcome::Rejected(format!("undecodable command: {e}"))
             }
         }),
-        EntryPayload::Noop | EntryPayload::ConfChange(_) => {
+        EntryPayload::ConfChange(_) => {
+            g.state.skip(index);
+            // Whoever proposed the change learns the index it took effect at.
+            Some(Outcome::Written { revision: index })
+        }
+        EntryPayload::Noop => {
             g.state.skip(index);
             None
         }

@@ -2,6 +2,7 @@
 //! bounded queue, reconnecting with back-off when it breaks.
 
 use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use prometheus_client::metrics::counter::Counter;
@@ -54,21 +55,53 @@ pub struct Outgoing {
     pub catch_up: Vec<CatchUp>,
 }
 
-/// Starts a sender task per peer and a dispatcher that routes shard output to them.
+/// The peers this node streams to: one queue and sender task each. Members come and
+/// go with the cluster's membership.
+#[derive(Clone)]
+pub struct PeerLinks {
+    node: NodeId,
+    cluster_id: u64,
+    queues: Arc<Mutex<BTreeMap<NodeId, flume::Sender<proto::PeerBatch>>>>,
+}
+
+impl PeerLinks {
+    /// Starts streaming to `peer` over `channel`, unless it already is.
+    pub fn connect(&self, peer: NodeId, channel: Channel) {
+        let mut queues = self.queues.lock().expect("peer links lock");
+        if peer == self.node || queues.contains_key(&peer) {
+            return;
+        }
+        let (tx, rx) = flume::bounded(PEER_QUEUE_MAX);
+        queues.insert(peer, tx);
+        tokio::spawn(sender(self.node, self.cluster_id, channel, rx));
+    }
+
+    /// Stops streaming to `peer` (removed from the cluster); its sender task ends.
+    pub fn disconnect(&self, peer: NodeId) {
+        self.queues.lock().expect("peer links lock").remove(&peer);
+    }
+
+    pub fn peers(&self) -> Vec<NodeId> {
+        self.queues.lock().expect("peer links lock").keys().copied().collect()
+    }
+
+    fn queue(&self, peer: NodeId) -> Option<flume::Sender<proto::PeerBatch>> {
+        self.queues.lock().expect("peer links lock").get(&peer).cloned()
+    }
+}
+
+/// Starts the dispatcher that routes shard output to the peers' queues; peers are
+/// added through the returned links.
 pub fn start(
     node: NodeId,
     cluster_id: u64,
-    peers: BTreeMap<NodeId, Channel>,
     outbound: flume::Receiver<(NodeId, Outgoing)>,
     counters: PeerCounters,
-) {
-    let mut queues = BTreeMap::new();
-    for (peer, channel) in peers {
-        let (tx, rx) = flume::bounded(PEER_QUEUE_MAX);
-        queues.insert(peer, tx);
-        tokio::spawn(sender(node, cluster_id, channel, rx));
-    }
+) -> PeerLinks {
+    let links = PeerLinks { node, cluster_id, queues: Arc::default() };
+    let dispatcher_links = links.clone();
     tokio::spawn(async move {
+        let links = dispatcher_links;
         let mut round: BTreeMap<NodeId, Outgoing> = BTreeMap::new();
         while let Ok(first) = outbound.recv_async().await {
             for (to, output) in std::iter::once(first).chain(outbound.try_iter().take(OUTPUTS_PER_ROUND_MAX)) {
@@ -77,7 +110,7 @@ pub fn start(
                 merged.catch_up.extend(output.catch_up);
             }
             for (to, output) in std::mem::take(&mut round) {
-                let Some(queue) = queues.get(&to) else { continue };
+                let Some(queue) = links.queue(to) else { continue };
                 let send = |messages: &[(GroupId, Message)], catch_up: &[CatchUp]| {
                     let batch = wire::encode_batch(cluster_id, node, to, messages, catch_up);
                     let coalesced = batch.heartbeats.as_ref().map_or(0, |h| h.groups.len())
@@ -102,12 +135,14 @@ pub fn start(
             }
         }
     });
+    links
 }
 
 /// Keeps one stream open to a peer, re-opening it after failures.
 async fn sender(node: NodeId, cluster_id: u64, channel: Channel, queue: flume::Receiver<proto::PeerBatch>) {
     let mut backoff = BACKOFF_MIN;
-    loop {
+    // The queue's sender is dropped when the peer leaves the cluster.
+    while !queue.is_disconnected() {
         let mut client = PeerClient::new(channel.clone());
         // Bridge the shared queue into this connection's stream; the pump stops when
         // the connection does.
@@ -123,11 +158,7 @@ async fn sender(node: NodeId, cluster_id: u64, channel: Channel, queue: flume::R
                     eprintln!("node {node} (cluster {cluster_id}): peer stream refused: {}", status.message());
                 }
             }
-            Err(_) => {
-                if queue.is_disconnected() {
-                    return;
-                }
-            }
+            Err(_) => {}
         }
         pump.abort();
         tokio::time::sleep(backoff).await;
