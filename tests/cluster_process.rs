@@ -3,9 +3,9 @@
 //! gets a clear error and the node keeps serving. Every process started is stopped
 //! by PID when the test ends, pass or fail.
 
-use std::net::TcpListener;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+mod process;
+
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -13,160 +13,9 @@ use quarry::proto::admin_client::AdminClient;
 use quarry::proto::kv_client::KvClient;
 use quarry::proto::log_client::LogClient;
 use quarry::proto::{GetRequest, LogAppendRequest, LogReadRequest, PutRequest, StatusRequest};
-use tonic::transport::Channel;
 use tonic::Code;
 
-const GROUPS: u64 = 8;
-const READY_DEADLINE: Duration = Duration::from_secs(60);
-
-struct Cluster {
-    children: Vec<Child>,
-    addrs: Vec<String>,
-    metrics: Vec<String>,
-    initial: String,
-    /// Flags every node gets beyond the basic ones.
-    extra: Vec<String>,
-    dir: tempfile::TempDir,
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        for child in &mut self.children {
-            let _ = child.kill(); // SIGKILL to this PID only
-            let _ = child.wait();
-        }
-    }
-}
-
-fn free_ports(n: usize) -> Vec<u16> {
-    let listeners: Vec<TcpListener> = (0..n).map(|_| TcpListener::bind("127.0.0.1:0").expect("bind")).collect();
-    listeners.iter().map(|l| l.local_addr().expect("addr").port()).collect()
-}
-
-impl Cluster {
-    /// Starts `quarryd` for node `id` (1-based) on its data directory.
-    fn spawn(&self, id: usize) -> Child {
-        let data: PathBuf = self.dir.path().join(format!("node{id}"));
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.path().join(format!("node{id}.log")))
-            .expect("log file");
-        Command::new(env!("CARGO_BIN_EXE_quarryd"))
-            .args(["--node-id", &id.to_string(), "--initial-cluster", &self.initial, "--groups", &GROUPS.to_string()])
-            .args(["--tick-ms", "20", "--metrics-listen", &self.metrics[id - 1]])
-            .args(&self.extra)
-            .arg("--data-dir")
-            .arg(&data)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("quarryd starts")
-    }
-
-    /// SIGKILLs node `id` and waits for it to die.
-    fn kill(&mut self, id: usize) {
-        let child = &mut self.children[id - 1];
-        child.kill().expect("kill");
-        child.wait().expect("reap");
-    }
-
-    fn restart(&mut self, id: usize) {
-        self.children[id - 1] = self.spawn(id);
-    }
-}
-
-fn start_cluster() -> Cluster {
-    start_cluster_with(&[])
-}
-
-fn start_cluster_with(extra: &[&str]) -> Cluster {
-    let dir = tempfile::Builder::new().prefix("quarry-cluster-").tempdir().expect("temp dir");
-    let ports = free_ports(6);
-    let addrs: Vec<String> = ports[..3].iter().map(|p| format!("127.0.0.1:{p}")).collect();
-    let metrics: Vec<String> = ports[3..].iter().map(|p| format!("127.0.0.1:{p}")).collect();
-    let initial = addrs.iter().enumerate().map(|(i, a)| format!("{}={a}", i + 1)).collect::<Vec<_>>().join(",");
-    let extra = extra.iter().map(|s| s.to_string()).collect();
-    let mut cluster = Cluster { children: Vec::new(), addrs, metrics, initial, extra, dir };
-    cluster.children = (1..=3).map(|id| cluster.spawn(id)).collect();
-    cluster
-}
-
-async fn channel(addr: &str) -> Channel {
-    let deadline = Instant::now() + READY_DEADLINE;
-    loop {
-        if let Ok(channel) = Channel::from_shared(format!("http://{addr}")).expect("uri").connect().await {
-            return channel;
-        }
-        assert!(Instant::now() < deadline, "{addr} never accepted a connection");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// Polls every node until each sees a leader for every group.
-async fn wait_for_leaders(cluster: &Cluster) {
-    let deadline = Instant::now() + READY_DEADLINE;
-    for addr in &cluster.addrs {
-        let mut admin = AdminClient::new(channel(addr).await);
-        loop {
-            if let Ok(status) = admin.status(StatusRequest {}).await {
-                let groups = status.into_inner().groups;
-                if groups.len() as u64 == GROUPS && groups.iter().all(|g| g.leader != 0) {
-                    break;
-                }
-            }
-            assert!(Instant::now() < deadline, "{addr}: not every group elected a leader in time");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-}
-
-/// Retries a call while the cluster is settling (no leader yet, leadership moving).
-async fn retry<T, F, Fut>(mut call: F) -> Result<T, tonic::Status>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, tonic::Status>>,
-{
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        match call().await {
-            Err(s) if s.code() == Code::Unavailable && Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            other => return other,
-        }
-    }
-}
-
-/// Writes keys 0..keys (named by `pair`) from `workers` concurrent writers spread
-/// over `clients`, retrying while the cluster settles; every write must succeed.
-async fn put_concurrently(
-    clients: &[KvClient<Channel>],
-    workers: usize,
-    keys: usize,
-    pair: fn(usize) -> (String, String),
-) {
-    let mut tasks = tokio::task::JoinSet::new();
-    for worker in 0..workers {
-        let client = clients[worker % clients.len()].clone();
-        tasks.spawn(async move {
-            for i in (worker..keys).step_by(workers) {
-                let (key, value) = pair(i);
-                let request =
-                    PutRequest { key: Bytes::from(key), value: Bytes::from(value), client_id: 0, sequence: 0 };
-                retry(|| {
-                    let (mut c, r) = (client.clone(), request.clone());
-                    async move { c.put(r).await }
-                })
-                .await
-                .unwrap_or_else(|e| panic!("put {:?}: {e}", request.key));
-            }
-        });
-    }
-    while let Some(done) = tasks.join_next().await {
-        done.expect("writer task");
-    }
-}
+use process::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_three_node_cluster_serves_writes_and_linearizable_reads_from_every_node() {
@@ -350,74 +199,6 @@ async fn sigterm_stops_a_node_cleanly_and_the_rest_keep_serving() {
 }
 
 /// Which node leads `group`, as node `via` sees it.
-async fn leader_of(cluster: &Cluster, via: usize, group: u64) -> Option<usize> {
-    let mut admin = AdminClient::new(channel(&cluster.addrs[via - 1]).await);
-    let status = admin.status(StatusRequest {}).await.ok()?.into_inner();
-    status.groups.iter().find(|g| g.group == group && g.leader != 0).map(|g| g.leader as usize)
-}
-
-const LIN_KEYS: u8 = 4;
-const OPS_PER_CLIENT_MAX: u64 = 100;
-
-/// Concurrent clients put and get a few keys until `stop`; returns their history.
-async fn run_clients(
-    clients: Vec<KvClient<Channel>>,
-    started: Instant,
-    stop: Instant,
-) -> Vec<quarry::sim::linearizability::Operation> {
-    use quarry::sim::linearizability::{OpKind, Operation, Outcome};
-    let mut tasks = tokio::task::JoinSet::new();
-    for worker in 0..8u64 {
-        let mut client = clients[worker as usize % clients.len()].clone();
-        tasks.spawn(async move {
-            let mut history = Vec::new();
-            let micros = |t: Instant| t.duration_since(started).as_micros() as u64;
-            let mut n = 0u64;
-            // Bounded and spread out, so the history stays small enough to check.
-            while Instant::now() < stop && n < OPS_PER_CLIENT_MAX {
-                tokio::time::sleep(Duration::from_millis(40)).await;
-                n += 1;
-                let key = ((worker + n) % LIN_KEYS as u64) as u8;
-                let name = Bytes::from(format!("lin-{key}"));
-                let call = micros(Instant::now());
-                if n.is_multiple_of(2) {
-                    let value = worker * 1_000_000 + n; // unique per operation
-                    let put =
-                        PutRequest { key: name, value: Bytes::from(value.to_string()), client_id: 0, sequence: 0 };
-                    let result = tokio::time::timeout(Duration::from_secs(5), client.put(put)).await;
-                    let (ret, outcome) = match result {
-                        Ok(Ok(_)) => (micros(Instant::now()), Outcome::Done),
-                        Ok(Err(s)) if s.code() == Code::Aborted => continue, // certainly not applied
-                        _ => (u64::MAX, Outcome::Unknown),
-                    };
-                    history.push(Operation { client: worker, key, kind: OpKind::Put(value), call, ret, outcome });
-                } else {
-                    let get = GetRequest { key: name, serializable: false };
-                    if let Ok(Ok(response)) = tokio::time::timeout(Duration::from_secs(5), client.get(get)).await {
-                        let r = response.into_inner();
-                        let seen = r.found.then(|| String::from_utf8_lossy(&r.value).parse::<u64>().expect("numeric"));
-                        let ret = micros(Instant::now());
-                        history.push(Operation {
-                            client: worker,
-                            key,
-                            kind: OpKind::Get,
-                            call,
-                            ret,
-                            outcome: Outcome::Read(seen),
-                        });
-                    }
-                }
-            }
-            history
-        });
-    }
-    let mut history = Vec::new();
-    while let Some(done) = tasks.join_next().await {
-        history.extend(done.expect("client task"));
-    }
-    history
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_a_leader_loses_no_acknowledged_write_and_stays_linearizable() {
     let mut cluster = start_cluster();
@@ -496,18 +277,6 @@ async fn killing_a_leader_loses_no_acknowledged_write_and_stays_linearizable() {
     }
 }
 
-/// A plain HTTP/1.0 GET: (status code, body).
-fn http_get(addr: &str, path: &str) -> (u16, String) {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(addr).expect("metrics port accepts");
-    stream.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").expect("request");
-    let mut response = String::new();
-    stream.read_to_string(&mut response).expect("response");
-    let status = response.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
-    (status, body)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_and_health_describe_the_node() {
@@ -665,16 +434,6 @@ async fn the_rust_client_learns_leaders_and_sends_keys_straight_to_them() {
     }
 }
 
-/// The value of a counter in a node's `/metrics` text (0 when absent).
-async fn counter(metrics_addr: &str, name: &str) -> u64 {
-    let addr = metrics_addr.to_string();
-    let (_, body) = tokio::task::spawn_blocking(move || http_get(&addr, "/metrics")).await.expect("get");
-    body.lines()
-        .find(|l| l.starts_with(name))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_that_missed_compacted_entries_catches_up_by_snapshot() {
