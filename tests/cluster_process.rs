@@ -277,7 +277,6 @@ async fn killing_a_leader_loses_no_acknowledged_write_and_stays_linearizable() {
     }
 }
 
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_and_health_describe_the_node() {
     let cluster = start_cluster();
@@ -433,7 +432,6 @@ async fn the_rust_client_learns_leaders_and_sends_keys_straight_to_them() {
         done.expect("writer");
     }
 }
-
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_that_missed_compacted_entries_catches_up_by_snapshot() {

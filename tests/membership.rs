@@ -61,9 +61,9 @@ async fn wait_for_voters(cluster: &Cluster, via: usize, voters: &[u64]) -> Vec<q
     loop {
         if let Ok(status) = admin.status(StatusRequest {}).await {
             let groups = status.into_inner().groups;
-            let settled = groups.iter().all(|g| {
-                g.voters == voters && g.outgoing_voters.is_empty() && g.learners.is_empty() && g.leader != 0
-            });
+            let settled = groups
+                .iter()
+                .all(|g| g.voters == voters && g.outgoing_voters.is_empty() && g.learners.is_empty() && g.leader != 0);
             if settled && groups.len() as u64 == GROUPS {
                 return groups;
             }
@@ -79,7 +79,12 @@ async fn write_until(client: KvClient<tonic::transport::Channel>, stop: Arc<Atom
     let mut acknowledged = Vec::new();
     let mut i = 0u64;
     while !stop.load(Ordering::Relaxed) {
-        let put = PutRequest { key: Bytes::from(format!("ack-{i}")), value: Bytes::from(i.to_string()), client_id: 0, sequence: 0 };
+        let put = PutRequest {
+            key: Bytes::from(format!("ack-{i}")),
+            value: Bytes::from(i.to_string()),
+            client_id: 0,
+            sequence: 0,
+        };
         let mut c = client.clone();
         if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_secs(5), c.put(put)).await {
             acknowledged.push(i);
@@ -116,12 +121,35 @@ async fn a_cluster_grows_replaces_removes_and_drains_without_losing_a_write() {
     let started = Instant::now();
     let lin = tokio::spawn(run_clients(vec![node1.clone()], started, started + Duration::from_secs(8)));
 
-    // Grow to five.
-    for _ in 0..2 {
-        let id = cluster.start_joining_node();
-        let address = cluster.addrs[id - 1].clone();
-        succeeded("member add", &ctl(&cluster, &[1, 2, 3], &["member", "add", &id.to_string(), &address]));
+    // An add whose new node is not running yet waits for it to catch up; the CLI dies
+    // meanwhile. The change stays recorded, refuses other changes, and finishes when
+    // run again once the node runs.
+    let id = cluster.reserve_node();
+    let address = cluster.addrs[id - 1].clone();
+    let mut interrupted = Command::new(env!("CARGO_BIN_EXE_quarryctl"))
+        .args(["--endpoints", &cluster.addrs[0], "member", "add", &id.to_string(), &address])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("quarryctl starts");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while members(&cluster, &[1]).1 != "adding node 4" {
+        assert!(Instant::now() < deadline, "the add was never recorded");
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    interrupted.kill().expect("kill quarryctl");
+    interrupted.wait().expect("reap quarryctl");
+    let conflicting = ctl(&cluster, &[1], &["member", "remove", "3"]);
+    assert_eq!(conflicting.status.code(), Some(1), "a change while another is in progress is refused");
+    let reason = String::from_utf8_lossy(&conflicting.stderr);
+    assert!(reason.contains("adding node 4 is in progress"), "{reason}");
+    cluster.start_joining(id);
+    succeeded("member add (resumed)", &ctl(&cluster, &[2], &["member", "add", &id.to_string(), &address]));
+
+    // Grow to five.
+    let id = cluster.start_joining_node();
+    let address = cluster.addrs[id - 1].clone();
+    succeeded("member add", &ctl(&cluster, &[1, 2, 3], &["member", "add", &id.to_string(), &address]));
     // The new members caught up by snapshot (the founders' logs are compacted).
     for id in [4, 5] {
         let installed = counter(&cluster.metrics[id - 1], "quarry_snapshots_installed_total").await;
@@ -134,7 +162,11 @@ async fn a_cluster_grows_replaces_removes_and_drains_without_losing_a_write() {
     // Unsafe or conflicting changes are refused with a reason, and change nothing.
     let taken = ctl(&cluster, &[1], &["member", "add", "9", &cluster.addrs[3]]);
     assert_eq!(taken.status.code(), Some(1), "adding at a member's address is refused");
-    assert!(String::from_utf8_lossy(&taken.stderr).contains("already listens"), "{}", String::from_utf8_lossy(&taken.stderr));
+    assert!(
+        String::from_utf8_lossy(&taken.stderr).contains("already listens"),
+        "{}",
+        String::from_utf8_lossy(&taken.stderr)
+    );
     let missing = ctl(&cluster, &[1], &["member", "remove", "42"]);
     assert_eq!(missing.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&missing.stderr).contains("not a member"));
@@ -169,7 +201,11 @@ async fn a_cluster_grows_replaces_removes_and_drains_without_losing_a_write() {
     stop.store(true, Ordering::Relaxed);
     let acknowledged = writer.await.expect("writer");
     let history = lin.await.expect("clients");
-    eprintln!("{} writes acknowledged during the changes; {} operations in the checked history", acknowledged.len(), history.len());
+    eprintln!(
+        "{} writes acknowledged during the changes; {} operations in the checked history",
+        acknowledged.len(),
+        history.len()
+    );
     assert!(acknowledged.len() > 50, "only {} writes acknowledged", acknowledged.len());
     match quarry::sim::linearizability::check(&history) {
         quarry::sim::linearizability::Verdict::Linearizable => {}
@@ -177,7 +213,8 @@ async fn a_cluster_grows_replaces_removes_and_drains_without_losing_a_write() {
     }
 
     // Every acknowledged write, before and during the changes, is on every member.
-    let keys = (0..600).map(|i| (format!("pre-{i}"), format!("v{i}")))
+    let keys = (0..600)
+        .map(|i| (format!("pre-{i}"), format!("v{i}")))
         .chain(acknowledged.iter().map(|i| (format!("ack-{i}"), i.to_string())));
     let keys: Vec<(String, String)> = keys.collect();
     for id in [1, 4, 5, 6] {

@@ -9,12 +9,12 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use bytes::Bytes;
-use indicatif::ProgressBar;
-use quarry::proto::{self, admin_client::AdminClient};
-use tonic::transport::Channel;
 use clap::{Parser, Subcommand};
+use indicatif::ProgressBar;
 use quarry::client::{Client, ClientError};
+use quarry::proto::{self, admin_client::AdminClient};
 use serde::Serialize;
+use tonic::transport::Channel;
 
 #[derive(Parser)]
 #[command(name = "quarryctl", about = "Quarry command-line client")]
@@ -292,10 +292,8 @@ fn spinner(message: String) -> ProgressBar {
 }
 
 fn print_members(json: bool, members: &[proto::Member], change: &str) {
-    let rows: Vec<_> = members
-        .iter()
-        .map(|m| serde_json::json!({ "node": m.node, "address": m.address, "voter": m.voter }))
-        .collect();
+    let rows: Vec<_> =
+        members.iter().map(|m| serde_json::json!({ "node": m.node, "address": m.address, "voter": m.voter })).collect();
     let mut text = format!("{:>4} {:<22} {}", "NODE", "ADDRESS", "ROLE");
     for m in members {
         text += &format!("\n{:>4} {:<22} {}", m.node, m.address, if m.voter { "voter" } else { "learner" });
@@ -329,15 +327,17 @@ async fn member(client: &Client, command: MemberCmd, json: bool) -> Result<(), C
         }
         MemberCmd::Promote { node } => {
             let bar = spinner(format!("promoting node {node} in every group"));
-            let r = admin_call(client, |mut a| async move { a.promote_member(proto::PromoteMemberRequest { node }).await })
-                .await;
+            let r =
+                admin_call(client, |mut a| async move { a.promote_member(proto::PromoteMemberRequest { node }).await })
+                    .await;
             bar.finish_and_clear();
             done(format!("node {node} promoted"), r?);
         }
         MemberCmd::Remove { node } => {
             let bar = spinner(format!("removing node {node} from every group"));
-            let r = admin_call(client, |mut a| async move { a.remove_member(proto::RemoveMemberRequest { node }).await })
-                .await;
+            let r =
+                admin_call(client, |mut a| async move { a.remove_member(proto::RemoveMemberRequest { node }).await })
+                    .await;
             bar.finish_and_clear();
             done(format!("node {node} removed"), r?);
         }
@@ -361,11 +361,16 @@ async fn leader(client: &Client, command: LeaderCmd, json: bool) -> Result<(), C
         LeaderCmd::Transfer { group, to } => {
             let request = proto::TransferLeaderRequest { group, to };
             admin_call(client, |mut a| async move { a.transfer_leader(request).await }).await?;
-            print(json, &serde_json::json!({ "group": group, "leader": to }), &format!("node {to} leads group {group}"));
+            print(
+                json,
+                &serde_json::json!({ "group": group, "leader": to }),
+                &format!("node {to} leads group {group}"),
+            );
             return Ok(());
         }
         LeaderCmd::Drain { node } => {
-            admin_call(client, |mut a| async move { a.drain_leaders(proto::DrainLeadersRequest { node }).await }).await?
+            admin_call(client, |mut a| async move { a.drain_leaders(proto::DrainLeadersRequest { node }).await })
+                .await?
         }
         LeaderCmd::Balance => {
             admin_call(client, |mut a| async move { a.balance_leaders(proto::BalanceLeadersRequest {}).await }).await?

@@ -18,7 +18,12 @@ struct Identity {
 
 impl Identity {
     fn of(config: &NodeConfig) -> Identity {
-        Identity { cluster_id: config.cluster_id, node_id: config.node_id, groups: config.groups, shards: config.shards }
+        Identity {
+            cluster_id: config.cluster_id,
+            node_id: config.node_id,
+            groups: config.groups,
+            shards: config.shards,
+        }
     }
 }
 
@@ -31,8 +36,7 @@ pub fn check(config: &NodeConfig) -> Result<bool, String> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
         Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
     };
-    let found: Identity =
-        serde_json::from_str(&text).map_err(|e| format!("{} is damaged: {e}", path.display()))?;
+    let found: Identity = serde_json::from_str(&text).map_err(|e| format!("{} is damaged: {e}", path.display()))?;
     let wanted = Identity::of(config);
     if found != wanted {
         return Err(format!(

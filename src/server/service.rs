@@ -17,11 +17,11 @@ use crate::state::{BuiltinState, Command, Operation, Outcome, KEY_MAX_BYTES};
 use crate::transport::flight::{EntrySource, RecordSource};
 use crate::transport::wire::{decode_batch, SnapshotOffer};
 
+use super::bulk::{start_catch_up, start_snapshot_fetch, BulkTransfers};
 use super::members::changes::{change_here, Coordinator};
 use super::members::leaders::{balance, drain, transfer_here};
 use super::members::view::group_view;
 use super::members::{is_system_key, node_status, REGISTRY_KEY};
-use super::bulk::{start_catch_up, start_snapshot_fetch, BulkTransfers};
 use super::router::{status_of, Router, FORWARDED, REQUEST_TIMEOUT};
 use super::shard_thread::ShardInput;
 
@@ -433,7 +433,10 @@ impl Admin for Services {
         Ok(Response::new(node_status(&self.router, self.cluster_id).await?))
     }
 
-    async fn members(&self, request: Request<proto::MembersRequest>) -> Result<Response<proto::MembersResponse>, Status> {
+    async fn members(
+        &self,
+        request: Request<proto::MembersRequest>,
+    ) -> Result<Response<proto::MembersResponse>, Status> {
         if let Some(leader) = self.coordinator_elsewhere(&request, None).await? {
             return self.admin(leader)?.members(forward_request(request.into_inner())).await;
         }
@@ -577,7 +580,11 @@ impl Services {
     /// Member changes run at the registry group's leader: the node to forward to,
     /// or `None` to run here. When the change concerns this node (`leaving`), the
     /// registry's leadership moves away first, so the coordinator stays a member.
-    async fn coordinator_elsewhere<T>(&self, request: &Request<T>, leaving: Option<NodeId>) -> Result<Option<NodeId>, Status> {
+    async fn coordinator_elsewhere<T>(
+        &self,
+        request: &Request<T>,
+        leaving: Option<NodeId>,
+    ) -> Result<Option<NodeId>, Status> {
         let group = self.router.group_of(REGISTRY_KEY);
         let no_leader = || Status::unavailable("the member registry's group has no leader; retry");
         let view = group_view(&self.router, self.cluster_id, group).await.ok_or_else(no_leader)?;

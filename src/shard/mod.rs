@@ -21,8 +21,8 @@ use crate::log::io::{flush_one, SegmentWriter};
 use crate::log::store::SnapshotImages;
 use crate::log::{GroupId, GroupStorage, LogError, LogStore, ShardLog, ShardLogConfig};
 use crate::raft::{
-    bootstrap_state, Config, ConfChange, ConfState, Entry, EntryPayload, HardState, Index, Message, NodeId, ProposeError, RaftNode, ReadCtx,
-    Role, Snapshot, SnapshotMeta, StepError, Storage, Term,
+    bootstrap_state, ConfChange, ConfState, Config, Entry, EntryPayload, HardState, Index, Message, NodeId,
+    ProposeError, RaftNode, ReadCtx, Role, Snapshot, SnapshotMeta, StepError, Storage, Term,
 };
 use crate::snapshot::writer::SnapshotWriter;
 use crate::snapshot::{SnapshotError, SnapshotStore};

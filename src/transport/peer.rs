@@ -149,16 +149,13 @@ async fn sender(node: NodeId, cluster_id: u64, channel: Channel, queue: flume::R
         let (tx, rx) = tokio::sync::mpsc::channel(STREAM_BUFFER);
         let pump = tokio::spawn(pump(queue.clone(), tx));
         let result = client.stream(tokio_stream::wrappers::ReceiverStream::new(rx)).await;
-        match result {
-            Ok(response) => {
-                backoff = BACKOFF_MIN;
-                let mut answers = response.into_inner();
-                // The peer answers only to refuse us (e.g. another cluster's id).
-                if let Err(status) = answers.message().await {
-                    eprintln!("node {node} (cluster {cluster_id}): peer stream refused: {}", status.message());
-                }
+        if let Ok(response) = result {
+            backoff = BACKOFF_MIN;
+            let mut answers = response.into_inner();
+            // The peer answers only to refuse us (e.g. another cluster's id).
+            if let Err(status) = answers.message().await {
+                eprintln!("node {node} (cluster {cluster_id}): peer stream refused: {}", status.message());
             }
-            Err(_) => {}
         }
         pump.abort();
         tokio::time::sleep(backoff).await;

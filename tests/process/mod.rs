@@ -73,14 +73,25 @@ impl Cluster {
     /// Starts a new node (the next id) that joins the running cluster: it knows the
     /// founding members and itself, and its groups start empty. Returns its id.
     pub fn start_joining_node(&mut self) -> usize {
+        let id = self.reserve_node();
+        self.start_joining(id);
+        id
+    }
+
+    /// Picks the next node id and its ports, without starting it.
+    pub fn reserve_node(&mut self) -> usize {
         let ports = free_ports(2);
-        let id = self.addrs.len() + 1;
         self.addrs.push(format!("127.0.0.1:{}", ports[0]));
         self.metrics.push(format!("127.0.0.1:{}", ports[1]));
+        self.addrs.len()
+    }
+
+    /// Starts reserved node `id` as one joining the running cluster.
+    pub fn start_joining(&mut self, id: usize) {
+        assert_eq!(self.children.len() + 1, id, "nodes start in id order");
         let initial = format!("{},{id}={}", self.initial, self.addrs[id - 1]);
         let child = self.spawn_with(id, &initial, &["--initial-cluster-state", "existing"]);
         self.children.push(child);
-        id
     }
 
     /// SIGKILLs node `id` and waits for it to die.
@@ -187,7 +198,6 @@ pub async fn put_concurrently(
     }
 }
 
-
 pub async fn leader_of(cluster: &Cluster, via: usize, group: u64) -> Option<usize> {
     let mut admin = AdminClient::new(channel(&cluster.addrs[via - 1]).await);
     let status = admin.status(StatusRequest {}).await.ok()?.into_inner();
@@ -255,7 +265,6 @@ pub async fn run_clients(
     }
     history
 }
-
 
 /// A plain HTTP/1.0 GET: (status code, body).
 pub fn http_get(addr: &str, path: &str) -> (u16, String) {

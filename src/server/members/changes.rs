@@ -120,7 +120,9 @@ impl Coordinator {
             Operation::Cas { key: REGISTRY_KEY.into(), expected_revision: revision, value: registry.encode() };
         match self.router.propose(group, Command { client: 0, sequence: 0, operation }).await.map_err(status_of)? {
             Outcome::Written { revision } => Ok(revision),
-            Outcome::CasFailed { .. } => Err(Status::aborted("the member registry changed meanwhile; run the command again")),
+            Outcome::CasFailed { .. } => {
+                Err(Status::aborted("the member registry changed meanwhile; run the command again"))
+            }
             other => Err(Status::internal(format!("unexpected registry write outcome {other:?}"))),
         }
     }
@@ -144,7 +146,12 @@ impl Coordinator {
         proto::MemberChangeResponse { members: members_of(registry), groups_changed }
     }
 
-    pub async fn add(&self, node: NodeId, address: SocketAddr, learner_only: bool) -> Result<proto::MemberChangeResponse, Status> {
+    pub async fn add(
+        &self,
+        node: NodeId,
+        address: SocketAddr,
+        learner_only: bool,
+    ) -> Result<proto::MemberChangeResponse, Status> {
         if node == 0 {
             return Err(Status::invalid_argument("node id 0 is reserved"));
         }
@@ -213,7 +220,12 @@ impl Coordinator {
         Ok(Self::answer(&registry, changed))
     }
 
-    pub async fn replace(&self, old: NodeId, new: NodeId, address: SocketAddr) -> Result<proto::MemberChangeResponse, Status> {
+    pub async fn replace(
+        &self,
+        old: NodeId,
+        new: NodeId,
+        address: SocketAddr,
+    ) -> Result<proto::MemberChangeResponse, Status> {
         if new == 0 || new == old {
             return Err(Status::invalid_argument("the new node needs its own id (not 0)"));
         }
@@ -288,7 +300,9 @@ impl Coordinator {
                 Step::Done => return Ok(changed),
                 Step::Wait(reason) => waiting_for = reason,
                 Step::MoveLeader(to) => {
-                    if let Err(e) = super::leaders::transfer(&self.router, self.cluster_id, group, view.leader, to).await {
+                    if let Err(e) =
+                        super::leaders::transfer(&self.router, self.cluster_id, group, view.leader, to).await
+                    {
                         waiting_for = format!("moving group {group}'s leadership to node {to}: {}", e.message());
                     }
                     continue;
@@ -303,7 +317,9 @@ impl Coordinator {
             }
             tokio::time::sleep(POLL).await;
         }
-        Err(Status::deadline_exceeded(format!("gave up after {GROUP_DEADLINE:?}: {waiting_for}; run the command again to resume")))
+        Err(Status::deadline_exceeded(format!(
+            "gave up after {GROUP_DEADLINE:?}: {waiting_for}; run the command again to resume"
+        )))
     }
 
     async fn change_at(&self, leader: NodeId, group: GroupId, changes: Vec<SingleChange>) -> Result<(), Status> {
@@ -318,7 +334,10 @@ impl Coordinator {
                 SingleChange::RemoveNode(n) => remove.push(n),
             }
         }
-        let mut client = self.router.admin_client(leader).ok_or_else(|| Status::unavailable(format!("node {leader} has no address")))?;
+        let mut client = self
+            .router
+            .admin_client(leader)
+            .ok_or_else(|| Status::unavailable(format!("node {leader} has no address")))?;
         client.change_group(proto::ChangeGroupRequest { group, add_learners, add_voters, remove }).await?;
         Ok(())
     }

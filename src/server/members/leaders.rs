@@ -19,7 +19,13 @@ const TRANSFER_DEADLINE: Duration = Duration::from_secs(10);
 const POLL: Duration = Duration::from_millis(20);
 
 /// Hands group `group`'s leadership from `leader` to `to`.
-pub async fn transfer(router: &Router, cluster_id: u64, group: GroupId, leader: NodeId, to: NodeId) -> Result<(), Status> {
+pub async fn transfer(
+    router: &Router,
+    cluster_id: u64,
+    group: GroupId,
+    leader: NodeId,
+    to: NodeId,
+) -> Result<(), Status> {
     if leader == router.node {
         return transfer_here(router, cluster_id, group, to).await;
     }
@@ -92,7 +98,9 @@ pub async fn balance(router: &Router, cluster_id: u64) -> Result<Vec<proto::Lead
             break;
         }
         let movable = view.groups.values().find(|g| {
-            led[&g.group] == busiest && g.conf.voters.contains(&idlest) && g.caught_up(idlest, super::changes::CAUGHT_UP_LAG_MAX)
+            led[&g.group] == busiest
+                && g.conf.voters.contains(&idlest)
+                && g.caught_up(idlest, super::changes::CAUGHT_UP_LAG_MAX)
         });
         let Some(g) = movable else { break };
         led.insert(g.group, idlest);
@@ -112,7 +120,11 @@ fn leader_counts(groups: &BTreeMap<GroupId, super::GroupView>) -> BTreeMap<NodeI
 }
 
 /// Runs the moves one after another (each is quick); the first failure stops them.
-async fn carry_out(router: &Router, cluster_id: u64, moves: Vec<proto::LeaderMove>) -> Result<Vec<proto::LeaderMove>, Status> {
+async fn carry_out(
+    router: &Router,
+    cluster_id: u64,
+    moves: Vec<proto::LeaderMove>,
+) -> Result<Vec<proto::LeaderMove>, Status> {
     for m in &moves {
         transfer(router, cluster_id, m.group, m.from, m.to)
             .await

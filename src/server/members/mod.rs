@@ -139,7 +139,6 @@ pub fn follow_registry(router: Router, links: PeerLinks) {
         }
     }
     tokio::spawn(async move {
-        let mut member = true;
         loop {
             tokio::time::sleep(FOLLOW_PERIOD).await;
             let registry = match local_registry(&router).await {
@@ -151,11 +150,6 @@ pub fn follow_registry(router: Router, links: PeerLinks) {
                 }
             };
             let mut addresses = registry.addresses();
-            if addresses.contains_key(&router.node) != member {
-                member = !member;
-                let now = if member { "a member again" } else { "no longer a member; it can be stopped" };
-                eprintln!("node {}: this node is {now}", router.node);
-            }
             if let Some(own) = router.book.get(router.node) {
                 addresses.entry(router.node).or_insert(own);
             }
