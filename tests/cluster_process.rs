@@ -521,28 +521,6 @@ fn segment_bytes_on_disk(dir: &std::path::Path) -> u64 {
         .sum()
 }
 
-/// Every key and value a node holds, read from its own replica, page by page.
-async fn all_pairs(addr: &str) -> Vec<(Bytes, Bytes)> {
-    let kv = KvClient::new(channel(addr).await);
-    let mut pairs = Vec::new();
-    let mut start = Bytes::from_static(b"\0");
-    loop {
-        let page = quarry::proto::RangeRequest {
-            start: start.clone(),
-            end: Bytes::new(),
-            limit: 10_000,
-            serializable: true,
-            group: None,
-        };
-        let answer = kv.clone().range(page).await.expect("range").into_inner();
-        pairs.extend(answer.kvs.iter().map(|kv| (kv.key.clone(), kv.value.clone())));
-        match answer.kvs.last() {
-            Some(last) if answer.more => start = Bytes::from([&last.key[..], b"\0"].concat()),
-            _ => return pairs,
-        }
-    }
-}
-
 /// `n` puts of `value_size`-byte values over `n` keys through `addrs`, by quarry-bench
 /// with `clients` clients; its JSON summary.
 async fn put_with_bench(addrs: &[String], n: u64, clients: u32, value_size: u32) -> serde_json::Value {

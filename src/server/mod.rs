@@ -10,6 +10,7 @@ pub mod config;
 mod identity;
 mod members;
 mod metrics;
+mod restore;
 mod router;
 mod service;
 mod shard_thread;
@@ -29,6 +30,7 @@ use crate::state::KEY_MAX_BYTES;
 use crate::transport::flight::FlightEndpoint;
 
 pub use config::{Args, NodeConfig};
+pub use restore::restore;
 use router::Router;
 use service::Services;
 

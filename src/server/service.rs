@@ -551,9 +551,31 @@ impl Admin for Services {
 
     async fn snapshot_now(
         &self,
-        _: Request<proto::SnapshotNowRequest>,
+        request: Request<proto::SnapshotNowRequest>,
     ) -> Result<Response<proto::SnapshotNowResponse>, Status> {
-        Err(Status::unimplemented("not yet"))
+        self.check_group(request.get_ref().group)?;
+        serve_or_forward!(self, request, admin_client, snapshot_now, |req| {
+            let (reply, answer) = flume::bounded(1);
+            let input = ShardInput::SnapshotNow { group: req.group, reply };
+            match self.router.shard_of(req.group).try_send(input) {
+                Err(_) => Err(RequestError::Refused("shard queue full or stopped; retry".into())),
+                // A large state takes a while to write: no request timeout here.
+                Ok(()) => match answer.recv_async().await {
+                    Ok(Ok(m)) => Ok(proto::SnapshotNowResponse {
+                        leader: self.router.node,
+                        index: m.meta.index,
+                        term: m.meta.term,
+                        size: m.size,
+                        crc32: m.crc32,
+                        voters: m.meta.conf_state.voters.iter().copied().collect(),
+                        outgoing_voters: m.meta.conf_state.voters_outgoing.iter().copied().collect(),
+                        learners: m.meta.conf_state.learners.iter().copied().collect(),
+                    }),
+                    Ok(Err(e)) => Err(e),
+                    Err(_) => Err(RequestError::Refused("the shard stopped".into())),
+                },
+            }
+        })
     }
 }
 

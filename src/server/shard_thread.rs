@@ -8,6 +8,7 @@ use bytes::Bytes;
 use crate::log::GroupId;
 use crate::raft::{ConfChange, Message, NodeId};
 use crate::shard::{EntryRange, GroupStatus, Query, Reply, RequestError, Shard, ShardConfig};
+use crate::snapshot::Manifest;
 use crate::state::{BuiltinState, Command, Outcome};
 use crate::transport::peer::Outgoing;
 
@@ -47,6 +48,11 @@ pub enum ShardInput {
         group: GroupId,
         to: NodeId,
         reply: flume::Sender<Result<(), RequestError>>,
+    },
+    /// A snapshot of the group now, for a backup (at its leader).
+    SnapshotNow {
+        group: GroupId,
+        reply: Reply<Manifest>,
     },
     /// Committed entries for a follower's bulk catch-up (see `Shard::read_entries`).
     ReadEntries {
@@ -151,6 +157,7 @@ fn handle(shard: &mut Shard<BuiltinState>, input: ShardInput, metrics: &Metrics)
             let _ = reply.try_send(shard.status());
         }
         ShardInput::ConfChange { group, change, reply } => shard.propose_conf_change(group, change, reply),
+        ShardInput::SnapshotNow { group, reply } => shard.snapshot_now(group, reply),
         ShardInput::TransferLeader { group, to, reply } => {
             let _ = reply.try_send(shard.transfer_leader(group, to));
         }

@@ -25,7 +25,7 @@ use crate::raft::{
     ProposeError, RaftNode, ReadCtx, Role, Snapshot, SnapshotMeta, StepError, Storage, Term,
 };
 use crate::snapshot::writer::SnapshotWriter;
-use crate::snapshot::{SnapshotError, SnapshotStore};
+use crate::snapshot::{Manifest, SnapshotError, SnapshotStore};
 use crate::state::{Command, Outcome, StateMachine};
 
 /// Sealed log segments a shard holds before it snapshots the groups pinning the
@@ -36,6 +36,9 @@ pub const SEALED_SEGMENTS_MAX: usize = 4;
 pub const CATCH_UP_MIN_ENTRIES: u64 = 1024;
 /// Ticks before the same follower is invited again for the same group.
 const CATCH_UP_REOFFER_TICKS: u64 = 20;
+/// Requests for a snapshot now (backups) one group may have waiting.
+const SNAPSHOT_REQUESTS_MAX: usize = 16;
+
 /// Bytes of entries one bulk read returns.
 pub const CATCH_UP_READ_MAX_BYTES: u64 = 4 << 20;
 
@@ -189,6 +192,8 @@ pub struct Shard<S: StateMachine + Default> {
     catch_up: BTreeMap<NodeId, Vec<CatchUp>>,
     /// When each (group, follower) was last invited to catch up, in ticks.
     catch_up_offered: BTreeMap<(GroupId, NodeId), u64>,
+    /// Snapshots asked for now, per group: the applied index each must cover.
+    snapshot_requests: BTreeMap<GroupId, Vec<(Index, Reply<Manifest>)>>,
     ticks: u64,
     next_read_ctx: ReadCtx,
     snapshots: Rc<RefCell<SnapshotStore>>,
@@ -252,6 +257,7 @@ impl<S: StateMachine + Default> Shard<S> {
             outbox: BTreeMap::new(),
             catch_up: BTreeMap::new(),
             catch_up_offered: BTreeMap::new(),
+            snapshot_requests: BTreeMap::new(),
             ticks: 0,
             next_read_ctx: 1,
             snapshots,
@@ -314,6 +320,39 @@ impl<S: StateMachine + Default> Shard<S> {
     /// the leader change.
     pub fn transfer_leader(&mut self, group: GroupId, to: NodeId) -> Result<(), RequestError> {
         Ok(self.group_mut(group)?.raft.transfer_leader(to)?)
+    }
+
+    /// Asks the group's leader for a snapshot covering everything applied so far (so
+    /// every write acknowledged before the call); `reply` hears its manifest once the
+    /// file is durable. The file can then be fetched over Flight.
+    pub fn snapshot_now(&mut self, group: GroupId, reply: Reply<Manifest>) {
+        let result = self.group_mut(group).and_then(|g| {
+            if g.raft.role() != Role::Leader {
+                return Err(RequestError::NotLeader { leader: g.raft.leader() });
+            }
+            Ok(g.state.last_applied())
+        });
+        let applied = match result {
+            Ok(applied) => applied,
+            Err(e) => {
+                let _ = reply.try_send(Err(e));
+                return;
+            }
+        };
+        let base = self.log.borrow().snapshot_meta(group).index;
+        if base > 0 && base >= applied {
+            let _ =
+                reply.try_send(self.snapshots.borrow().load(group, base).map(|(m, _)| m).map_err(|e| {
+                    RequestError::Refused(format!("snapshot of group {group} at {base} unreadable: {e}"))
+                }));
+            return;
+        }
+        let waiting = self.snapshot_requests.entry(group).or_default();
+        if waiting.len() >= SNAPSHOT_REQUESTS_MAX {
+            let _ = reply.try_send(Err(RequestError::Refused("too many snapshot requests waiting; retry".into())));
+            return;
+        }
+        waiting.push((applied, reply));
     }
 
     /// A linearizable read: `query` runs once leadership is confirmed and the state
@@ -530,25 +569,28 @@ impl<S: StateMachine + Default> Shard<S> {
     /// distance, so only they and the pinning ones are looked at: a turn costs nothing
     /// per idle group.
     fn take_due_snapshots(&mut self, busy: &[GroupId]) -> Result<(), ShardError> {
-        if self.snapshot_distance == 0 {
+        let automatic = self.snapshot_distance > 0;
+        if !automatic && self.snapshot_requests.is_empty() {
             return Ok(());
         }
         let pinning = {
             let log = self.log.borrow();
-            if log.sealed_segments() > SEALED_SEGMENTS_MAX {
+            if automatic && log.sealed_segments() > SEALED_SEGMENTS_MAX {
                 log.groups_pinning_oldest_segment()
             } else {
                 Vec::new()
             }
         };
-        let mut candidates: Vec<GroupId> = busy.iter().chain(&pinning).copied().collect();
+        let requested: Vec<GroupId> = self.snapshot_requests.keys().copied().collect();
+        let mut candidates: Vec<GroupId> = busy.iter().chain(&pinning).chain(&requested).copied().collect();
         candidates.sort_unstable();
         candidates.dedup();
         for group in candidates {
             let Some(g) = self.groups.get(&group) else { continue };
             let base = self.log.borrow().snapshot_meta(group).index;
             let applied = g.state.last_applied();
-            let due = applied >= base + self.snapshot_distance || (applied > base && pinning.contains(&group));
+            let due = (automatic && applied >= base + self.snapshot_distance)
+                || (applied > base && (pinning.contains(&group) || requested.contains(&group)));
             if due && self.snapshot_writer.can_take(group) {
                 let term =
                     self.log.borrow().term(group, applied).map_err(|_| LogError::Missing { group, index: applied })?;
@@ -572,10 +614,28 @@ impl<S: StateMachine + Default> Shard<S> {
         }
         for (job, result) in finished {
             let (group, meta) = (job.group, job.meta);
-            if let Err(e) = result {
-                // The log keeps its entries; the group is due again next turn.
-                eprintln!("shard of node {}: snapshot of group {group} at {} not written: {e}", self.node, meta.index);
-                continue;
+            let manifest = match result {
+                Ok(manifest) => manifest,
+                Err(e) => {
+                    // The log keeps its entries; the group is due again next turn.
+                    eprintln!(
+                        "shard of node {}: snapshot of group {group} at {} not written: {e}",
+                        self.node, meta.index
+                    );
+                    continue;
+                }
+            };
+            if let Some(waiting) = self.snapshot_requests.get_mut(&group) {
+                waiting.retain(|(covers, reply)| {
+                    let served = *covers <= meta.index;
+                    if served {
+                        let _ = reply.try_send(Ok(manifest.clone()));
+                    }
+                    !served
+                });
+                if waiting.is_empty() {
+                    self.snapshot_requests.remove(&group);
+                }
             }
             let base = self.log.borrow().snapshot_meta(group).index;
             let mut snapshots = self.snapshots.borrow_mut();

@@ -112,12 +112,14 @@ pub struct FileWriteJob {
 }
 
 impl FileWriteJob {
-    pub fn write(&self, image: &[u8]) -> Result<(), SnapshotError> {
+    /// Writes the file; the manifest it holds.
+    pub fn write(&self, image: &[u8]) -> Result<Manifest, SnapshotError> {
         let temp = self.path.with_extension(TEMP_SUFFIX.trim_start_matches('.'));
-        write_file(&temp, &Manifest::of(self.group, self.meta.clone(), image), image)?;
+        let manifest = Manifest::of(self.group, self.meta.clone(), image);
+        write_file(&temp, &manifest, image)?;
         std::fs::rename(&temp, &self.path)?;
         File::open(&self.dir)?.sync_all()?;
-        Ok(())
+        Ok(manifest)
     }
 }
 

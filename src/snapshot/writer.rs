@@ -7,13 +7,13 @@ use std::thread::JoinHandle;
 use bytes::Bytes;
 
 use super::store::FileWriteJob;
-use super::SnapshotError;
+use super::{Manifest, SnapshotError};
 use crate::log::GroupId;
 
 /// Images a shard may have waiting to be written (each held in memory until then).
 pub const WRITES_IN_FLIGHT_MAX: usize = 4;
 
-pub type Written = (FileWriteJob, Result<(), SnapshotError>);
+pub type Written = (FileWriteJob, Result<Manifest, SnapshotError>);
 
 pub struct SnapshotWriter {
     jobs: Option<flume::Sender<(FileWriteJob, Bytes)>>,

@@ -44,6 +44,12 @@ impl BuiltinState {
         self.kv.get(key)
     }
 
+    /// Drops every key starting with `prefix`, outside the log (a restore drops the
+    /// old cluster's own records this way).
+    pub fn remove_prefix(&mut self, prefix: &[u8]) {
+        self.kv.retain(|key, _| !key.starts_with(prefix));
+    }
+
     /// Keys in `[start, end)` (`end` empty: to the end), at most `limit`.
     pub fn range(&self, start: &[u8], end: &[u8], limit: usize) -> Vec<(Bytes, Versioned)> {
         let upper = if end.is_empty() { Bound::Unbounded } else { Bound::Excluded(end) };

@@ -51,7 +51,7 @@ impl Cluster {
     }
 
     fn spawn_with(&self, id: usize, initial: &str, flags: &[&str]) -> Child {
-        let data: PathBuf = self.dir.path().join(format!("node{id}"));
+        let data = self.data_dir(id);
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -68,6 +68,15 @@ impl Cluster {
             .stderr(log)
             .spawn()
             .expect("quarryd starts")
+    }
+
+    /// Starts nodes 1, 2 and 3.
+    pub fn start_founders(&mut self) {
+        self.children = (1..=3).map(|id| self.spawn(id)).collect();
+    }
+
+    pub fn data_dir(&self, id: usize) -> PathBuf {
+        self.dir.path().join(format!("node{id}"))
     }
 
     /// Starts a new node (the next id) that joins the running cluster: it knows the
@@ -111,15 +120,42 @@ pub fn start_cluster() -> Cluster {
 }
 
 pub fn start_cluster_with(extra: &[&str]) -> Cluster {
+    let mut cluster = prepare_cluster(extra);
+    cluster.start_founders();
+    cluster
+}
+
+/// A 3-node cluster's ports and directories, not started (to prepare data dirs).
+pub fn prepare_cluster(extra: &[&str]) -> Cluster {
     let dir = tempfile::Builder::new().prefix("quarry-cluster-").tempdir().expect("temp dir");
     let ports = free_ports(6);
     let addrs: Vec<String> = ports[..3].iter().map(|p| format!("127.0.0.1:{p}")).collect();
     let metrics: Vec<String> = ports[3..].iter().map(|p| format!("127.0.0.1:{p}")).collect();
     let initial = addrs.iter().enumerate().map(|(i, a)| format!("{}={a}", i + 1)).collect::<Vec<_>>().join(",");
     let extra = extra.iter().map(|s| s.to_string()).collect();
-    let mut cluster = Cluster { children: Vec::new(), addrs, metrics, initial, extra, dir };
-    cluster.children = (1..=3).map(|id| cluster.spawn(id)).collect();
-    cluster
+    Cluster { children: Vec::new(), addrs, metrics, initial, extra, dir }
+}
+
+/// Every key and value a node holds, read from its own replica, page by page.
+pub async fn all_pairs(addr: &str) -> Vec<(Bytes, Bytes)> {
+    let kv = KvClient::new(channel(addr).await);
+    let mut pairs = Vec::new();
+    let mut start = Bytes::from_static(b"\0");
+    loop {
+        let page = quarry::proto::RangeRequest {
+            start: start.clone(),
+            end: Bytes::new(),
+            limit: 10_000,
+            serializable: true,
+            group: None,
+        };
+        let answer = kv.clone().range(page).await.expect("range").into_inner();
+        pairs.extend(answer.kvs.iter().map(|kv| (kv.key.clone(), kv.value.clone())));
+        match answer.kvs.last() {
+            Some(last) if answer.more => start = Bytes::from([&last.key[..], b"\0"].concat()),
+            _ => return pairs,
+        }
+    }
 }
 
 pub async fn channel(addr: &str) -> Channel {
