@@ -59,6 +59,7 @@ pub const RETRY_DEADLINE: Duration = Duration::from_secs(10);
 const RETRY_PAUSE: Duration = Duration::from_millis(50);
 
 pub struct Client {
+    endpoints: Vec<String>,
     channels: Vec<Channel>,
     /// Idle session lanes (see [`Lane`]).
     lanes: Mutex<Vec<Lane>>,
@@ -89,7 +90,7 @@ impl Client {
             })
             .collect::<Result<_, _>>()?;
         let routing = Mutex::new(Routing::default());
-        Ok(Client { channels, lanes: Mutex::default(), next: AtomicU64::new(0), routing })
+        Ok(Client { endpoints: addrs.to_vec(), channels, lanes: Mutex::default(), next: AtomicU64::new(0), routing })
     }
 
     /// A session lane for one write: an idle one, or a new one when every lane is
@@ -307,6 +308,11 @@ impl Client {
     pub fn leader_of(&self, key: &[u8]) -> Option<NodeId> {
         let routing = self.routing.lock().expect("routing lock");
         (routing.groups > 0).then(|| routing.leaders.get(&group_of_key(key, routing.groups)).copied()).flatten()
+    }
+
+    /// Endpoint `node` as given.
+    pub fn endpoint(&self, node: usize) -> String {
+        self.endpoints.get(node).cloned().unwrap_or_default()
     }
 
     /// An admin client for endpoint `node` (index into the endpoints given).

@@ -353,9 +353,21 @@ async fn quarryctl_puts_gets_deletes_and_reports_status() {
     let out = ctl(&["get", "greeting"]);
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "hello");
     let out = ctl(&["--json", "status"]);
-    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status --json is JSON");
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status --json is JSON");
+    let rows = &status["groups"];
     assert_eq!(rows.as_array().map(Vec::len), Some(3 * GROUPS as usize), "one row per node and group");
     assert!(rows[0]["leader"].as_u64().is_some_and(|l| l > 0));
+    assert_eq!(rows[0]["voters"], "1,2,3");
+    let nodes = status["nodes"].as_array().expect("nodes");
+    assert!(nodes.iter().all(|n| n["health"] == "ok"), "{nodes:?}");
+    // A node that does not answer is reported, and the exit code says so.
+    let out = Command::new(env!("CARGO_BIN_EXE_quarryctl"))
+        .args(["--endpoints", &format!("{endpoints},127.0.0.1:1"), "--json", "status"])
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(1), "an unreachable endpoint exits with 1");
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status --json is JSON");
+    assert!(status["nodes"][3]["health"].as_str().is_some_and(|h| h.starts_with("unreachable")));
     assert!(ctl(&["delete", "greeting"]).status.success());
     assert_eq!(ctl(&["get", "greeting"]).status.code(), Some(3), "a missing key exits with 3");
     let bad = Command::new(env!("CARGO_BIN_EXE_quarryctl")).args(["frobnicate"]).output().expect("runs");

@@ -58,7 +58,8 @@ enum Cmd {
         #[arg(long)]
         serializable: bool,
     },
-    /// Every node's view of every group: leader, term, commit, applied, lag.
+    /// Every node's health and view of every group: leader, term, commit, applied,
+    /// lag, members. Exits 1 when a node does not answer.
     Status,
     /// Cluster members: list, add, promote, remove, replace.
     Member {
@@ -150,6 +151,18 @@ struct GroupRow {
     commit: u64,
     applied: u64,
     lag: u64,
+    voters: String,
+    learners: String,
+}
+
+#[derive(Serialize)]
+struct NodeRow {
+    endpoint: String,
+    /// 0 when the endpoint did not answer.
+    node: u64,
+    health: String,
+    /// Groups this node leads.
+    leading: usize,
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -386,10 +399,30 @@ fn snapshot_status(file: &Path, json: bool) -> ExitCode {
     }
 }
 
+/// Prints every node's health and its view of every group; an error when a node
+/// does not answer (after printing what the others said), so scripts can check.
 async fn status(client: &Client, json: bool) -> Result<(), ClientError> {
+    let mut nodes = Vec::new();
     let mut rows = Vec::new();
-    for node in 0..client.nodes() {
-        let status = client.status(node).await?;
+    let mut unreachable = 0;
+    for endpoint in 0..client.nodes() {
+        let status = match client.status(endpoint).await {
+            Ok(status) => status,
+            Err(e) => {
+                unreachable += 1;
+                nodes.push(NodeRow {
+                    endpoint: client.endpoint(endpoint),
+                    node: 0,
+                    health: format!("unreachable: {e}"),
+                    leading: 0,
+                });
+                continue;
+            }
+        };
+        let leading = status.groups.iter().filter(|g| g.role == "leader").count();
+        let leaderless = status.groups.iter().filter(|g| g.leader == 0).count();
+        let health = if leaderless == 0 { "ok".to_string() } else { format!("{leaderless} groups without a leader") };
+        nodes.push(NodeRow { endpoint: client.endpoint(endpoint), node: status.node, health, leading });
         rows.extend(status.groups.into_iter().map(|g| GroupRow {
             node: status.node,
             group: g.group,
@@ -399,27 +432,45 @@ async fn status(client: &Client, json: bool) -> Result<(), ClientError> {
             commit: g.commit,
             applied: g.applied,
             lag: g.commit.saturating_sub(g.applied),
+            voters: ids(&g.voters),
+            learners: ids(&g.learners),
         }));
     }
     // Output errors (a closed pipe, say) are ignored: there is no one left to tell.
     let mut out = std::io::stdout().lock();
     if json {
-        let _ = writeln!(out, "{}", serde_json::to_string_pretty(&rows).expect("rows serialize"));
-        return Ok(());
-    }
-    let _ = writeln!(
-        out,
-        "{:>4} {:>5} {:<13} {:>6} {:>6} {:>8} {:>8} {:>5}",
-        "NODE", "GROUP", "ROLE", "LEADER", "TERM", "COMMIT", "APPLIED", "LAG"
-    );
-    for r in rows {
+        let value = serde_json::json!({ "nodes": nodes, "groups": rows });
+        let _ = writeln!(out, "{}", serde_json::to_string_pretty(&value).expect("rows serialize"));
+    } else {
+        let _ = writeln!(out, "{:<22} {:>4} {:>7}  HEALTH", "ENDPOINT", "NODE", "LEADING");
+        for n in &nodes {
+            let _ = writeln!(out, "{:<22} {:>4} {:>7}  {}", n.endpoint, n.node, n.leading, n.health);
+        }
         let _ = writeln!(
             out,
-            "{:>4} {:>5} {:<13} {:>6} {:>6} {:>8} {:>8} {:>5}",
-            r.node, r.group, r.role, r.leader, r.term, r.commit, r.applied, r.lag
+            "\n{:>4} {:>5} {:<13} {:>6} {:>6} {:>8} {:>8} {:>5}  {:<12} LEARNERS",
+            "NODE", "GROUP", "ROLE", "LEADER", "TERM", "COMMIT", "APPLIED", "LAG", "VOTERS"
         );
+        for r in rows {
+            let _ = writeln!(
+                out,
+                "{:>4} {:>5} {:<13} {:>6} {:>6} {:>8} {:>8} {:>5}  {:<12} {}",
+                r.node, r.group, r.role, r.leader, r.term, r.commit, r.applied, r.lag, r.voters, r.learners
+            );
+        }
+    }
+    if unreachable > 0 {
+        return Err(tonic::Status::unavailable(format!(
+            "{unreachable} of {} endpoints did not answer",
+            client.nodes()
+        ))
+        .into());
     }
     Ok(())
+}
+
+fn ids(list: &[u64]) -> String {
+    list.iter().map(u64::to_string).collect::<Vec<_>>().join(",")
 }
 
 /// Sends an admin request to the first endpoint that takes it. Another endpoint is

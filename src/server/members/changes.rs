@@ -21,8 +21,9 @@ use crate::state::{BuiltinState, Command, Operation, Outcome};
 
 /// Groups changed at once during a member change.
 const GROUPS_AT_ONCE: usize = 8;
-/// How long one group may take to reach its goal (a learner catching up included).
-const GROUP_DEADLINE: Duration = Duration::from_secs(120);
+/// How long one pass of a member change over every group may take (learners catching
+/// up included); past it the command fails and can be run again to resume.
+const CHANGE_DEADLINE: Duration = Duration::from_secs(300);
 /// A learner this close to the commit index is promoted.
 pub const CAUGHT_UP_LAG_MAX: u64 = 64;
 const POLL: Duration = Duration::from_millis(50);
@@ -265,12 +266,13 @@ impl Coordinator {
     /// membership changes made.
     async fn drive_every_group(&self, goal: Goal) -> Result<u64, Status> {
         let permits = Arc::new(tokio::sync::Semaphore::new(GROUPS_AT_ONCE));
+        let deadline = Instant::now() + CHANGE_DEADLINE;
         let mut groups = tokio::task::JoinSet::new();
         for group in 0..self.router.groups {
             let (this, permits) = (self.clone(), permits.clone());
             groups.spawn(async move {
                 let _permit = permits.acquire().await.map_err(|_| Status::cancelled("stopping"))?;
-                this.drive_group(group, goal).await
+                this.drive_group(group, goal, deadline).await
             });
         }
         let mut changed = 0;
@@ -281,8 +283,7 @@ impl Coordinator {
     }
 
     /// Moves one group to `goal`, one change at a time, at its leader.
-    async fn drive_group(&self, group: GroupId, goal: Goal) -> Result<u64, Status> {
-        let deadline = Instant::now() + GROUP_DEADLINE;
+    async fn drive_group(&self, group: GroupId, goal: Goal, deadline: Instant) -> Result<u64, Status> {
         let mut changed = 0;
         let mut waiting_for = format!("group {group} has no leader");
         while Instant::now() < deadline {
@@ -318,7 +319,7 @@ impl Coordinator {
             tokio::time::sleep(POLL).await;
         }
         Err(Status::deadline_exceeded(format!(
-            "gave up after {GROUP_DEADLINE:?}: {waiting_for}; run the command again to resume"
+            "gave up after {CHANGE_DEADLINE:?}: {waiting_for}; run the command again to resume"
         )))
     }
 
@@ -365,4 +366,62 @@ pub fn members_of(registry: &Registry) -> Vec<proto::Member> {
         .iter()
         .map(|(&node, m)| proto::Member { node, address: m.address.to_string(), voter: m.voter })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::raft::ConfState;
+
+    fn group(leader: NodeId, voters: &[NodeId], learners: &[NodeId], matched: &[(NodeId, u64)]) -> GroupView {
+        GroupView {
+            group: 7,
+            leader,
+            term: 3,
+            commit: 1_000,
+            conf: ConfState { learners: learners.iter().copied().collect(), ..ConfState::new(voters.iter().copied()) },
+            matched: matched.iter().copied().collect(),
+        }
+    }
+
+    fn changes(step: Step) -> Vec<SingleChange> {
+        match step {
+            Step::Change(changes) => changes,
+            Step::Done => panic!("done"),
+            Step::Wait(why) => panic!("waits: {why}"),
+            Step::MoveLeader(to) => panic!("moves leadership to {to}"),
+        }
+    }
+
+    #[test]
+    fn a_new_node_joins_as_learner_and_is_promoted_only_once_caught_up() {
+        let g = group(1, &[1, 2, 3], &[], &[(2, 1_000), (3, 1_000)]);
+        assert_eq!(changes(Goal::Voter(4).next_step(&g)), [SingleChange::AddLearner(4)]);
+        let behind = group(1, &[1, 2, 3], &[4], &[(4, 10)]);
+        assert!(matches!(Goal::Voter(4).next_step(&behind), Step::Wait(_)));
+        let close = group(1, &[1, 2, 3], &[4], &[(4, 1_000 - CAUGHT_UP_LAG_MAX)]);
+        assert_eq!(changes(Goal::Voter(4).next_step(&close)), [SingleChange::AddVoter(4)]);
+        assert!(matches!(Goal::Voter(4).next_step(&group(1, &[1, 2, 3, 4], &[], &[])), Step::Done));
+    }
+
+    #[test]
+    fn a_leader_being_removed_hands_over_to_the_most_caught_up_voter_first() {
+        let g = group(2, &[1, 2, 3], &[], &[(1, 900), (3, 1_000)]);
+        assert!(matches!(Goal::Removed(2).next_step(&g), Step::MoveLeader(3)));
+        let g = group(1, &[1, 2, 3], &[], &[(2, 1_000), (3, 1_000)]);
+        assert_eq!(changes(Goal::Removed(2).next_step(&g)), [SingleChange::RemoveNode(2)]);
+        assert!(matches!(Goal::Removed(2).next_step(&group(1, &[1, 3], &[], &[])), Step::Done));
+    }
+
+    #[test]
+    fn a_replacement_is_one_joint_swap_after_the_new_node_caught_up() {
+        let fresh = group(1, &[1, 2, 3], &[], &[]);
+        let swap = Goal::Swapped { old: 3, new: 4 };
+        assert_eq!(changes(swap.next_step(&fresh)), [SingleChange::AddLearner(4)]);
+        let caught_up = group(1, &[1, 2, 3], &[4], &[(4, 1_000)]);
+        assert_eq!(changes(swap.next_step(&caught_up)), [SingleChange::AddVoter(4), SingleChange::RemoveNode(3)]);
+        let old_leads = group(3, &[1, 2, 3], &[4], &[(1, 1_000), (4, 1_000)]);
+        assert!(matches!(swap.next_step(&old_leads), Step::MoveLeader(_)));
+        assert!(matches!(swap.next_step(&group(1, &[1, 2, 4], &[], &[])), Step::Done));
+    }
 }
