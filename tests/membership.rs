@@ -73,6 +73,13 @@ async fn wait_for_voters(cluster: &Cluster, via: usize, voters: &[u64]) -> Vec<q
     }
 }
 
+/// Sends `signal` to node `id`'s process (by PID).
+fn signal(cluster: &Cluster, id: usize, signal: libc::c_int) {
+    let pid = cluster.children[id - 1].id() as libc::pid_t;
+    // SAFETY: kill(2) on a PID this test started and has not reaped.
+    assert_eq!(unsafe { libc::kill(pid, signal) }, 0, "signal node {id}");
+}
+
 /// Writes distinct keys through `client` until `stop`, one at a time; the keys whose
 /// write was acknowledged.
 async fn write_until(client: KvClient<tonic::transport::Channel>, stop: Arc<AtomicBool>) -> Vec<u64> {
@@ -121,34 +128,48 @@ async fn a_cluster_grows_replaces_removes_and_drains_without_losing_a_write() {
     let started = Instant::now();
     let lin = tokio::spawn(run_clients(vec![node1.clone()], started, started + Duration::from_secs(8)));
 
-    // An add whose new node is not running yet waits for it to catch up; the CLI dies
-    // meanwhile. The change stays recorded, refuses other changes, and finishes when
-    // run again once the node runs.
+    // A node that is not running cannot be added.
     let id = cluster.reserve_node();
     let address = cluster.addrs[id - 1].clone();
+    let absent = ctl(&cluster, &[1], &["member", "add", &id.to_string(), &address]);
+    assert_eq!(absent.status.code(), Some(1), "adding a node that does not answer is refused");
+    assert!(String::from_utf8_lossy(&absent.stderr).contains("does not answer"));
+
+    // Node 4 joins as a learner, then stops answering (SIGSTOP). Its promotion waits
+    // for it; the CLI dies meanwhile. The change stays recorded, refuses other
+    // changes, and finishes when run again once node 4 runs.
+    cluster.start_joining(id);
+    channel(&cluster.addrs[id - 1]).await; // serving
+    succeeded("member add --learner", &ctl(&cluster, &[1], &["member", "add", &id.to_string(), &address, "--learner"]));
+    assert_eq!(members(&cluster, &[1]).0, [(1, true), (2, true), (3, true), (4, false)].into());
+    signal(&cluster, id, libc::SIGSTOP);
     let mut interrupted = Command::new(env!("CARGO_BIN_EXE_quarryctl"))
-        .args(["--endpoints", &cluster.addrs[0], "member", "add", &id.to_string(), &address])
+        .args(["--endpoints", &cluster.addrs[0], "member", "promote", &id.to_string()])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
         .expect("quarryctl starts");
     let deadline = Instant::now() + Duration::from_secs(30);
     while members(&cluster, &[1]).1 != "adding node 4" {
-        assert!(Instant::now() < deadline, "the add was never recorded");
+        assert!(Instant::now() < deadline, "the promotion was never recorded");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // Well past an election timeout: a silent learner is never promoted.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(interrupted.try_wait().expect("poll quarryctl").is_none(), "promoted a learner that does not answer");
     interrupted.kill().expect("kill quarryctl");
     interrupted.wait().expect("reap quarryctl");
     let conflicting = ctl(&cluster, &[1], &["member", "remove", "3"]);
     assert_eq!(conflicting.status.code(), Some(1), "a change while another is in progress is refused");
     let reason = String::from_utf8_lossy(&conflicting.stderr);
     assert!(reason.contains("adding node 4 is in progress"), "{reason}");
-    cluster.start_joining(id);
-    succeeded("member add (resumed)", &ctl(&cluster, &[2], &["member", "add", &id.to_string(), &address]));
+    signal(&cluster, id, libc::SIGCONT);
+    succeeded("member promote (resumed)", &ctl(&cluster, &[2], &["member", "promote", &id.to_string()]));
 
     // Grow to five.
     let id = cluster.start_joining_node();
     let address = cluster.addrs[id - 1].clone();
+    channel(&cluster.addrs[id - 1]).await; // serving
     succeeded("member add", &ctl(&cluster, &[1, 2, 3], &["member", "add", &id.to_string(), &address]));
     // The new members caught up by snapshot (the founders' logs are compacted).
     for id in [4, 5] {
@@ -175,6 +196,7 @@ async fn a_cluster_grows_replaces_removes_and_drains_without_losing_a_write() {
     cluster.kill(3);
     let id = cluster.start_joining_node();
     let address = cluster.addrs[id - 1].clone();
+    channel(&cluster.addrs[id - 1]).await; // serving
     succeeded("member replace", &ctl(&cluster, &[1, 2], &["member", "replace", "3", &id.to_string(), &address]));
     wait_for_voters(&cluster, 6, &[1, 2, 4, 5, 6]).await;
 
@@ -234,4 +256,37 @@ async fn a_cluster_grows_replaces_removes_and_drains_without_losing_a_write() {
             }
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_started_as_a_founder_is_refused_and_joins_once_started_right() {
+    let mut cluster = start_cluster();
+    wait_for_leaders(&cluster).await;
+    // Node 4 wrongly started as a founding member: its groups have their own entry 1.
+    let id = cluster.reserve_node();
+    cluster.start_new(id, &[]);
+    let address = cluster.addrs[id - 1].clone();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let refused = loop {
+        let out = ctl(&cluster, &[1], &["member", "add", "4", &address]);
+        let reason = String::from_utf8_lossy(&out.stderr).into_owned();
+        if reason.contains("already holds group data") {
+            break out;
+        }
+        // Until node 4 answers, the add would go ahead: it must not have got that far.
+        assert!(!out.status.success(), "a node holding its own bootstrap was added");
+        assert!(Instant::now() < deadline, "never refused: {reason}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(refused.status.code(), Some(1));
+    assert_eq!(members(&cluster, &[1]).0, [(1, true), (2, true), (3, true)].into(), "nothing recorded");
+
+    // Restarted empty, as a joining node, it is added.
+    cluster.kill(id);
+    std::fs::remove_dir_all(cluster.data_dir(id)).expect("wipe node 4");
+    cluster.children.pop();
+    cluster.start_joining(id);
+    channel(&cluster.addrs[id - 1]).await; // serving
+    succeeded("member add", &ctl(&cluster, &[1], &["member", "add", "4", &address]));
+    wait_for_voters(&cluster, 4, &[1, 2, 3, 4]).await;
 }

@@ -142,8 +142,9 @@ pub struct GroupStatus {
     pub applied: Index,
     pub last_index: Index,
     pub conf: ConfState,
-    /// Only on the leader: each other member's matched index.
-    pub progress: Vec<(NodeId, Index)>,
+    /// Only on the leader: each other member's matched index, and whether it was
+    /// heard from recently.
+    pub progress: Vec<(NodeId, Index, bool)>,
 }
 
 /// A staged turn waiting for its sync: per group, the Ready number and the messages
@@ -457,7 +458,7 @@ impl<S: StateMachine + Default> Shard<S> {
                     .members()
                     .into_iter()
                     .filter(|&peer| peer != self.node)
-                    .filter_map(|peer| g.raft.progress(peer).map(|p| (peer, p.matched)))
+                    .filter_map(|peer| g.raft.progress(peer).map(|p| (peer, p.matched, p.recent_active)))
                     .collect(),
             })
             .collect()

@@ -97,9 +97,14 @@ impl Cluster {
 
     /// Starts reserved node `id` as one joining the running cluster.
     pub fn start_joining(&mut self, id: usize) {
+        self.start_new(id, &["--initial-cluster-state", "existing"]);
+    }
+
+    /// Starts reserved node `id` knowing the founders and itself, with `flags`.
+    pub fn start_new(&mut self, id: usize, flags: &[&str]) {
         assert_eq!(self.children.len() + 1, id, "nodes start in id order");
         let initial = format!("{},{id}={}", self.initial, self.addrs[id - 1]);
-        let child = self.spawn_with(id, &initial, &["--initial-cluster-state", "existing"]);
+        let child = self.spawn_with(id, &initial, flags);
         self.children.push(child);
     }
 

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use bytes::{Buf, BufMut, BytesMut};
 use tonic::Status;
 
-use super::view::{cluster_view, group_view, GroupView};
+use super::view::{self, cluster_view, group_view, GroupView};
 use super::{Change, Member, Registry, REGISTRY_KEY};
 use crate::log::GroupId;
 use crate::proto;
@@ -52,6 +52,7 @@ impl Goal {
             let matched = g.matched.get(&n).copied().unwrap_or(0);
             Step::Wait(format!("node {n} is catching up in group {} ({matched} of {})", g.group, g.commit))
         };
+        let silent = |n: NodeId| Step::Wait(format!("node {n} is not answering the leader of group {}", g.group));
         let away_from = |n: NodeId| match g.successor(n) {
             Some(to) => Step::MoveLeader(to),
             None => Step::Wait(format!("no other voter can lead group {}", g.group)),
@@ -62,6 +63,8 @@ impl Goal {
             Goal::Voter(n) if voters.contains(&n) => Step::Done,
             Goal::Voter(n) if !members.contains(&n) => Step::Change(vec![SingleChange::AddLearner(n)]),
             Goal::Voter(n) if !g.caught_up(n, CAUGHT_UP_LAG_MAX) => catching_up(n),
+            // A learner that stopped answering would weaken the quorum it joins.
+            Goal::Voter(n) if !g.active.contains(&n) => silent(n),
             Goal::Voter(n) => Step::Change(vec![SingleChange::AddVoter(n)]),
             Goal::Removed(n) if !members.contains(&n) => Step::Done,
             Goal::Removed(n) if g.leader == n => away_from(n),
@@ -71,6 +74,7 @@ impl Goal {
             Goal::Swapped { new, .. } if !voters.contains(&new) && !g.caught_up(new, CAUGHT_UP_LAG_MAX) => {
                 catching_up(new)
             }
+            Goal::Swapped { new, .. } if !voters.contains(&new) && !g.active.contains(&new) => silent(new),
             Goal::Swapped { old, .. } if g.leader == old => away_from(old),
             // One joint change swaps them: neither half of it ever lacks a quorum
             // that the old configuration had.
@@ -169,6 +173,9 @@ impl Coordinator {
             Some(m) if m.voter && registry.change.is_none() => return Ok(Self::answer(&registry, 0)),
             _ => {}
         }
+        if !registry.members.contains_key(&node) {
+            self.check_joining_node(node, address).await?;
+        }
         let voter = registry.members.get(&node).is_some_and(|m| m.voter);
         registry.members.insert(node, Member { address, voter });
         registry.change = Some(change);
@@ -181,6 +188,31 @@ impl Coordinator {
         registry.change = None;
         self.store(&registry, revision).await?;
         Ok(Self::answer(&registry, changed))
+    }
+
+    /// A node about to be added must be running, be the one named, of this cluster,
+    /// and hold no group data yet: one started as a founding member has its own
+    /// bootstrap entry at index 1, which would pass for the cluster's entry 1 (same
+    /// index and term) and corrupt its view of every group.
+    async fn check_joining_node(&self, node: NodeId, address: SocketAddr) -> Result<(), Status> {
+        let refuse = |why: String| Err(Status::failed_precondition(format!("the node at {address} {why}")));
+        let Some(status) = view::probe(address).await else {
+            return refuse("does not answer; start it first, with --initial-cluster-state existing".into());
+        };
+        if status.node != node {
+            return refuse(format!("is node {}, not node {node}", status.node));
+        }
+        if status.cluster_id != self.cluster_id {
+            return refuse(format!("belongs to cluster {}, not {}", status.cluster_id, self.cluster_id));
+        }
+        if status.groups.iter().any(|g| g.last_index > 0 || !g.voters.is_empty()) {
+            return refuse(
+                "already holds group data (started as a founding member?); restart it with an empty data dir and \
+                 --initial-cluster-state existing"
+                    .into(),
+            );
+        }
+        Ok(())
     }
 
     pub async fn promote(&self, node: NodeId) -> Result<proto::MemberChangeResponse, Status> {
@@ -250,6 +282,9 @@ impl Coordinator {
                     majority(voters.len())
                 )));
             }
+        }
+        if !registry.members.contains_key(&new) {
+            self.check_joining_node(new, address).await?;
         }
         registry.members.entry(new).or_insert(Member { address, voter: false });
         registry.change = Some(change);
@@ -381,6 +416,7 @@ mod tests {
             commit: 1_000,
             conf: ConfState { learners: learners.iter().copied().collect(), ..ConfState::new(voters.iter().copied()) },
             matched: matched.iter().copied().collect(),
+            active: matched.iter().map(|&(n, _)| n).collect(),
         }
     }
 
@@ -401,6 +437,8 @@ mod tests {
         assert!(matches!(Goal::Voter(4).next_step(&behind), Step::Wait(_)));
         let close = group(1, &[1, 2, 3], &[4], &[(4, 1_000 - CAUGHT_UP_LAG_MAX)]);
         assert_eq!(changes(Goal::Voter(4).next_step(&close)), [SingleChange::AddVoter(4)]);
+        let silent = GroupView { active: BTreeSet::new(), ..close };
+        assert!(matches!(Goal::Voter(4).next_step(&silent), Step::Wait(_)), "a silent learner is not promoted");
         assert!(matches!(Goal::Voter(4).next_step(&group(1, &[1, 2, 3, 4], &[], &[])), Step::Done));
     }
 

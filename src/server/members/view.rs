@@ -2,6 +2,7 @@
 //! which nodes answer.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use tonic::Status;
@@ -22,18 +23,24 @@ pub async fn node_status(router: &Router, cluster_id: u64) -> Result<proto::Stat
         let (reply, answer) = flume::bounded(1);
         shard.try_send(ShardInput::Status { reply }).map_err(|_| Status::unavailable("shard busy or stopped"))?;
         let status = answer.recv_async().await.map_err(|_| Status::unavailable("shard stopped"))?;
-        groups.extend(status.into_iter().map(|s| proto::GroupStatus {
-            group: s.group,
-            leader: s.leader.unwrap_or(0),
-            term: s.term,
-            commit: s.commit,
-            applied: s.applied,
-            role: format!("{:?}", s.role).to_lowercase(),
-            voters: s.conf.voters.iter().copied().collect(),
-            outgoing_voters: s.conf.voters_outgoing.iter().copied().collect(),
-            learners: s.conf.learners.iter().copied().collect(),
-            last_index: s.last_index,
-            progress: s.progress.iter().map(|&(node, matched)| proto::PeerProgress { node, matched }).collect(),
+        groups.extend(status.into_iter().map(|s| {
+            proto::GroupStatus {
+                group: s.group,
+                leader: s.leader.unwrap_or(0),
+                term: s.term,
+                commit: s.commit,
+                applied: s.applied,
+                role: format!("{:?}", s.role).to_lowercase(),
+                voters: s.conf.voters.iter().copied().collect(),
+                outgoing_voters: s.conf.voters_outgoing.iter().copied().collect(),
+                learners: s.conf.learners.iter().copied().collect(),
+                last_index: s.last_index,
+                progress: s
+                    .progress
+                    .iter()
+                    .map(|&(node, matched, active)| proto::PeerProgress { node, matched, active })
+                    .collect(),
+            }
         }));
     }
     groups.sort_by_key(|g| g.group);
@@ -50,6 +57,14 @@ async fn status_of_node(router: &Router, cluster_id: u64, node: NodeId) -> Optio
     Some(tokio::time::timeout(STATUS_TIMEOUT, call).await.ok()?.ok()?.into_inner())
 }
 
+/// The status of whatever answers at `address`, if anything does within the timeout.
+pub async fn probe(address: SocketAddr) -> Option<proto::StatusResponse> {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{address}")).ok()?.connect_lazy();
+    let mut client = crate::proto::admin_client::AdminClient::new(channel);
+    let call = client.status(proto::StatusRequest {});
+    Some(tokio::time::timeout(STATUS_TIMEOUT, call).await.ok()?.ok()?.into_inner())
+}
+
 /// One group as its leader sees it.
 #[derive(Clone, Debug)]
 pub struct GroupView {
@@ -60,6 +75,8 @@ pub struct GroupView {
     pub conf: ConfState,
     /// Each other member's matched index.
     pub matched: BTreeMap<NodeId, Index>,
+    /// The other members the leader heard from recently.
+    pub active: BTreeSet<NodeId>,
 }
 
 impl GroupView {
@@ -75,6 +92,7 @@ impl GroupView {
                 learners: status.learners.iter().copied().collect(),
             },
             matched: status.progress.iter().map(|p| (p.node, p.matched)).collect(),
+            active: status.progress.iter().filter(|p| p.active).map(|p| p.node).collect(),
         }
     }
 
