@@ -220,6 +220,20 @@ async fn a_cluster_grows_replaces_removes_and_drains_without_losing_a_write() {
     let (most, fewest) = (counts.iter().max().copied(), counts.iter().min().copied());
     assert!(most.zip(fewest).is_some_and(|(m, f)| m <= f + 1), "groups led by nodes 1, 4, 5, 6: {counts:?}");
 
+    // One group's leadership moves to a chosen voter; a non-voter is refused.
+    let g0 = &groups[0];
+    let to = [1u64, 4, 5, 6].into_iter().find(|&n| n != g0.leader).expect("another voter");
+    let group = g0.group.to_string();
+    succeeded("leader transfer", &ctl(&cluster, &[4], &["leader", "transfer", &group, &to.to_string()]));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while leader_of(&cluster, to as usize, g0.group).await != Some(to as usize) {
+        assert!(Instant::now() < deadline, "node {to} never saw itself lead group {group}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let refused = ctl(&cluster, &[4], &["leader", "transfer", &group, "2"]);
+    assert_eq!(refused.status.code(), Some(1), "node 2 is no longer a voter");
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("not a voter"));
+
     stop.store(true, Ordering::Relaxed);
     let acknowledged = writer.await.expect("writer");
     let history = lin.await.expect("clients");

@@ -27,6 +27,8 @@ use super::shard_thread::ShardInput;
 
 /// Keys a range may return in one answer.
 pub const RANGE_LIMIT_MAX: u32 = 10_000;
+/// How long a snapshot asked for by `SnapshotNow` may take to be durable.
+const SNAPSHOT_NOW_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
 /// Records a log read may return in one answer.
 pub const LOG_READ_LIMIT_MAX: u32 = 10_000;
 
@@ -559,8 +561,11 @@ impl Admin for Services {
             let input = ShardInput::SnapshotNow { group: req.group, reply };
             match self.router.shard_of(req.group).try_send(input) {
                 Err(_) => Err(RequestError::Refused("shard queue full or stopped; retry".into())),
-                // A large state takes a while to write: no request timeout here.
-                Ok(()) => match answer.recv_async().await {
+                // A large state takes a while to copy and write: a longer timeout.
+                Ok(()) => match tokio::time::timeout(SNAPSHOT_NOW_TIMEOUT, answer.recv_async())
+                    .await
+                    .unwrap_or(Ok(Err(RequestError::Unknown)))
+                {
                     Ok(Ok(m)) => Ok(proto::SnapshotNowResponse {
                         leader: self.router.node,
                         index: m.meta.index,
