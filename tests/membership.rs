@@ -143,6 +143,9 @@ async fn a_cluster_grows_replaces_removes_and_drains_without_losing_a_write() {
     succeeded("member add --learner", &ctl(&cluster, &[1], &["member", "add", &id.to_string(), &address, "--learner"]));
     assert_eq!(members(&cluster, &[1]).0, [(1, true), (2, true), (3, true), (4, false)].into());
     signal(&cluster, id, libc::SIGSTOP);
+    // Leaders forget a silent peer's activity at their next check-quorum (one
+    // election timeout, 200-400 ms here); wait well past two.
+    tokio::time::sleep(Duration::from_secs(1)).await;
     let mut interrupted = Command::new(env!("CARGO_BIN_EXE_quarryctl"))
         .args(["--endpoints", &cluster.addrs[0], "member", "promote", &id.to_string()])
         .stdout(std::process::Stdio::null())

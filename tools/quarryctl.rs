@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use clap::{Parser, Subcommand};
+use futures::StreamExt;
 use indicatif::{ProgressBar, ProgressStyle};
 use quarry::client::{Client, ClientError};
 use quarry::proto::{self, admin_client::AdminClient};
@@ -243,6 +244,9 @@ async fn run(client: &Client, command: Cmd, json: bool) -> Result<ExitCode, Clie
 /// the file between the request and the fetch).
 const SNAPSHOT_FETCH_ATTEMPTS: usize = 3;
 
+/// Groups snapshotted and fetched at once by `snapshot save`.
+const GROUPS_SAVED_AT_ONCE: usize = 4;
+
 async fn snapshot_save(client: &Client, file: &Path, json: bool) -> Result<(), ClientError> {
     let members = admin_call(client, |mut a| async move { a.members(proto::MembersRequest {}).await }).await?;
     let status = admin_call(client, |mut a| async move { a.status(proto::StatusRequest {}).await }).await?;
@@ -250,22 +254,26 @@ async fn snapshot_save(client: &Client, file: &Path, json: bool) -> Result<(), C
     let bar = ProgressBar::new(groups).with_style(
         ProgressStyle::with_template("{bar:40} {pos}/{len} groups, {msg}").expect("valid progress template"),
     );
-    let mut images = BTreeMap::new();
-    let mut bytes = 0u64;
-    for group in 0..groups {
+    let (members, bar_ref) = (&members.members, &bar);
+    let one_group = |group: u64| async move {
         let mut attempt = 0;
-        let (manifest, image) = loop {
+        loop {
             attempt += 1;
             let r =
                 admin_call(client, |mut a| async move { a.snapshot_now(proto::SnapshotNowRequest { group }).await })
                     .await?;
-            let result = fetch_group(&members.members, group, &r).await;
-            match result {
-                Ok(fetched) => break fetched,
-                Err(e) if attempt < SNAPSHOT_FETCH_ATTEMPTS => bar.println(format!("group {group}: {e}; again")),
+            match fetch_group(members, group, &r).await {
+                Ok(fetched) => return Ok::<_, ClientError>((group, fetched)),
+                Err(e) if attempt < SNAPSHOT_FETCH_ATTEMPTS => bar_ref.println(format!("group {group}: {e}; again")),
                 Err(e) => return Err(tonic::Status::unavailable(format!("group {group}: {e}")).into()),
             }
-        };
+        }
+    };
+    let mut fetches = futures::stream::iter(0..groups).map(one_group).buffer_unordered(GROUPS_SAVED_AT_ONCE);
+    let mut images = BTreeMap::new();
+    let mut bytes = 0u64;
+    while let Some(fetched) = fetches.next().await {
+        let (group, (manifest, image)) = fetched?;
         bytes += manifest.size;
         images.insert(group, (manifest, image));
         bar.set_message(format!("{} KiB", bytes / 1024));

@@ -132,10 +132,16 @@ async fn serve(
         }
         identity::write(&config.data_dir, config)?;
     }
-    let book = members::AddressBook::new(config.members.clone());
-    let router = Router::new(config.node_id, config.groups, config.max_value_bytes, inboxes, book, metrics);
-    let links = crate::transport::peer::start(config.node_id, config.cluster_id, outbound, peer_counters);
-    members::follow_registry(router.clone(), links);
+    let links = crate::transport::peer::start(
+        config.node_id,
+        config.cluster_id,
+        config.listen.to_string(),
+        outbound,
+        peer_counters,
+    );
+    let founders = config.members.clone();
+    let router = Router::new(config.node_id, config.groups, config.max_value_bytes, inboxes, founders, links, metrics);
+    members::follow_registry(router.clone());
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;

@@ -21,6 +21,7 @@ use crate::state::{BuiltinState, Command, Outcome};
 use super::members::AddressBook;
 use super::metrics::{MethodLabel, Metrics};
 use super::shard_thread::ShardInput;
+use crate::transport::peer::PeerLinks;
 
 /// How long a request may wait for its shard's answer.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -34,6 +35,9 @@ pub struct Router {
     pub max_value_bytes: u64,
     shards: Vec<flume::Sender<ShardInput>>,
     pub book: AddressBook,
+    /// `--initial-cluster`: the members until the registry is first written.
+    pub founders: BTreeMap<NodeId, SocketAddr>,
+    pub links: PeerLinks,
     /// One lazily connected channel per peer, for the address it was made for.
     channels: Arc<Mutex<BTreeMap<NodeId, (SocketAddr, Channel)>>>,
     metrics: Arc<Metrics>,
@@ -45,10 +49,12 @@ impl Router {
         groups: u64,
         max_value_bytes: u64,
         shards: Vec<flume::Sender<ShardInput>>,
-        book: AddressBook,
+        founders: BTreeMap<NodeId, SocketAddr>,
+        links: PeerLinks,
         metrics: Arc<Metrics>,
     ) -> Self {
-        Router { node, groups, max_value_bytes, shards, book, channels: Arc::default(), metrics }
+        let book = AddressBook::new(founders.clone());
+        Router { node, groups, max_value_bytes, shards, book, founders, links, channels: Arc::default(), metrics }
     }
 
     fn observe(&self, method: &'static str, started: Instant) {
@@ -118,6 +124,25 @@ impl Router {
                     .connect_lazy();
                 channels.insert(node, (addr, channel.clone()));
                 Some(channel)
+            }
+        }
+    }
+
+    /// Opens the peer stream to `node` if it has an address and none is open.
+    pub fn connect(&self, node: NodeId) {
+        if let Some(channel) = self.channel(node) {
+            self.links.connect(node, channel);
+        }
+    }
+
+    /// Learns a peer's address from its batch (see [`AddressBook`]) and streams to it.
+    pub fn learn_peer(&self, node: NodeId, address: &str) {
+        if node == self.node || self.book.get(node).is_some() {
+            return;
+        }
+        if let Ok(address) = address.parse() {
+            if self.book.learn(node, address) {
+                self.connect(node);
             }
         }
     }

@@ -646,6 +646,7 @@ impl Peer for Services {
                     let _ = errors.send(Err(Status::failed_precondition(reason))).await;
                     return;
                 }
+                router.learn_peer(batch.from_node, &batch.from_address);
                 let (offers, messages) =
                     batch.messages.into_iter().partition(|m| matches!(m.kind, Some(raft_message::Kind::Snapshot(_))));
                 batch.messages = messages;

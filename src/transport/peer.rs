@@ -61,6 +61,8 @@ pub struct Outgoing {
 pub struct PeerLinks {
     node: NodeId,
     cluster_id: u64,
+    /// This node's listen address, sent in every batch.
+    address: String,
     queues: Arc<Mutex<BTreeMap<NodeId, flume::Sender<proto::PeerBatch>>>>,
 }
 
@@ -95,10 +97,11 @@ impl PeerLinks {
 pub fn start(
     node: NodeId,
     cluster_id: u64,
+    address: String,
     outbound: flume::Receiver<(NodeId, Outgoing)>,
     counters: PeerCounters,
 ) -> PeerLinks {
-    let links = PeerLinks { node, cluster_id, queues: Arc::default() };
+    let links = PeerLinks { node, cluster_id, address, queues: Arc::default() };
     let dispatcher_links = links.clone();
     tokio::spawn(async move {
         let links = dispatcher_links;
@@ -112,7 +115,8 @@ pub fn start(
             for (to, output) in std::mem::take(&mut round) {
                 let Some(queue) = links.queue(to) else { continue };
                 let send = |messages: &[(GroupId, Message)], catch_up: &[CatchUp]| {
-                    let batch = wire::encode_batch(cluster_id, node, to, messages, catch_up);
+                    let mut batch = wire::encode_batch(cluster_id, node, to, messages, catch_up);
+                    batch.from_address.clone_from(&links.address);
                     let coalesced = batch.heartbeats.as_ref().map_or(0, |h| h.groups.len())
                         + batch.heartbeat_responses.as_ref().map_or(0, |r| r.groups.len());
                     // A full queue to a slow peer drops the batch; Raft retransmits.

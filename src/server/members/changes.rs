@@ -112,7 +112,7 @@ impl Coordinator {
         });
         let mut data = self.router.read(group, query, false).await.map_err(status_of)?;
         if data.len() < 8 {
-            return Ok((Registry::founding(&self.router.book.all()), 0));
+            return Ok((Registry::founding(&self.router.founders), 0));
         }
         let revision = data.get_u64_le();
         Ok((Registry::decode(&data).map_err(Status::data_loss)?, revision))
@@ -163,6 +163,11 @@ impl Coordinator {
         let (mut registry, mut revision) = self.load().await?;
         let change = Change::Add { node };
         Self::refuse_other_change(&registry, change)?;
+        if registry.removed.contains(&node) {
+            return Err(Status::failed_precondition(format!(
+                "node {node} was removed from this cluster; add it under a new id"
+            )));
+        }
         if let Some((&other, _)) = registry.members.iter().find(|(&id, m)| id != node && m.address == address) {
             return Err(Status::already_exists(format!("node {other} already listens on {address}")));
         }
@@ -248,6 +253,7 @@ impl Coordinator {
         revision = self.store(&registry, revision).await?;
         let changed = self.drive_every_group(Goal::Removed(node)).await?;
         registry.members.remove(&node);
+        registry.removed.insert(node);
         registry.change = None;
         self.store(&registry, revision).await?;
         Ok(Self::answer(&registry, changed))
@@ -269,7 +275,7 @@ impl Coordinator {
             if !registry.members.contains_key(&old) {
                 return Err(Status::not_found(format!("node {old} is not a member")));
             }
-            if registry.members.contains_key(&new) {
+            if registry.members.contains_key(&new) || registry.removed.contains(&new) {
                 return Err(Status::already_exists(format!("node {new} is already a member")));
             }
             let voters: BTreeSet<NodeId> = registry.voters().into_iter().collect();
@@ -291,6 +297,7 @@ impl Coordinator {
         revision = self.store(&registry, revision).await?;
         let changed = self.drive_every_group(Goal::Swapped { old, new }).await?;
         registry.members.remove(&old);
+        registry.removed.insert(old);
         registry.members.insert(new, Member { address, voter: true });
         registry.change = None;
         self.store(&registry, revision).await?;

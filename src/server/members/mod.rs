@@ -12,7 +12,7 @@ pub mod changes;
 pub mod leaders;
 pub mod view;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
@@ -22,7 +22,6 @@ use bytes::Bytes;
 
 use crate::raft::NodeId;
 use crate::state::BuiltinState;
-use crate::transport::peer::PeerLinks;
 
 use super::router::Router;
 
@@ -69,6 +68,10 @@ impl fmt::Display for Change {
 pub struct Registry {
     pub members: BTreeMap<NodeId, Member>,
     pub change: Option<Change>,
+    /// Ids removed from the cluster; never reused (a stale message from the old node
+    /// must not pass for the new one's).
+    #[serde(default)]
+    pub removed: BTreeSet<NodeId>,
 }
 
 impl Registry {
@@ -76,7 +79,7 @@ impl Registry {
     /// all voters, are the cluster.
     pub fn founding(book: &BTreeMap<NodeId, SocketAddr>) -> Registry {
         let members = book.iter().map(|(&id, &address)| (id, Member { address, voter: true })).collect();
-        Registry { members, change: None }
+        Registry { members, change: None, removed: BTreeSet::new() }
     }
 
     pub fn encode(&self) -> Bytes {
@@ -96,25 +99,51 @@ impl Registry {
     }
 }
 
-/// Where each member listens, shared by everything that dials peers.
+/// Where each member listens, shared by everything that dials peers. Filled from
+/// `--initial-cluster`, the registry, and the peers' own batches (a node whose registry
+/// copy is behind still learns a new member's address when it first hears from it);
+/// members the registry says were removed are forgotten and not learned again.
 #[derive(Clone, Default)]
-pub struct AddressBook(Arc<RwLock<BTreeMap<NodeId, SocketAddr>>>);
+pub struct AddressBook(Arc<RwLock<Book>>);
+
+#[derive(Default)]
+struct Book {
+    addresses: BTreeMap<NodeId, SocketAddr>,
+    removed: BTreeSet<NodeId>,
+}
 
 impl AddressBook {
     pub fn new(addresses: BTreeMap<NodeId, SocketAddr>) -> Self {
-        AddressBook(Arc::new(RwLock::new(addresses)))
+        AddressBook(Arc::new(RwLock::new(Book { addresses, removed: BTreeSet::new() })))
     }
 
     pub fn get(&self, node: NodeId) -> Option<SocketAddr> {
-        self.0.read().expect("address book lock").get(&node).copied()
+        self.0.read().expect("address book lock").addresses.get(&node).copied()
     }
 
     pub fn all(&self) -> BTreeMap<NodeId, SocketAddr> {
-        self.0.read().expect("address book lock").clone()
+        self.0.read().expect("address book lock").addresses.clone()
     }
 
-    fn replace(&self, addresses: BTreeMap<NodeId, SocketAddr>) {
-        *self.0.write().expect("address book lock") = addresses;
+    /// Records a peer's address from its own batch; whether it was new.
+    pub fn learn(&self, node: NodeId, address: SocketAddr) -> bool {
+        let mut book = self.0.write().expect("address book lock");
+        if book.removed.contains(&node) || book.addresses.contains_key(&node) {
+            return false;
+        }
+        book.addresses.insert(node, address);
+        true
+    }
+
+    /// Takes in the registry's members and removals (never forgetting `own`); the
+    /// nodes forgotten.
+    fn follow(&self, registry: &Registry, own: NodeId) -> Vec<NodeId> {
+        let mut book = self.0.write().expect("address book lock");
+        book.addresses.extend(registry.addresses());
+        let forgotten: Vec<NodeId> =
+            registry.removed.iter().copied().filter(|&n| n != own && book.addresses.remove(&n).is_some()).collect();
+        book.removed.clone_from(&registry.removed);
+        forgotten
     }
 }
 
@@ -132,11 +161,9 @@ async fn local_registry(router: &Router) -> Result<Option<Registry>, String> {
 
 /// Keeps the address book and the peer streams in step with the registry, for as long
 /// as the node runs.
-pub fn follow_registry(router: Router, links: PeerLinks) {
+pub fn follow_registry(router: Router) {
     for node in router.book.all().into_keys() {
-        if let Some(channel) = router.channel(node) {
-            links.connect(node, channel);
-        }
+        router.connect(node);
     }
     tokio::spawn(async move {
         loop {
@@ -149,18 +176,11 @@ pub fn follow_registry(router: Router, links: PeerLinks) {
                     continue;
                 }
             };
-            let mut addresses = registry.addresses();
-            if let Some(own) = router.book.get(router.node) {
-                addresses.entry(router.node).or_insert(own);
+            for gone in router.book.follow(&registry, router.node) {
+                router.links.disconnect(gone);
             }
-            for gone in links.peers().into_iter().filter(|p| !addresses.contains_key(p)) {
-                links.disconnect(gone);
-            }
-            router.book.replace(addresses);
-            for node in router.book.all().into_keys() {
-                if let Some(channel) = router.channel(node) {
-                    links.connect(node, channel);
-                }
+            for node in registry.members.keys() {
+                router.connect(*node);
             }
         }
     });
