@@ -245,6 +245,13 @@ mod tests {
     }
 
     #[test]
+    fn a_joining_node_does_not_found_the_cluster() {
+        assert!(args(&[]).unwrap().founding);
+        assert!(!args(&["--initial-cluster-state", "existing"]).unwrap().founding);
+        assert!(args(&["--initial-cluster-state", "maybe"]).unwrap_err().contains("maybe"));
+    }
+
+    #[test]
     fn a_config_file_fills_in_and_flags_override_it() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("quarry.toml");

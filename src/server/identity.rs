@@ -61,3 +61,28 @@ pub fn write(data_dir: &Path, config: &NodeConfig) -> Result<(), String> {
     };
     write().map_err(|e| format!("cannot write {}: {e}", path.display()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::server::Args;
+    use clap::Parser;
+
+    fn config(dir: &Path, node: &str, groups: &str) -> NodeConfig {
+        let data = dir.to_str().unwrap();
+        let argv = ["quarryd", "--node-id", node, "--data-dir", data, "--groups", groups, "--shards", "1"];
+        let cluster = ["--initial-cluster", "1=127.0.0.1:7001,2=127.0.0.1:7002"];
+        Args::try_parse_from(argv.iter().chain(&cluster)).unwrap().check().unwrap()
+    }
+
+    #[test]
+    fn a_data_dir_refuses_another_node_or_layout() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = config(dir.path(), "1", "8");
+        assert!(!check(&first).unwrap(), "a new data dir is not initialized");
+        write(dir.path(), &first).unwrap();
+        assert!(check(&first).unwrap());
+        assert!(check(&config(dir.path(), "2", "8")).unwrap_err().contains("node_id: 1"));
+        assert!(check(&config(dir.path(), "1", "16")).unwrap_err().contains("groups: 8"));
+    }
+}
