@@ -15,7 +15,7 @@ use arrow_ipc::writer::FileWriter;
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
 use bytes::Bytes;
 
-use super::image::{chunk_batch, chunk_offsets, Assembler, Manifest, SnapshotError};
+use super::image::{chunk_batch, chunk_offsets, Assembler, Manifest, SnapshotError, IMAGE_MAX_BYTES};
 use crate::log::GroupId;
 use crate::raft::{ConfState, SnapshotMeta};
 
@@ -128,6 +128,12 @@ impl Backup {
             .map_err(|e| corrupt(format!("backup manifests unreadable: {e}")))?;
         let mut assemblers: BTreeMap<GroupId, Assembler> = BTreeMap::new();
         for record in records {
+            if record.size > IMAGE_MAX_BYTES {
+                return Err(corrupt(format!(
+                    "group {}: image of {} bytes exceeds {IMAGE_MAX_BYTES}",
+                    record.group, record.size
+                )));
+            }
             let manifest = Manifest::from(record);
             if assemblers.insert(manifest.group, Assembler::new(manifest)).is_some() {
                 return Err(corrupt("a group appears twice"));
