@@ -3,7 +3,8 @@
 //! The members (id, address, voter or learner) and the change in progress live in the
 //! *member registry*: a record under a reserved key, replicated by its group like any
 //! key. Every node follows it ([`follow_registry`]): its address book and its peer
-//! streams match the registry. A member change is coordinated by the leader of the
+//! streams take in the registry's members and drop its removed ids (and learn a peer's
+//! address from the peer's own batches, see [`AddressBook`]). A member change is coordinated by the leader of the
 //! registry's group (`changes.rs`): it records the change, drives every group through
 //! it at that group's leader, then records the result. Each step looks at the current
 //! state first, so a change interrupted by a crash resumes when it is run again.
