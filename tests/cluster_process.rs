@@ -13,6 +13,7 @@ use quarry::proto::admin_client::AdminClient;
 use quarry::proto::kv_client::KvClient;
 use quarry::proto::log_client::LogClient;
 use quarry::proto::{GetRequest, LogAppendRequest, LogReadRequest, PutRequest, StatusRequest};
+use tonic::transport::Channel;
 use tonic::Code;
 
 use process::*;
@@ -708,4 +709,38 @@ async fn a_node_far_behind_catches_up_with_a_bulk_log_pull_over_flight() {
     assert_eq!(counter(&cluster.metrics[2], "quarry_snapshots_installed_total").await, 0);
     let (on1, on3) = (all_pairs(&cluster.addrs[0]).await, all_pairs(&cluster.addrs[2]).await);
     assert!(on1 == on3, "node 3's state differs from node 1's ({} vs {} keys)", on3.len(), on1.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_serves_at_most_connections_max_connections_at_once() {
+    // Each node holds one connection from each of its two peers; two more are left.
+    let cluster = start_cluster_with(&["--connections-max", "4"]);
+    wait_for_leaders(&cluster).await;
+    let connect = || {
+        Channel::from_shared(format!("http://{}", cluster.addrs[0]))
+            .expect("uri")
+            .connect_timeout(Duration::from_secs(1))
+            .connect_lazy()
+    };
+    let status = |channel: Channel| async move {
+        tokio::time::timeout(Duration::from_secs(1), AdminClient::new(channel).status(StatusRequest {})).await
+    };
+    // The test's earlier connections close in the background: wait for two slots.
+    let (first, second) = (connect(), connect());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for channel in [&first, &second] {
+        while !matches!(status(channel.clone()).await, Ok(Ok(_))) {
+            assert!(Instant::now() < deadline, "a connection within the limit was never served");
+        }
+    }
+    // A fifth connection waits: it is not served while the four are open...
+    let third = connect();
+    assert!(status(third.clone()).await.is_err(), "a connection past the limit was served");
+    // ...and is, once one of them closes.
+    drop(first);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !matches!(status(third.clone()).await, Ok(Ok(_))) {
+        assert!(Instant::now() < deadline, "the waiting connection was never served after one closed");
+    }
+    assert!(matches!(status(second).await, Ok(Ok(_))), "the open connection keeps being served");
 }

@@ -62,6 +62,10 @@ pub struct Args {
     /// Size of each shard log segment file in MiB, preallocated [default: 64].
     #[arg(long)]
     pub segment_mib: Option<u64>,
+    /// Connections (clients and peers) served at once; more wait in the listen
+    /// backlog until one closes [default: 4096].
+    #[arg(long)]
+    pub connections_max: Option<usize>,
 }
 
 /// The same settings, from `/etc/quarry/quarry.toml` (or `--config`).
@@ -82,6 +86,7 @@ struct FileConfig {
     max_value_bytes: Option<u64>,
     snapshot_distance: Option<u64>,
     segment_mib: Option<u64>,
+    connections_max: Option<usize>,
 }
 
 /// A checked configuration.
@@ -103,6 +108,7 @@ pub struct NodeConfig {
     pub max_value_bytes: u64,
     pub snapshot_distance: u64,
     pub segment_bytes: u64,
+    pub connections_max: usize,
 }
 
 /// Groups a node may host; more would make startup and heartbeats unreasonable.
@@ -161,6 +167,10 @@ impl Args {
         if segment_mib << 20 < 4 * max_value_bytes {
             return Err("--segment-mib must be at least four times --max-value-bytes".into());
         }
+        let connections_max = self.connections_max.or(file.connections_max).unwrap_or(4096);
+        if connections_max < 2 {
+            return Err("--connections-max must be at least 2".into());
+        }
         if max_value_bytes == 0 || max_value_bytes > 64 << 20 {
             return Err("--max-value-bytes must be in 1..=64 MiB".into());
         }
@@ -180,6 +190,7 @@ impl Args {
             max_value_bytes,
             snapshot_distance: self.snapshot_distance.or(file.snapshot_distance).unwrap_or(10_000),
             segment_bytes: segment_mib << 20,
+            connections_max,
         })
     }
 }

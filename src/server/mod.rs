@@ -7,6 +7,7 @@
 
 mod bulk;
 pub mod config;
+mod connections;
 mod identity;
 mod members;
 mod metrics;
@@ -19,7 +20,6 @@ mod systemd;
 use std::time::Duration;
 
 use arrow_flight::flight_service_server::FlightServiceServer;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::Server;
 
 use crate::log::ShardLogConfig;
@@ -160,7 +160,7 @@ async fn serve(
         .add_service(AdminServer::new(services.clone()))
         .add_service(PeerServer::new(services).max_decoding_message_size(GRPC_MESSAGE_MAX_BYTES))
         .add_service(FlightServiceServer::new(flight))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+        .serve_with_incoming_shutdown(connections::accept_bounded(listener, config.connections_max), async {
             let _ = stopped.await;
         });
     tokio::pin!(server);
