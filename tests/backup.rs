@@ -17,10 +17,6 @@ fn quarryctl(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_quarryctl")).args(args).output().expect("quarryctl runs")
 }
 
-fn succeeded(what: &str, out: &Output) {
-    assert!(out.status.success(), "{what} failed ({:?}): {}", out.status.code(), String::from_utf8_lossy(&out.stderr));
-}
-
 const RECORDS: u64 = 20;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

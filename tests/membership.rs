@@ -29,16 +29,6 @@ fn ctl(cluster: &Cluster, endpoints: &[usize], args: &[&str]) -> Output {
         .expect("quarryctl runs")
 }
 
-fn succeeded(what: &str, out: &Output) {
-    assert!(
-        out.status.success(),
-        "{what} failed ({:?}): {}{}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 /// The members `member list --json` reports: (node, voter).
 fn members(cluster: &Cluster, endpoints: &[usize]) -> (BTreeSet<(u64, bool)>, String) {
     let out = ctl(cluster, endpoints, &["--json", "member", "list"]);
@@ -297,6 +287,13 @@ async fn a_node_started_as_a_founder_is_refused_and_joins_once_started_right() {
     };
     assert_eq!(refused.status.code(), Some(1));
     assert_eq!(members(&cluster, &[1]).0, [(1, true), (2, true), (3, true)].into(), "nothing recorded");
+    // The per-group change RPC refuses the reserved id and empty changes.
+    let mut admin = AdminClient::new(channel(&cluster.addrs[0]).await);
+    for bad in [vec![0], vec![]] {
+        let change = quarry::proto::ChangeGroupRequest { group: 0, add_learners: bad, ..Default::default() };
+        let status = admin.change_group(change).await.expect_err("refused");
+        assert_eq!(status.code(), tonic::Code::InvalidArgument, "{}", status.message());
+    }
 
     // Restarted empty, as a joining node, it is added.
     cluster.kill(id);

@@ -536,7 +536,12 @@ impl Admin for Services {
         &self,
         request: Request<proto::ChangeGroupRequest>,
     ) -> Result<Response<proto::ChangeGroupResponse>, Status> {
-        self.check_group(request.get_ref().group)?;
+        let req = request.get_ref();
+        self.check_group(req.group)?;
+        let ids = req.add_learners.iter().chain(&req.add_voters).chain(&req.remove);
+        if ids.clone().any(|&id| id == 0) || ids.count() == 0 {
+            return Err(Status::invalid_argument("a change names at least one node, and node id 0 is reserved"));
+        }
         serve_or_forward!(self, request, admin_client, change_group, |req| {
             let changes = req
                 .add_learners
