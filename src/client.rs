@@ -14,6 +14,7 @@ use rand::RngCore;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 
+use crate::group::group_of_key;
 use crate::proto::admin_client::AdminClient;
 use crate::proto::kv_client::KvClient;
 use crate::proto::log_client::LogClient;
@@ -22,7 +23,6 @@ use crate::proto::{
     StatusRequest, StatusResponse,
 };
 use crate::raft::NodeId;
-use crate::shard::group_of_key;
 
 /// A write session: the state machine remembers each client id's latest sequence
 /// and refuses older ones, so one id must never have two writes in flight. Each

@@ -2,6 +2,7 @@
 //! multi-Raft. See `docs/architecture.md` for how the pieces fit.
 
 pub mod client;
+pub mod group;
 pub mod log;
 pub mod proto;
 pub mod raft;

@@ -11,7 +11,8 @@ use std::path::{Path, PathBuf};
 use bytes::Bytes;
 use quarry::log::{GroupId, ShardLogConfig};
 use quarry::raft::{Config, NodeId};
-use quarry::shard::{RequestError, Shard, ShardConfig};
+use quarry::shard::driver::LocalShard;
+use quarry::shard::{RequestError, ShardConfig};
 use quarry::state::{BuiltinState, Command, Operation, Outcome, StateMachine};
 
 use common::{run_glommio, TempDir};
@@ -20,11 +21,11 @@ const GROUPS: GroupId = 6;
 const VOTERS: [NodeId; 3] = [1, 2, 3];
 const TURNS_MAX: usize = 1000;
 
-fn open(node: NodeId, dir: &Path) -> Shard<BuiltinState> {
+fn open(node: NodeId, dir: &Path) -> LocalShard<BuiltinState> {
     open_with_snapshots(node, dir, 0)
 }
 
-fn open_with_snapshots(node: NodeId, dir: &Path, snapshot_distance: u64) -> Shard<BuiltinState> {
+fn open_with_snapshots(node: NodeId, dir: &Path, snapshot_distance: u64) -> LocalShard<BuiltinState> {
     let config = ShardConfig {
         node,
         groups: (0..GROUPS).collect(),
@@ -34,12 +35,12 @@ fn open_with_snapshots(node: NodeId, dir: &Path, snapshot_distance: u64) -> Shar
         snapshot_dir: dir.join("snapshots"),
         snapshot_distance,
     };
-    Shard::open(config).expect("shard opens")
+    LocalShard::open(config).expect("shard opens")
 }
 
 struct Cluster {
     dirs: Vec<PathBuf>,
-    shards: BTreeMap<NodeId, Shard<BuiltinState>>,
+    shards: BTreeMap<NodeId, LocalShard<BuiltinState>>,
     turns: u64,
 }
 

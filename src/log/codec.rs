@@ -16,7 +16,7 @@ use bytes::{Buf, BufMut, Bytes};
 
 use crate::raft::{ConfChange, ConfState, Entry, EntryPayload, HardState, Index, NodeId, SingleChange, Term};
 
-pub type GroupId = u64;
+pub use crate::group::GroupId;
 
 pub const BATCH_MAGIC: u32 = 0x5441_4251; // "QBAT"
 pub const FLUSH_MAGIC: u32 = 0x554c_4651; // "QFLU"

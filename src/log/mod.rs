@@ -6,9 +6,11 @@
 //! - [`segment`]: preallocated, recycled segment files and how to scan them;
 //! - [`index`]: per-group index rebuilt from records;
 //! - [`store`]: the [`LogStore`] contract and the in-memory [`MemLogStore`];
-//! - [`shard_log`]: the on-disk [`ShardLog`]; [`io`]: its glommio writer.
+//! - [`shard_log`]: the on-disk [`ShardLog`]; [`io`]: its writer (glommio in production);
+//!   [`fault`]: a disk that loses unsynced writes, for tests and the simulator.
 
 pub mod codec;
+pub mod fault;
 pub mod index;
 pub mod io;
 pub mod segment;

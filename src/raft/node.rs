@@ -80,6 +80,9 @@ pub struct RaftNode<S: Storage> {
     pub(crate) broken_commit_rule: bool,
     #[cfg(test)]
     pub(crate) broken_vote_rule: bool,
+    /// Test-only sabotage: send vote grants before the vote is durable.
+    #[cfg(test)]
+    pub(crate) broken_vote_durability: bool,
 }
 
 impl<S: Storage> RaftNode<S> {
@@ -122,6 +125,8 @@ impl<S: Storage> RaftNode<S> {
             broken_commit_rule: false,
             #[cfg(test)]
             broken_vote_rule: false,
+            #[cfg(test)]
+            broken_vote_durability: false,
             config,
         };
         // Configuration entries between the persisted configuration and the last index
@@ -317,6 +322,12 @@ impl<S: Storage> RaftNode<S> {
         }
         let hard_state = self.hard_state();
         let hard_state_changed = hard_state != self.prev_hard_state;
+        // A change of the commit index alone need not be durable: a restarted node
+        // learns it again from the leader (etcd's `MustSync`).
+        let must_sync = snapshot.is_some()
+            || !entries.is_empty()
+            || hard_state.term != self.prev_hard_state.term
+            || hard_state.vote != self.prev_hard_state.vote;
         self.prev_hard_state = hard_state;
         let soft_state = self.soft_state();
         let soft_state_changed = soft_state != self.prev_soft_state;
@@ -337,6 +348,7 @@ impl<S: Storage> RaftNode<S> {
             number,
             soft_state: soft_state_changed.then_some(soft_state),
             hard_state: hard_state_changed.then_some(hard_state),
+            must_sync,
             snapshot,
             entries,
             messages: std::mem::take(&mut self.msgs),
@@ -463,6 +475,9 @@ impl<S: Storage> RaftNode<S> {
             kind,
             MessageKind::AppendResponse { .. } | MessageKind::VoteResponse { .. } | MessageKind::PreVoteResponse { .. }
         );
+        #[cfg(test)]
+        let after_persist =
+            after_persist && !(self.broken_vote_durability && matches!(kind, MessageKind::VoteResponse { .. }));
         let m = Message { from: self.id, to, term, kind };
         if after_persist {
             self.msgs_after_persist.push(m);

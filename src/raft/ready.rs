@@ -25,6 +25,11 @@ pub struct Ready {
     pub soft_state: Option<SoftState>,
     /// Persist BEFORE sending `persisted_messages`.
     pub hard_state: Option<HardState>,
+    /// Whether this Ready must be durable before `persisted_messages` leave: it holds
+    /// entries, a snapshot, or a new term or vote. When false, `hard_state` (if any)
+    /// changed only its commit index and need not be written at all — it rides along
+    /// with the next write that must be synced.
+    pub must_sync: bool,
     /// Install BEFORE appending `entries`.
     pub snapshot: Option<Snapshot>,
     /// Append BEFORE sending `persisted_messages`.

@@ -15,7 +15,13 @@ struct Net {
     /// Nodes cut off from everyone (their messages, both ways, are dropped).
     isolated: BTreeSet<NodeId>,
     applied: BTreeMap<NodeId, Vec<(Index, Term)>>,
+    /// Messages delivered so far; a scenario that never quiets down fails at
+    /// `DELIVERIES_MAX` instead of spinning forever (a broken rule can make it loop).
+    deliveries: usize,
 }
+
+/// More deliveries than any scenario here needs by two orders of magnitude.
+const DELIVERIES_MAX: usize = 10_000;
 
 fn config(id: NodeId) -> Config {
     let mut config = Config::new(id);
@@ -44,7 +50,7 @@ fn log_of(voters: &[NodeId], terms: &[Term]) -> MemStorage {
 impl Net {
     fn new(logs: Vec<(NodeId, MemStorage)>) -> Net {
         let nodes = logs.into_iter().map(|(id, storage)| (id, RaftNode::new(config(id), storage).unwrap())).collect();
-        Net { nodes, queue: VecDeque::new(), isolated: BTreeSet::new(), applied: BTreeMap::new() }
+        Net { nodes, queue: VecDeque::new(), isolated: BTreeSet::new(), applied: BTreeMap::new(), deliveries: 0 }
     }
 
     fn with_empty_logs(n: u64) -> Net {
@@ -74,6 +80,14 @@ impl Net {
         }
     }
 
+    /// The next message to deliver, counted against `DELIVERIES_MAX`.
+    fn next_message(&mut self) -> Option<Message> {
+        let m = self.queue.pop_front()?;
+        self.deliveries += 1;
+        assert!(self.deliveries <= DELIVERIES_MAX, "scenario did not settle within {DELIVERIES_MAX} deliveries");
+        Some(m)
+    }
+
     /// Delivers messages until the network is quiet.
     fn stabilize(&mut self) {
         loop {
@@ -81,7 +95,7 @@ impl Net {
             for id in ids {
                 self.drain(id);
             }
-            let Some(m) = self.queue.pop_front() else {
+            let Some(m) = self.next_message() else {
                 return;
             };
             if self.isolated.contains(&m.from) || self.isolated.contains(&m.to) {
@@ -176,7 +190,7 @@ fn figure_8(broken: bool) -> (Index, Applied, Applied, Option<Term>) {
     net.node(1).campaign(CampaignKind::PreVote);
     loop {
         net.drain(1);
-        let Some(mut m) = net.queue.pop_front() else {
+        let Some(mut m) = net.next_message() else {
             break;
         };
         if net.isolated.contains(&m.to) || net.isolated.contains(&m.from) {
@@ -342,7 +356,7 @@ fn read_index_is_answered_after_a_quorum_confirms_leadership() {
     net.queue.extend(ready.messages);
     net.node(1).advance(ready.number);
     let mut answered = Vec::new();
-    while let Some(m) = net.queue.pop_front() {
+    while let Some(m) = net.next_message() {
         let to = m.to;
         let node = net.nodes.get_mut(&to).unwrap();
         node.step(m).unwrap();

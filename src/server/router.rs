@@ -10,12 +10,13 @@ use bytes::Bytes;
 use tonic::transport::{Channel, Endpoint};
 use tonic::Status;
 
+use crate::group::{group_of_key, RequestError};
 use crate::log::GroupId;
 use crate::proto::admin_client::AdminClient;
 use crate::proto::kv_client::KvClient;
 use crate::proto::log_client::LogClient;
 use crate::raft::NodeId;
-use crate::shard::{group_of_key, Query, RequestError};
+use crate::shard::Query;
 use crate::state::{BuiltinState, Command, Outcome};
 
 use super::members::AddressBook;

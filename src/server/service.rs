@@ -8,11 +8,12 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::group::RequestError;
 use crate::log::GroupId;
 use crate::proto::admin_client::AdminClient;
 use crate::proto::{self, admin_server::Admin, kv_server::Kv, log_server::Log, peer_server::Peer, raft_message};
 use crate::raft::{ConfChange, NodeId, SingleChange};
-use crate::shard::{CatchUp, EntryRange, RequestError};
+use crate::shard::{CatchUp, EntryRange};
 use crate::state::{BuiltinState, Command, Operation, Outcome, KEY_MAX_BYTES};
 use crate::transport::flight::{EntrySource, RecordSource};
 use crate::transport::wire::{decode_batch, SnapshotOffer};

@@ -7,6 +7,7 @@ use bytes::Bytes;
 
 use crate::log::GroupId;
 use crate::raft::{ConfChange, Message, NodeId};
+use crate::shard::driver::LocalShard;
 use crate::shard::{EntryRange, GroupStatus, Query, Reply, RequestError, Shard, ShardConfig};
 use crate::snapshot::Manifest;
 use crate::state::{BuiltinState, Command, Outcome};
@@ -78,14 +79,14 @@ pub fn spawn(
     glommio::LocalExecutorBuilder::default()
         .name(&name)
         .spawn(move || async move {
-            let mut shard = Shard::<BuiltinState>::open(config).map_err(|e| e.to_string())?;
+            let mut shard = LocalShard::<BuiltinState>::open(config).map_err(|e| e.to_string())?;
             run(&mut shard, tick, inbox, outbound, &metrics).await
         })
         .map_err(|e| std::io::Error::other(e.to_string()))
 }
 
 async fn run(
-    shard: &mut Shard<BuiltinState>,
+    shard: &mut LocalShard<BuiltinState>,
     tick: Duration,
     inbox: flume::Receiver<ShardInput>,
     outbound: Outbound,
@@ -114,7 +115,7 @@ async fn run(
         let started = Instant::now();
         let staged = shard.stage().map_err(|e| format!("shard failed: {e}"))?;
         send(shard, &outbound);
-        let stats = shard.sync(staged).await.map_err(|e| format!("shard failed: {e}"))?;
+        let stats = shard.make_durable(staged).await.map_err(|e| format!("shard failed: {e}"))?;
         metrics.turn_seconds.observe(started.elapsed().as_secs_f64());
         metrics.snapshots_taken.inc_by(stats.snapshots_taken);
         metrics.snapshots_installed.inc_by(stats.snapshots_installed);

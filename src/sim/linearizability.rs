@@ -7,7 +7,9 @@
 
 use std::collections::{BTreeMap, HashSet};
 
-use super::kv::{Key, Value};
+/// A register the checked histories read and write.
+pub type Key = u8;
+pub type Value = u64;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum OpKind {

@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 
+use crate::group::GroupId;
 use crate::raft::{Message, NodeId};
 
 /// How this seed's network misbehaves.
@@ -22,8 +23,9 @@ pub const IN_FLIGHT_MAX: usize = 100_000;
 
 #[derive(Debug, Default)]
 pub struct Network {
-    /// (delivery time, sequence) → message; the sequence keeps delivery deterministic.
-    in_flight: BTreeMap<(u64, u64), Message>,
+    /// (delivery time, sequence) → message of a group; the sequence keeps delivery
+    /// deterministic.
+    in_flight: BTreeMap<(u64, u64), (GroupId, Message)>,
     sequence: u64,
     /// Directed links that drop everything: (from, to).
     blocked: BTreeSet<(NodeId, NodeId)>,
@@ -32,7 +34,7 @@ pub struct Network {
 }
 
 impl Network {
-    pub fn send(&mut self, m: Message, now: u64, profile: &NetworkProfile, rng: &mut ChaCha8Rng) {
+    pub fn send(&mut self, group: GroupId, m: Message, now: u64, profile: &NetworkProfile, rng: &mut ChaCha8Rng) {
         self.sent += 1;
         let lost = rng.random_range(0..1000) < profile.drop_per_mille;
         if lost || self.blocked.contains(&(m.from, m.to)) || self.in_flight.len() >= IN_FLIGHT_MAX {
@@ -41,30 +43,30 @@ impl Network {
         }
         if rng.random_range(0..1000) < profile.duplicate_per_mille {
             let delay = rng.random_range(1..=profile.delay_max_units);
-            self.enqueue(now + delay, m.clone());
+            self.enqueue(now + delay, group, m.clone());
         }
         let delay = rng.random_range(1..=profile.delay_max_units);
-        self.enqueue(now + delay, m);
+        self.enqueue(now + delay, group, m);
     }
 
-    fn enqueue(&mut self, at: u64, m: Message) {
+    fn enqueue(&mut self, at: u64, group: GroupId, m: Message) {
         self.sequence += 1;
-        self.in_flight.insert((at, self.sequence), m);
+        self.in_flight.insert((at, self.sequence), (group, m));
     }
 
     /// The next message due at or before `now`, unless a partition now blocks it.
-    pub fn next_due(&mut self, now: u64) -> Option<Message> {
+    pub fn next_due(&mut self, now: u64) -> Option<(GroupId, Message)> {
         loop {
             let (&key, _) = self.in_flight.iter().next()?;
             if key.0 > now {
                 return None;
             }
-            let m = self.in_flight.remove(&key).expect("key just seen");
+            let (group, m) = self.in_flight.remove(&key).expect("key just seen");
             if self.blocked.contains(&(m.from, m.to)) {
                 self.dropped += 1;
                 continue;
             }
-            return Some(m);
+            return Some((group, m));
         }
     }
 

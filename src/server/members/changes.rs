@@ -11,12 +11,12 @@ use tonic::Status;
 
 use super::view::{self, cluster_view, group_view, GroupView};
 use super::{Change, Member, Registry, REGISTRY_KEY};
+use crate::group::RequestError;
 use crate::log::GroupId;
 use crate::proto;
 use crate::raft::{ConfChange, NodeId, SingleChange};
 use crate::server::router::{status_of, Router};
 use crate::server::shard_thread::ShardInput;
-use crate::shard::RequestError;
 use crate::state::{BuiltinState, Command, Operation, Outcome};
 
 /// Groups changed at once during a member change.

@@ -1,0 +1,43 @@
+//! Raft groups as every layer names them, and the answers a request on a group can
+//! get: shared by the log, the shard, the server and the client, so none of them
+//! imports another for these.
+
+use crate::raft::{NodeId, ProposeError};
+
+/// A Raft group, numbered from 0 at bootstrap.
+pub type GroupId = u64;
+
+/// The group a key (or log name) belongs to: a stable hash, so every node, client and
+/// version agrees.
+pub fn group_of_key(key: &[u8], groups: u64) -> GroupId {
+    u64::from(crc32fast::hash(key)) % groups
+}
+
+/// Why a request on a group was not carried out (or may not have been).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum RequestError {
+    #[error("group {0} is not hosted here")]
+    UnknownGroup(GroupId),
+    #[error("not the leader of the group (leader: {leader:?})")]
+    NotLeader { leader: Option<NodeId> },
+    #[error("refused: {0}")]
+    Refused(String),
+    /// Leadership changed before the write was known to commit; it may or may not
+    /// apply. Retrying with the same client id and sequence is safe.
+    #[error("outcome unknown: leadership changed")]
+    Unknown,
+    /// Another entry took this write's place in the log: it will never apply.
+    #[error("write dropped by a leader change; retry")]
+    Dropped,
+    #[error("not found: {0}")]
+    NotFound(String),
+}
+
+impl From<ProposeError> for RequestError {
+    fn from(e: ProposeError) -> Self {
+        match e {
+            ProposeError::NotLeader { leader_hint } => RequestError::NotLeader { leader: leader_hint },
+            other => RequestError::Refused(other.to_string()),
+        }
+    }
+}

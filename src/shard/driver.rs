@@ -1,0 +1,78 @@
+//! quarryd's host for a shard: glommio writes and syncs the log through io_uring and a
+//! thread of its own writes snapshot files. Everything the shard asks for is carried
+//! out here and nowhere else.
+
+use std::ops::{Deref, DerefMut};
+
+use super::{Shard, ShardConfig, ShardError, Staged, TurnStats};
+use crate::log::io::{GlommioFiles, SegmentWriter};
+use crate::log::LogError;
+use crate::snapshot::writer::SnapshotWriter;
+use crate::state::StateMachine;
+
+/// A shard with its I/O: dereferences to the [`Shard`] for inputs and outputs.
+pub struct LocalShard<S: StateMachine + Default> {
+    shard: Shard<S>,
+    writer: SegmentWriter<GlommioFiles>,
+    // Dropped last: waits for the snapshot files under way.
+    snapshot_writer: SnapshotWriter,
+}
+
+impl<S: StateMachine + Default> LocalShard<S> {
+    pub fn open(config: ShardConfig) -> Result<Self, ShardError> {
+        let name = format!("quarry-snap-{}", config.node);
+        let snapshot_dir = config.snapshot_dir.clone();
+        let shard = Shard::open(config)?;
+        let snapshot_writer = SnapshotWriter::start(name).map_err(|e| LogError::io(&snapshot_dir, e))?;
+        Ok(LocalShard { shard, writer: SegmentWriter::default(), snapshot_writer })
+    }
+
+    /// Stages a turn (see [`Shard::stage`]), after handing the shard the snapshot
+    /// files written since the last one.
+    pub fn stage(&mut self) -> Result<Staged, ShardError> {
+        for (job, result) in self.snapshot_writer.finished() {
+            self.shard.snapshot_written(job, result);
+        }
+        let staged = self.shard.stage()?;
+        for write in self.shard.take_snapshot_writes() {
+            self.snapshot_writer.submit(write.job, write.image);
+        }
+        Ok(staged)
+    }
+
+    /// Makes a staged turn durable — one write and one fdatasync per flush job, for
+    /// every group — and acknowledges it.
+    pub async fn make_durable(&mut self, staged: Staged) -> Result<TurnStats, ShardError> {
+        let mut fdatasyncs = 0;
+        while !self.shard.is_durable(&staged) {
+            let Some(job) = self.shard.begin_flush()? else {
+                unreachable!("writes staged but no flush to make them durable");
+            };
+            let result = self.writer.execute(&job).await;
+            self.shard.finish_flush(job, result)?;
+            fdatasyncs += 1;
+        }
+        let mut stats = self.shard.on_durable(staged);
+        stats.fdatasyncs = fdatasyncs;
+        Ok(stats)
+    }
+
+    /// One whole turn: stage, then make durable.
+    pub async fn turn(&mut self) -> Result<TurnStats, ShardError> {
+        let staged = self.stage()?;
+        self.make_durable(staged).await
+    }
+}
+
+impl<S: StateMachine + Default> Deref for LocalShard<S> {
+    type Target = Shard<S>;
+    fn deref(&self) -> &Shard<S> {
+        &self.shard
+    }
+}
+
+impl<S: StateMachine + Default> DerefMut for LocalShard<S> {
+    fn deref_mut(&mut self) -> &mut Shard<S> {
+        &mut self.shard
+    }
+}

@@ -1,0 +1,168 @@
+//! Snapshots of a shard's groups: which are due, the file writes the host carries
+//! out, compaction once a file is durable, and installing a leader's image.
+
+use std::cell::RefCell;
+
+use bytes::Bytes;
+
+use super::{Group, GroupId, Shard, ShardError};
+use crate::log::{LogError, LogStore, ShardLog};
+use crate::raft::{Index, Snapshot, SnapshotMeta};
+use crate::snapshot::store::FileWriteJob;
+use crate::snapshot::writer::WRITES_IN_FLIGHT_MAX;
+use crate::snapshot::{Manifest, SnapshotError, SnapshotStore};
+use crate::state::StateMachine;
+
+/// Sealed log segments a shard holds before it snapshots the groups pinning the
+/// oldest one, whatever their distance: bounds the log's disk use under skewed load.
+pub const SEALED_SEGMENTS_MAX: usize = 4;
+
+/// A snapshot file for the host to write (`job.write(&image)`), off the shard's
+/// thread; the host reports the result with `Shard::snapshot_written`.
+pub struct SnapshotWrite {
+    pub job: FileWriteJob,
+    pub image: Bytes,
+}
+
+impl<S: StateMachine + Default> Shard<S> {
+    /// Snapshot files to write now. At most `WRITES_IN_FLIGHT_MAX` are out at once,
+    /// one per group.
+    pub fn take_snapshot_writes(&mut self) -> Vec<SnapshotWrite> {
+        std::mem::take(&mut self.snapshot_writes)
+    }
+
+    /// A snapshot file from `take_snapshot_writes` is written (durably) or failed;
+    /// the next turn records it in the log.
+    pub fn snapshot_written(&mut self, job: FileWriteJob, result: Result<Manifest, SnapshotError>) {
+        self.snapshot_writes_in_flight.remove(&job.group);
+        self.snapshot_writes_done.push((job, result));
+    }
+
+    fn can_write_snapshot(&self, group: GroupId) -> bool {
+        self.snapshot_writes_in_flight.len() < WRITES_IN_FLIGHT_MAX && !self.snapshot_writes_in_flight.contains(&group)
+    }
+
+    /// Snapshots the groups that applied `snapshot_distance` entries since their last
+    /// one, and those pinning the oldest log segment once too many are held; then
+    /// releases the segments no group needs.
+    ///
+    /// Only groups that had a Ready this turn (`busy`) can have newly reached their
+    /// distance, so only they and the pinning ones are looked at: a turn costs nothing
+    /// per idle group.
+    pub(super) fn take_due_snapshots(&mut self, busy: &[GroupId]) -> Result<(), ShardError> {
+        let automatic = self.snapshot_distance > 0;
+        if !automatic && self.snapshot_requests.is_empty() {
+            return Ok(());
+        }
+        let pinning = {
+            let log = self.log.borrow();
+            if automatic && log.sealed_segments() > SEALED_SEGMENTS_MAX {
+                log.groups_pinning_oldest_segment()
+            } else {
+                Vec::new()
+            }
+        };
+        let requested: Vec<GroupId> = self.snapshot_requests.keys().copied().collect();
+        let mut candidates: Vec<GroupId> = busy.iter().chain(&pinning).chain(&requested).copied().collect();
+        candidates.sort_unstable();
+        candidates.dedup();
+        for group in candidates {
+            let Some(g) = self.groups.get(&group) else { continue };
+            let base = self.log.borrow().snapshot_meta(group).index;
+            let applied = g.state.last_applied();
+            let due = (automatic && applied >= base + self.snapshot_distance)
+                || (applied > base && (pinning.contains(&group) || requested.contains(&group)));
+            if due && self.can_write_snapshot(group) {
+                let term =
+                    self.log.borrow().term(group, applied).map_err(|_| LogError::Missing { group, index: applied })?;
+                // Every committed entry handed out is applied in the same turn, so the
+                // core's configuration is the one as of `applied`.
+                let meta = SnapshotMeta { index: applied, term, conf_state: g.raft.conf_state().clone() };
+                let job = self.snapshots.borrow().file_writer(group, &meta);
+                self.snapshot_writes_in_flight.insert(group);
+                self.snapshot_writes.push(SnapshotWrite { job, image: g.state.snapshot() });
+            }
+        }
+        Ok(())
+    }
+
+    /// Compacts the log of every group whose snapshot file is now durable. The file
+    /// the log stood on before is deleted only once the new marker is in the log
+    /// (durable by the end of this turn), so a crash always finds a file matching it.
+    pub(super) fn finish_snapshot_writes(&mut self) -> Result<(), ShardError> {
+        if self.snapshot_writes_done.is_empty() {
+            return Ok(());
+        }
+        for (job, result) in std::mem::take(&mut self.snapshot_writes_done) {
+            let (group, meta) = (job.group, job.meta);
+            let manifest = match result {
+                Ok(manifest) => manifest,
+                Err(e) => {
+                    // The log keeps its entries; the group is due again next turn.
+                    eprintln!(
+                        "shard of node {}: snapshot of group {group} at {} not written: {e}",
+                        self.node, meta.index
+                    );
+                    continue;
+                }
+            };
+            if let Some(waiting) = self.snapshot_requests.get_mut(&group) {
+                waiting.retain(|(covers, reply)| {
+                    let served = *covers <= meta.index;
+                    if served {
+                        let _ = reply.try_send(Ok(manifest.clone()));
+                    }
+                    !served
+                });
+                if waiting.is_empty() {
+                    self.snapshot_requests.remove(&group);
+                }
+            }
+            let base = self.log.borrow().snapshot_meta(group).index;
+            let mut snapshots = self.snapshots.borrow_mut();
+            snapshots.saved(group, &meta);
+            if meta.index > base {
+                // Entries up to an applied index are committed: never truncated since.
+                self.log.borrow_mut().compact(group, meta)?;
+                snapshots.release_before(group, base)?;
+                self.snapshots_taken += 1;
+            }
+        }
+        self.log.borrow_mut().release_unneeded_segments()?;
+        Ok(())
+    }
+}
+
+pub(super) fn restore<S: StateMachine>(
+    group: GroupId,
+    state: &mut S,
+    index: Index,
+    image: Bytes,
+) -> Result<(), ShardError> {
+    let failed = |reason: String| ShardError::Restore { group, index, reason };
+    state.restore(image).map_err(|e| failed(e.to_string()))?;
+    if state.last_applied() != index {
+        return Err(failed(format!("the image is of index {}", state.last_applied())));
+    }
+    Ok(())
+}
+
+/// Installs an image the leader sent: the file first (durable), then the state
+/// machine, then the log marker that makes the log start after it. NB: the file is
+/// written here, on the shard's thread: installs are rare, and the file must be
+/// durable before the marker is staged.
+pub(super) fn install<S: StateMachine>(
+    log: &RefCell<ShardLog>,
+    snapshots: &RefCell<SnapshotStore>,
+    group: GroupId,
+    g: &mut Group<S>,
+    snapshot: &Snapshot,
+) -> Result<(), ShardError> {
+    let base = log.borrow().snapshot_meta(group).index;
+    let mut snapshots = snapshots.borrow_mut();
+    snapshots.save(group, &snapshot.meta, &snapshot.data)?;
+    restore(group, &mut g.state, snapshot.meta.index, snapshot.data.clone())?;
+    log.borrow_mut().install_snapshot(group, snapshot.meta.clone())?;
+    snapshots.release_before(group, base)?;
+    Ok(())
+}

@@ -1,0 +1,158 @@
+//! A shard's turn: stage every busy group's Ready, make the log durable (the host
+//! does the I/O), then acknowledge.
+
+use super::requests::{apply, fail_pending, serve_confirmed_reads};
+use super::{snapshots, GroupId, Shard, ShardError};
+use crate::log::{FlushJob, LogError, LogStore};
+use crate::raft::{Entry, HardState, Index, Message, Role, Term};
+use crate::state::{Outcome, StateMachine};
+
+/// What a turn wrote and applied, kept only when the shard records a trace.
+#[derive(Clone, Debug)]
+pub enum TraceEvent {
+    /// A leader's snapshot installed in place of the group's log.
+    Installed { group: GroupId, index: Index, term: Term },
+    /// Entries written to the group's log (the first may replace a suffix).
+    Appended { group: GroupId, entries: Vec<Entry> },
+    /// A hard state written to the group's log.
+    HardState { group: GroupId, hard_state: HardState },
+    /// A committed entry applied: for a command, its writer's (client, sequence) and
+    /// the outcome the state machine gave.
+    Applied { group: GroupId, index: Index, identity: Option<(u64, u64)>, outcome: Option<Outcome> },
+}
+
+/// A staged turn waiting for its writes to be durable: per group, the Ready number
+/// and the messages to send once it is.
+#[must_use = "a staged turn must be acknowledged with on_durable"]
+#[derive(Debug)]
+pub struct Staged {
+    acks: Vec<(GroupId, u64, Vec<Message>)>,
+    /// The log's staged ticket after this turn's writes: durable once the log's
+    /// durable ticket reaches it.
+    pub ticket: u64,
+    pub stats: TurnStats,
+}
+
+/// What one turn did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TurnStats {
+    /// Group Readies carried out.
+    pub readies: usize,
+    pub fdatasyncs: u64,
+    pub snapshots_taken: u64,
+    pub snapshots_installed: u64,
+    /// Log entries written (appended or replaced) for all groups.
+    pub entries_written: u64,
+}
+
+impl<S: StateMachine + Default> Shard<S> {
+    /// The first half of a turn: writes every busy group's Ready to the log (not yet
+    /// durable), applies what committed and answers its clients, and asks for the
+    /// snapshots that are due. Messages that need no local persistence (a leader's
+    /// appends to followers, heartbeats) are in the outbox now: sending them before
+    /// the log is durable lets followers write in parallel with the leader.
+    pub fn stage(&mut self) -> Result<Staged, ShardError> {
+        let mut acks = Vec::new();
+        let mut entries_written = 0;
+        let (taken_before, installed_before) = (self.snapshots_taken, self.snapshots_installed);
+        self.finish_snapshot_writes()?;
+        for (&group, g) in self.groups.iter_mut() {
+            while g.raft.has_ready() {
+                let ready = g.raft.ready();
+                if ready.soft_state.is_some_and(|s| s.role != Role::Leader) {
+                    fail_pending(g);
+                }
+                if let Some(snapshot) = &ready.snapshot {
+                    snapshots::install(&self.log, &self.snapshots, group, g, snapshot)?;
+                    self.snapshots_installed += 1;
+                    if let Some(trace) = &mut self.trace {
+                        let (index, term) = (snapshot.meta.index, snapshot.meta.term);
+                        trace.push(TraceEvent::Installed { group, index, term });
+                    }
+                }
+                if let (Some(trace), false) = (&mut self.trace, ready.entries.is_empty()) {
+                    trace.push(TraceEvent::Appended { group, entries: ready.entries.clone() });
+                }
+                {
+                    let mut log = self.log.borrow_mut();
+                    log.append(group, &ready.entries)?;
+                    entries_written += ready.entries.len() as u64;
+                    // A hard state whose only change is the commit index is not
+                    // written: it rides along with the next write that must be synced.
+                    if let (Some(hard_state), true) = (ready.hard_state, ready.must_sync) {
+                        log.set_hard_state(group, hard_state)?;
+                        if let Some(trace) = &mut self.trace {
+                            trace.push(TraceEvent::HardState { group, hard_state });
+                        }
+                    }
+                }
+                for m in ready.messages {
+                    self.outbox.entry(m.to).or_default().push((group, m));
+                }
+                for read in ready.read_states {
+                    if let Some(pending) = g.reads.remove(&read.ctx) {
+                        g.confirmed.push((read.index, pending));
+                    }
+                }
+                // Committed entries are already durable here and on a quorum: apply and
+                // answer now, without waiting for this turn's writes.
+                for entry in ready.committed_entries {
+                    let index = entry.index;
+                    let (identity, outcome) = apply(g, entry);
+                    if let Some(trace) = &mut self.trace {
+                        trace.push(TraceEvent::Applied { group, index, identity, outcome });
+                    }
+                }
+                serve_confirmed_reads(g);
+                acks.push((group, ready.number, ready.persisted_messages));
+            }
+        }
+        let busy: Vec<GroupId> = acks.iter().map(|(group, _, _)| *group).collect();
+        self.take_due_snapshots(&busy)?;
+        let stats = TurnStats {
+            readies: acks.len(),
+            fdatasyncs: 0,
+            snapshots_taken: self.snapshots_taken - taken_before,
+            snapshots_installed: self.snapshots_installed - installed_before,
+            entries_written,
+        };
+        Ok(Staged { acks, ticket: self.log.borrow().staged_ticket(), stats })
+    }
+
+    /// The next write and fdatasync for the host to carry out, if anything is staged
+    /// and no other is in flight.
+    pub fn begin_flush(&mut self) -> Result<Option<FlushJob>, ShardError> {
+        Ok(self.log.borrow_mut().begin_flush()?)
+    }
+
+    /// The outcome of a job from `begin_flush`. A failure stops the shard: after a
+    /// failed fdatasync nothing staged can be promised durable.
+    pub fn finish_flush(&mut self, job: FlushJob, result: Result<(), LogError>) -> Result<(), ShardError> {
+        let ok = result.is_ok();
+        self.log.borrow_mut().finish_flush(job, result)?;
+        if ok {
+            self.fdatasyncs += 1;
+        }
+        Ok(())
+    }
+
+    /// Whether everything `staged` wrote is durable.
+    pub fn is_durable(&self, staged: &Staged) -> bool {
+        self.log.borrow().durable_ticket() >= staged.ticket
+    }
+
+    /// The second half of a turn, once its writes are durable: each group learns its
+    /// Ready is durable and the messages that waited for it (votes, append
+    /// acknowledgements) join the outbox. Turns must be acknowledged in order.
+    pub fn on_durable(&mut self, staged: Staged) -> TurnStats {
+        assert!(self.is_durable(&staged), "turn acknowledged before its writes are durable");
+        let Staged { acks, stats, .. } = staged;
+        for (group, number, persisted_messages) in acks {
+            for m in persisted_messages {
+                self.outbox.entry(m.to).or_default().push((group, m));
+            }
+            self.groups.get_mut(&group).expect("group exists").raft.advance(number);
+        }
+        stats
+    }
+}

@@ -1,0 +1,162 @@
+//! One simulated server: the production shard (`Shard<BuiltinState>`) over the real
+//! shard log and snapshot files, on a disk that loses whatever no completed fdatasync
+//! covers. The simulator decides when each fdatasync and snapshot file completes and
+//! when the power goes.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use rand_chacha::ChaCha8Rng;
+
+use crate::group::GroupId;
+use crate::log::fault::{CrashDamage, FaultyDisk};
+use crate::log::io::SegmentWriter;
+use crate::log::{FlushJob, LogError};
+use crate::raft::{NodeId, Storage};
+use crate::shard::{Shard, ShardConfig, ShardError, SnapshotWrite, Staged};
+use crate::state::BuiltinState;
+
+use super::hashes::LogHashes;
+use super::invariants::Durable;
+
+/// A write the shard staged, as far as durability checks care.
+#[derive(Clone, Copy, Debug)]
+pub enum DurableChange {
+    HardState(crate::raft::HardState),
+    /// The log now ends here (entries appended, or a snapshot installed).
+    LastIndex(crate::raft::Index),
+}
+
+pub struct SimNode {
+    pub id: NodeId,
+    pub config: ShardConfig,
+    /// `None` while crashed.
+    pub shard: Option<Shard<BuiltinState>>,
+    writer: SegmentWriter<FaultyDisk>,
+    /// Turns staged, waiting for their writes to be durable, oldest first.
+    pub staged: VecDeque<Staged>,
+    /// The flush whose fdatasyncs are under way, and how its writes went.
+    pub flush: Option<(FlushJob, Result<(), LogError>)>,
+    /// Snapshot files being written, by the simulator's event sequence number.
+    pub snapshot_writes: BTreeMap<u64, SnapshotWrite>,
+    /// Bumped at each restart so events of an earlier life are ignored.
+    pub incarnation: u64,
+    pub hashes: BTreeMap<GroupId, LogHashes>,
+    /// What a crash now would leave of each group.
+    pub durable: BTreeMap<GroupId, Durable>,
+    /// Writes staged but not yet durable: (staged ticket, group, change), oldest first.
+    unsynced: VecDeque<(u64, GroupId, DurableChange)>,
+}
+
+impl SimNode {
+    pub fn new(id: NodeId, config: ShardConfig) -> SimNode {
+        SimNode {
+            id,
+            config,
+            shard: None,
+            writer: SegmentWriter::new(FaultyDisk::deferred()),
+            staged: VecDeque::new(),
+            flush: None,
+            snapshot_writes: BTreeMap::new(),
+            incarnation: 0,
+            hashes: BTreeMap::new(),
+            durable: BTreeMap::new(),
+            unsynced: VecDeque::new(),
+        }
+    }
+
+    pub fn shard(&mut self) -> &mut Shard<BuiltinState> {
+        self.shard.as_mut().expect("node is running")
+    }
+
+    #[cfg(test)]
+    pub fn disk(&mut self) -> &mut FaultyDisk {
+        self.writer.files_mut()
+    }
+
+    /// Starts the node from its disk; `base_hash` gives the committed prefix hash at
+    /// each group's snapshot index.
+    pub fn start(&mut self, seed: u64, base_hash: impl Fn(GroupId, u64) -> Option<u64>) -> Result<(), String> {
+        let config =
+            ShardConfig { raft: crate::raft::Config { seed, ..self.config.raft.clone() }, ..self.config.clone() };
+        let mut shard =
+            Shard::open(config).map_err(|e| format!("node {} failed to recover its shard: {e}", self.id))?;
+        shard.record_trace();
+        self.hashes.clear();
+        self.durable.clear();
+        self.unsynced.clear();
+        for &group in &self.config.groups {
+            let raft = shard.raft(group).expect("hosted group");
+            let storage = raft.storage();
+            let (hard_state, _) = storage.initial_state();
+            self.durable.insert(group, Durable { hard_state, last_index: storage.last_index() });
+            let base = storage.first_index() - 1;
+            let hash = base_hash(group, base)
+                .ok_or_else(|| format!("node {} group {group} recovered a snapshot at uncommitted {base}", self.id))?;
+            let mut hashes = LogHashes::default();
+            hashes.reset(base, hash);
+            let entries = storage
+                .entries(base + 1, storage.last_index() + 1, u64::MAX)
+                .map_err(|e| format!("node {} group {group}: recovered log unreadable: {e:?}", self.id))?;
+            hashes.append(&entries)?;
+            self.hashes.insert(group, hashes);
+        }
+        self.shard = Some(shard);
+        self.incarnation += 1;
+        Ok(())
+    }
+
+    /// Records a write staged with `ticket`.
+    pub fn staged(&mut self, ticket: u64, group: GroupId, change: DurableChange) {
+        self.unsynced.push_back((ticket, group, change));
+    }
+
+    /// Moves the writes the log has made durable into `durable`.
+    pub fn settle(&mut self) {
+        let Some(shard) = &self.shard else { return };
+        let durable_ticket = shard.durable_ticket();
+        while let Some(&(ticket, group, change)) = self.unsynced.front() {
+            if ticket > durable_ticket {
+                break;
+            }
+            self.unsynced.pop_front();
+            let durable = self.durable.get_mut(&group).expect("hosted group");
+            match change {
+                DurableChange::HardState(hard_state) => durable.hard_state = hard_state,
+                DurableChange::LastIndex(index) => durable.last_index = index,
+            }
+        }
+    }
+
+    /// A power cut: everything in memory goes, and the disk keeps only what was synced
+    /// (plus whatever of the unsynced writes happens to have reached it).
+    pub fn crash(&mut self, rng: &mut ChaCha8Rng) -> Result<CrashDamage, String> {
+        self.shard = None;
+        self.unsynced.clear();
+        self.staged.clear();
+        self.flush = None;
+        self.snapshot_writes.clear();
+        self.writer.forget_active();
+        self.writer.files_mut().crash(rng).map_err(|e| format!("simulated disk: {e}"))
+    }
+
+    /// Starts the next flush if none is under way: its writes go to the (volatile)
+    /// disk now, its fdatasyncs complete when the simulator says.
+    pub fn begin_flush(&mut self) -> Result<bool, ShardError> {
+        if self.flush.is_some() {
+            return Ok(false);
+        }
+        let Some(job) = self.shard().begin_flush()? else {
+            return Ok(false);
+        };
+        let result = futures_lite::future::block_on(self.writer.execute(&job));
+        self.flush = Some((job, result));
+        Ok(true)
+    }
+
+    /// The flush's fdatasyncs complete.
+    pub fn finish_flush(&mut self) -> Result<(), ShardError> {
+        let (job, result) = self.flush.take().expect("a flush is under way");
+        self.writer.files_mut().complete_fdatasyncs();
+        self.shard().finish_flush(job, result)
+    }
+}
