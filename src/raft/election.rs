@@ -1,6 +1,7 @@
 //! Terms, elections (with pre-vote), check-quorum and role transitions.
 
 use super::progress::ProgressState;
+use super::confchange::apply_conf_change;
 use super::quorum::{vote_result, VoteResult};
 use super::storage::Storage;
 use super::types::*;
@@ -62,8 +63,12 @@ impl<S: Storage> RaftNode<S> {
         };
         let (last_index, last_term) = (self.log.last_index(), self.log.last_term());
         let id = self.id;
-        let voters: Vec<NodeId> =
-            self.conf.members().into_iter().filter(|&to| to != id && self.conf.is_voter(to)).collect();
+        self.campaign_conf = self.latest_conf_in_log();
+        let confs = std::iter::once(&self.conf).chain(self.campaign_conf.as_ref());
+        let mut voters: Vec<NodeId> = confs.flat_map(|c| c.members().into_iter().filter(|&to| c.is_voter(to))).collect();
+        voters.sort_unstable();
+        voters.dedup();
+        voters.retain(|&to| to != id);
         for to in voters {
             let request = if pre {
                 MessageKind::PreVote { last_index, last_term }
@@ -129,6 +134,7 @@ impl<S: Storage> RaftNode<S> {
     fn reset_role_state(&mut self) {
         self.reset_timers();
         self.votes.clear();
+        self.campaign_conf = None;
         self.transferee = None;
         self.self_vote_ready = None;
         self.reads.clear();
@@ -214,10 +220,49 @@ impl<S: Storage> RaftNode<S> {
         }
     }
 
-    /// Counts a (pre-)vote and acts on the outcome.
+    /// The configuration the log's latest membership change leads to, when the log
+    /// holds changes not yet applied (committed or not).
+    ///
+    /// An election must be won in it as well as in the applied configuration (Raft
+    /// thesis §4.1 uses the latest configuration in the log). The applied one alone
+    /// is not enough: a node whose knowledge of the commit index was lost in a crash
+    /// (it is not synced on its own) holds `[joint, leave-joint]` unapplied and would
+    /// count the votes of its old configuration — removed members included — while
+    /// the new configuration elects another leader (the simulator's seed 5140).
+    pub(super) fn latest_conf_in_log(&self) -> Option<ConfState> {
+        let (from, last) = (self.log.applying + 1, self.log.last_index());
+        if from > last {
+            return None;
+        }
+        let entries = self
+            .log
+            .entries(from, last + 1, u64::MAX)
+            .unwrap_or_else(|e| panic!("unapplied entries {from}..={last} unreadable: {e}"));
+        let mut latest: Option<ConfState> = None;
+        for entry in entries {
+            if let EntryPayload::ConfChange(change) = &entry.payload {
+                let base = latest.as_ref().unwrap_or(&self.conf);
+                // An invalid change is ignored here as it will be when applied.
+                if let Ok(next) = apply_conf_change(base, change) {
+                    latest = Some(next);
+                }
+            }
+        }
+        latest
+    }
+
+    /// Counts a (pre-)vote and acts on the outcome: an election must be won in the
+    /// applied configuration and in the latest one in the log.
     pub(super) fn record_vote(&mut self, from: NodeId, granted: bool) {
         self.votes.entry(from).or_insert(granted);
-        match vote_result(&self.conf, &self.votes) {
+        let applied = vote_result(&self.conf, &self.votes);
+        let latest = self.campaign_conf.as_ref().map_or(VoteResult::Won, |c| vote_result(c, &self.votes));
+        let result = match (applied, latest) {
+            (VoteResult::Lost, _) | (_, VoteResult::Lost) => VoteResult::Lost,
+            (VoteResult::Won, VoteResult::Won) => VoteResult::Won,
+            _ => VoteResult::Pending,
+        };
+        match result {
             VoteResult::Pending => {}
             VoteResult::Lost => self.become_follower(self.term, None),
             VoteResult::Won if self.role == Role::PreCandidate => self.campaign(CampaignKind::Vote),

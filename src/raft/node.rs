@@ -76,6 +76,9 @@ pub struct RaftNode<S: Storage> {
     in_flight: VecDeque<InFlightReady>,
     /// A candidate counts its own vote only once the Ready carrying it is durable.
     pub(super) self_vote_ready: Option<u64>,
+    /// While campaigning: the configuration of the latest membership change in the
+    /// log beyond the applied one, which must also grant the election.
+    pub(super) campaign_conf: Option<ConfState>,
     #[cfg(test)]
     pub(crate) broken_commit_rule: bool,
     #[cfg(test)]
@@ -121,6 +124,7 @@ impl<S: Storage> RaftNode<S> {
             next_ready_number: 1,
             in_flight: VecDeque::new(),
             self_vote_ready: None,
+            campaign_conf: None,
             #[cfg(test)]
             broken_commit_rule: false,
             #[cfg(test)]

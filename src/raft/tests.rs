@@ -98,7 +98,8 @@ impl Net {
             let Some(m) = self.next_message() else {
                 return;
             };
-            if self.isolated.contains(&m.from) || self.isolated.contains(&m.to) {
+            // Nodes cut off, or not part of this scenario, hear nothing.
+            if self.isolated.contains(&m.from) || self.isolated.contains(&m.to) || !self.nodes.contains_key(&m.to) {
                 continue;
             }
             self.node(m.to).step(m).unwrap();
@@ -464,4 +465,27 @@ fn malformed_messages_are_refused_and_change_nothing() {
     assert!(matches!(node.step(wrong_recipient), Err(StepError::WrongRecipient { .. })));
     assert_eq!(node.hard_state(), before);
     assert!(!node.has_ready());
+}
+
+/// A node whose log holds a membership change it has not applied (its knowledge of the
+/// commit index was lost in a crash) must win its election in the configuration that
+/// change leads to as well: here the old configuration's majority {1, 2, 3} includes
+/// node 3, which the change removed, while the new one's {4, 5, 6} can elect another
+/// leader. The simulator found this (seed 5140).
+#[test]
+fn an_election_must_be_won_in_the_latest_configuration_in_the_log() {
+    let voters = [1, 2, 3, 4, 5];
+    let swap = ConfChange::Change(vec![SingleChange::AddVoter(6), SingleChange::RemoveNode(3)]);
+    let log = || {
+        let mut storage = log_of(&voters, &[1]);
+        storage.append(&[
+            Entry { term: 1, index: 2, payload: EntryPayload::ConfChange(swap.clone()) },
+            Entry { term: 1, index: 3, payload: EntryPayload::ConfChange(ConfChange::LeaveJoint) },
+        ]);
+        storage // commit index 0: the changes are in the log, not applied
+    };
+    let mut net = Net::new(vec![(1, log()), (2, log()), (3, log())]);
+    net.campaign(2);
+    assert_ne!(net.node(2).role(), Role::Leader, "votes of 1 and 3 are not a majority of {{1, 2, 4, 5, 6}}");
+    assert_eq!(net.node(2).conf_state().voters, voters.into_iter().collect(), "nothing applied yet");
 }

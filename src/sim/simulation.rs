@@ -243,6 +243,14 @@ pub fn run_seed_with(seed: u64, sabotage: Sabotage) -> Result<Report, Failure> {
     Ok(sim.report)
 }
 
+fn in_group(group: GroupId, reason: String) -> String {
+    format!("group {group}: {reason}")
+}
+
+fn trace_on() -> bool {
+    std::env::var_os("SIM_TRACE").is_some()
+}
+
 fn image_hash(state: &BuiltinState) -> u64 {
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
     state.snapshot().hash(&mut hasher);
@@ -359,7 +367,7 @@ impl Simulation {
             let Some(shard) = self.nodes[i].shard.as_mut() else {
                 continue;
             };
-            if std::env::var_os("SIM_TRACE").is_some() {
+            if trace_on() {
                 eprintln!("t={} group {group} deliver {m:?}", self.now);
             }
             shard.step(group, m).map_err(|e| format!("the core refused a message: {e}"))?;
@@ -478,7 +486,7 @@ impl Simulation {
                     let written = self.nodes[i].hashes.get_mut(&group).expect("hosted").append(&entries)?;
                     let invariants = self.invariants.get_mut(&group).expect("group checked");
                     for (index, term, hash) in written {
-                        invariants.on_append(id, index, term, hash)?;
+                        invariants.on_append(id, index, term, hash).map_err(|e| in_group(group, e))?;
                     }
                 }
                 TraceEvent::Applied { group, index, identity, outcome } => {
@@ -490,7 +498,7 @@ impl Simulation {
                         hashes: &node.hashes[&group],
                     };
                     let invariants = self.invariants.get_mut(&group).expect("group checked");
-                    invariants.on_apply(&replica, index, identity, &outcome)?;
+                    invariants.on_apply(&replica, index, identity, &outcome).map_err(|e| in_group(group, e))?;
                     applied_groups.push(group);
                 }
             }
@@ -499,7 +507,8 @@ impl Simulation {
         for group in applied_groups {
             let state = self.nodes[i].shard().state(group).expect("hosted");
             let (applied, hash) = (state.last_applied(), image_hash(state));
-            self.invariants.get_mut(&group).expect("group checked").on_state(id, applied, hash)?;
+            let invariants = self.invariants.get_mut(&group).expect("group checked");
+            invariants.on_state(id, applied, hash).map_err(|e| in_group(group, e))?;
         }
         Ok(())
     }
@@ -522,7 +531,8 @@ impl Simulation {
         let outbox = shard.take_outbox();
         for (group, m) in outbox.into_values().flatten() {
             let durable = self.nodes[i].durable[&group];
-            self.invariants.get_mut(&group).expect("group checked").on_send(durable, &m)?;
+            let invariants = self.invariants.get_mut(&group).expect("group checked");
+            invariants.on_send(durable, &m).map_err(|e| in_group(group, e))?;
             self.network.send(group, m, self.now, &self.profile.network, &mut self.rng);
         }
         Ok(())
@@ -536,7 +546,7 @@ impl Simulation {
             let raft = shard.raft(group).expect("hosted");
             let hashes = node.hashes.get_mut(&group).expect("hosted");
             let replica = Replica { node: node.id, incarnation: node.incarnation, raft, hashes };
-            invariants.check(&replica)?;
+            invariants.check(&replica).map_err(|e| in_group(group, e))?;
             hashes.compact(raft.storage().first_index() - 1);
         }
         Ok(())
@@ -544,11 +554,14 @@ impl Simulation {
 
     fn start_node(&mut self, i: usize) -> Result<(), String> {
         let seed = self.rng.next_u64();
+        if trace_on() {
+            eprintln!("t={} start node {}", self.now, self.nodes[i].id);
+        }
         let invariants = &self.invariants;
         self.nodes[i].start(seed, |group, index| invariants[&group].committed_hash(index))?;
         let id = self.nodes[i].id;
         for (&group, invariants) in self.invariants.iter_mut() {
-            invariants.on_restart(id, self.nodes[i].durable[&group])?;
+            invariants.on_restart(id, self.nodes[i].durable[&group]).map_err(|e| in_group(group, e))?;
         }
         #[cfg(test)]
         {
@@ -603,6 +616,9 @@ impl Simulation {
             self.report.crashes_mid_flush += 1;
         }
         let damage = self.nodes[i].crash(&mut self.rng)?;
+        if trace_on() {
+            eprintln!("t={} crash node {}: {damage:?}", self.now, self.nodes[i].id);
+        }
         self.report.crashes += 1;
         self.report.writes_torn += damage.writes_torn;
         self.report.writes_lost += damage.writes_lost;
