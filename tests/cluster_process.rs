@@ -744,3 +744,59 @@ async fn a_node_serves_at_most_connections_max_connections_at_once() {
     }
     assert!(matches!(status(second).await, Ok(Ok(_))), "the open connection keeps being served");
 }
+
+/// A node whose log is damaged beyond a torn tail does not stay up half-alive: its
+/// shard fails at recovery, and the process stops at once with exit status 70 and the
+/// cause (file and offset) on stderr, so that systemd restarts it and the operator
+/// sees why. The other two nodes keep serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_with_a_damaged_log_stops_at_once_and_says_why() {
+    let mut cluster = start_cluster();
+    wait_for_leaders(&cluster).await;
+    let mut clients = Vec::new();
+    for addr in &cluster.addrs {
+        clients.push(KvClient::new(channel(addr).await));
+    }
+    put_concurrently(&clients, 8, 200, |i| (format!("damage-{i}"), format!("v{i}"))).await;
+    cluster.kill(3);
+    // Flip a byte in the first batch of every segment: data that later flushes (or a
+    // seal) vouch for, so recovery must refuse it rather than cut it as a torn tail.
+    let mut damaged = 0;
+    for shard in std::fs::read_dir(cluster.data_dir(3)).expect("data dir") {
+        let shard = shard.expect("entry").path();
+        let Ok(files) = std::fs::read_dir(&shard) else { continue };
+        for file in files {
+            let path = file.expect("entry").path();
+            if path.extension().is_some_and(|e| e == "qseg") {
+                let mut bytes = std::fs::read(&path).expect("segment");
+                if bytes.len() > 4096 + 64 && bytes[4096..4100] != [0; 4] {
+                    bytes[4096 + 40] ^= 0x10;
+                    std::fs::write(&path, &bytes).expect("damage");
+                    damaged += 1;
+                }
+            }
+        }
+    }
+    assert!(damaged > 0, "no segment with data to damage");
+    cluster.restart(3);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = cluster.children[2].try_wait().expect("wait") {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "node 3 still running 30 s after starting on a damaged log");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(status.code(), Some(70), "node 3 exited with {status}");
+    let stderr = std::fs::read_to_string(cluster.dir.path().join("node3.log")).expect("node 3's stderr");
+    assert!(stderr.contains("corrupt log") && stderr.contains(".qseg"), "cause not reported: {stderr}");
+    // Nodes 1 and 2 still form a majority.
+    let kv = KvClient::new(channel(&cluster.addrs[0]).await);
+    let put = PutRequest { key: Bytes::from("after"), value: Bytes::from("damage"), client_id: 0, sequence: 0 };
+    retry(|| {
+        let (mut c, r) = (kv.clone(), put.clone());
+        async move { c.put(r).await }
+    })
+    .await
+    .expect("two of three nodes still commit");
+}

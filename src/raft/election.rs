@@ -1,7 +1,7 @@
 //! Terms, elections (with pre-vote), check-quorum and role transitions.
 
-use super::progress::ProgressState;
 use super::confchange::apply_conf_change;
+use super::progress::ProgressState;
 use super::quorum::{vote_result, VoteResult};
 use super::storage::Storage;
 use super::types::*;
@@ -65,7 +65,8 @@ impl<S: Storage> RaftNode<S> {
         let id = self.id;
         self.campaign_conf = self.latest_conf_in_log();
         let confs = std::iter::once(&self.conf).chain(self.campaign_conf.as_ref());
-        let mut voters: Vec<NodeId> = confs.flat_map(|c| c.members().into_iter().filter(|&to| c.is_voter(to))).collect();
+        let mut voters: Vec<NodeId> =
+            confs.flat_map(|c| c.members().into_iter().filter(|&to| c.is_voter(to))).collect();
         voters.sort_unstable();
         voters.dedup();
         voters.retain(|&to| to != id);

@@ -31,6 +31,10 @@ use crate::transport::flight::FlightEndpoint;
 
 pub use config::{Args, NodeConfig};
 pub use restore::restore;
+pub use shard_thread::fail_node;
+
+/// Names of the shards' threads: `quarry-shard-0`, `quarry-shard-1`, ...
+pub const SHARD_THREAD_PREFIX: &str = "quarry-shard-";
 use router::Router;
 use service::Services;
 
@@ -62,7 +66,7 @@ pub fn run(config: NodeConfig) -> Result<(), String> {
     for index in 0..config.shards {
         let (inbox, inbox_rx) = flume::bounded(shard_thread::INBOX_MAX);
         let shard_config = shard_config(&config, index, founding);
-        let name = format!("quarry-shard-{index}");
+        let name = format!("{SHARD_THREAD_PREFIX}{index}");
         let thread = shard_thread::spawn(name, shard_config, config.tick, inbox_rx, outbound.clone(), metrics.clone())
             .map_err(|e| format!("cannot start shard {index}: {e}"))?;
         inboxes.push(inbox);

@@ -164,8 +164,8 @@ impl Router {
 async fn wait<T>(answer: flume::Receiver<Result<T, RequestError>>) -> Result<T, RequestError> {
     match tokio::time::timeout(REQUEST_TIMEOUT, answer.recv_async()).await {
         Ok(Ok(result)) => result,
-        Ok(Err(_)) => Err(RequestError::Refused("the shard stopped".into())),
-        Err(_) => Err(RequestError::Unknown),
+        // The shard stopped with the request in hand: it may have been carried out.
+        Ok(Err(_)) | Err(_) => Err(RequestError::Unknown),
     }
 }
 

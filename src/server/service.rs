@@ -583,7 +583,7 @@ impl Admin for Services {
                         learners: m.meta.conf_state.learners.iter().copied().collect(),
                     }),
                     Ok(Err(e)) => Err(e),
-                    Err(_) => Err(RequestError::Refused("the shard stopped".into())),
+                    Err(_) => Err(RequestError::Unknown),
                 },
             }
         })

@@ -64,6 +64,19 @@ pub enum ShardInput {
     },
 }
 
+/// The exit status of a node whose shard failed (EX_SOFTWARE).
+pub const SHARD_FAILED_EXIT: i32 = 70;
+
+/// A shard failed (its log, a snapshot file, a panic): the node stops at once with the
+/// cause on stderr, rather than listening on without the shard, so that the service
+/// manager restarts it (recovery runs again and says what it finds) and the operator
+/// sees why. Nothing acknowledged is lost by stopping: acknowledgements follow
+/// fdatasync, and clients waiting on the shard learn their outcome is unknown.
+pub fn fail_node(shard: &str, cause: &str) -> ! {
+    eprintln!("quarryd: {shard} failed: {cause}; stopping the node (exit status {SHARD_FAILED_EXIT})");
+    std::process::exit(SHARD_FAILED_EXIT)
+}
+
 /// What leaves a shard for each destination node.
 pub type Outbound = flume::Sender<(NodeId, Outgoing)>;
 
@@ -76,11 +89,18 @@ pub fn spawn(
     outbound: Outbound,
     metrics: Arc<Metrics>,
 ) -> std::io::Result<glommio::ExecutorJoinHandle<Result<(), String>>> {
+    let thread_name = name.clone();
     glommio::LocalExecutorBuilder::default()
-        .name(&name)
+        .name(&thread_name)
         .spawn(move || async move {
-            let mut shard = LocalShard::<BuiltinState>::open(config).map_err(|e| e.to_string())?;
-            run(&mut shard, tick, inbox, outbound, &metrics).await
+            let result = match LocalShard::<BuiltinState>::open(config) {
+                Ok(mut shard) => run(&mut shard, tick, inbox, outbound, &metrics).await,
+                Err(e) => Err(format!("cannot recover: {e}")),
+            };
+            if let Err(cause) = &result {
+                fail_node(&name, cause);
+            }
+            result
         })
         .map_err(|e| std::io::Error::other(e.to_string()))
 }

@@ -397,8 +397,8 @@ pub async fn change_here(router: &Router, group: GroupId, change: ConfChange) ->
         Ok(Ok(Ok(Outcome::Written { revision }))) => Ok(revision),
         Ok(Ok(Ok(other))) => Err(RequestError::Refused(format!("unexpected outcome {other:?}"))),
         Ok(Ok(Err(e))) => Err(e),
-        Ok(Err(_)) => Err(RequestError::Refused("the shard stopped".into())),
-        Err(_) => Err(RequestError::Unknown),
+        // The shard stopped with the change in hand: it may have been carried out.
+        Ok(Err(_)) | Err(_) => Err(RequestError::Unknown),
     }
 }
 
