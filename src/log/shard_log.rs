@@ -255,6 +255,16 @@ impl ShardLog {
         job
     }
 
+    /// Ends the current flush: what is staged so far is written and synced on its own,
+    /// and later writes go to the next flush. (A vote is written in two flushes, so
+    /// that damage to the last flush cannot take it: see `Shard::stage`.)
+    pub fn end_flush(&mut self) {
+        if !self.staging.is_empty() {
+            let job = self.cut_job(false);
+            self.jobs.push_back(job);
+        }
+    }
+
     /// The next write to carry out, if any; at most one is outstanding at a time.
     pub fn begin_flush(&mut self) -> Result<Option<FlushJob>, LogError> {
         self.check_healthy()?;

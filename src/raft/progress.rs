@@ -117,6 +117,15 @@ impl Progress {
         self.reset_state(ProgressState::Probe);
     }
 
+    /// The follower no longer holds entries it acknowledged (its storage lost the tail
+    /// of its log): forget everything it matched and probe from `next`, to be matched
+    /// again by its next acceptance.
+    pub fn regress(&mut self, next: Index) {
+        self.matched = 0;
+        self.next = next.max(1);
+        self.reset_state(ProgressState::Probe);
+    }
+
     pub fn become_probe(&mut self) {
         self.next = match self.state {
             // Assume the snapshot arrived; a rejection corrects us.

@@ -94,6 +94,17 @@ impl<S: Storage> RaftNode<S> {
         let next_hint =
             if hint.term > 0 { self.log.find_conflict_by_term(hint.index, hint.term).0 + 1 } else { hint.index + 1 };
         let pr = self.progress.get_mut(&from).expect("member has progress");
+        if rejected <= pr.matched && hint.index < rejected {
+            // The follower lacks an entry it acknowledged in this term: its storage lost
+            // the tail of its log (a damaged last flush cut at recovery). Accept that
+            // its log went backwards, or it would be sent appends it must refuse
+            // forever. Its match is forgotten until it accepts again. (A delayed
+            // duplicate of an old rejection lands here too; that costs a probe, never
+            // safety: a lower match only holds the commit index back.)
+            pr.regress(next_hint.min(rejected));
+            self.maybe_send_append(from, true);
+            return;
+        }
         if !pr.maybe_decr_to(rejected, next_hint) {
             return;
         }

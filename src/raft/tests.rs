@@ -489,3 +489,34 @@ fn an_election_must_be_won_in_the_latest_configuration_in_the_log() {
     assert_ne!(net.node(2).role(), Role::Leader, "votes of 1 and 3 are not a majority of {{1, 2, 4, 5, 6}}");
     assert_eq!(net.node(2).conf_state().voters, voters.into_iter().collect(), "nothing applied yet");
 }
+
+/// A follower whose storage lost the tail of its log (a damaged last flush, cut at
+/// recovery) refuses appends that follow entries it acknowledged. The leader must
+/// accept that its log went backwards and send them again, or the follower stays
+/// behind forever.
+#[test]
+fn a_leader_resends_what_a_follower_lost_from_its_storage() {
+    let mut net = Net::with_empty_logs(3);
+    net.campaign(1);
+    for i in 0..3u8 {
+        net.node(1).propose(Bytes::from(vec![i])).unwrap();
+        net.stabilize();
+    }
+    let last = net.node(1).last_index();
+    assert_eq!(net.node(1).progress(3).map(|p| p.matched), Some(last));
+    // Node 3 restarts from storage that lost its last two entries (term and vote kept).
+    let mut storage = net.node(3).storage().clone();
+    let lost_from = last - 1;
+    let kept = storage.entries(1, lost_from, u64::MAX).unwrap();
+    let hard_state = storage.hard_state();
+    storage = log_of(&[1, 2, 3], &[]);
+    storage.append(&kept);
+    storage.set_hard_state(HardState { commit: 0, ..hard_state });
+    net.nodes.insert(3, RaftNode::new(config(3), storage).unwrap());
+    net.node(1).propose(Bytes::from_static(b"after")).unwrap();
+    net.stabilize();
+    net.node(1).tick(); // a heartbeat round, in case the append raced the restart
+    net.stabilize();
+    assert_eq!(net.node(3).last_index(), net.node(1).last_index(), "node 3 caught up again");
+    assert_eq!(net.terms(3), net.terms(1));
+}

@@ -85,6 +85,8 @@ struct Group<S> {
     reads: BTreeMap<ReadCtx, PendingRead<S>>,
     /// Reads confirmed at an index, waiting for the state machine to reach it.
     confirmed: Vec<(Index, PendingRead<S>)>,
+    /// The term and vote last written to the log.
+    written_vote: (Term, Option<NodeId>),
 }
 
 /// Static description of a shard's groups.
@@ -166,8 +168,15 @@ impl<S: StateMachine + Default> Shard<S> {
                 Config { id: config.node, seed: config.raft.seed ^ group, applied: base, ..config.raft.clone() };
             let storage = GroupStorage { log: log.clone(), group, images: Some(images.clone()) };
             let raft = RaftNode::new(raft_config, storage).map_err(|_| LogError::Invalid("invalid raft config"))?;
-            let group_state =
-                Group { raft, state, writes: BTreeMap::new(), reads: BTreeMap::new(), confirmed: Vec::new() };
+            let hard_state = log.borrow().hard_state(group);
+            let group_state = Group {
+                raft,
+                state,
+                writes: BTreeMap::new(),
+                reads: BTreeMap::new(),
+                confirmed: Vec::new(),
+                written_vote: (hard_state.term, hard_state.vote),
+            };
             groups.insert(group, group_state);
         }
         Ok(Shard {

@@ -54,6 +54,7 @@ impl<S: StateMachine + Default> Shard<S> {
     pub fn stage(&mut self) -> Result<Staged, ShardError> {
         let mut acks = Vec::new();
         let mut entries_written = 0;
+        let mut new_votes = Vec::new();
         let (taken_before, installed_before) = (self.snapshots_taken, self.snapshots_installed);
         self.finish_snapshot_writes()?;
         for (&group, g) in self.groups.iter_mut() {
@@ -84,6 +85,10 @@ impl<S: StateMachine + Default> Shard<S> {
                         if let Some(trace) = &mut self.trace {
                             trace.push(TraceEvent::HardState { group, hard_state });
                         }
+                        if (hard_state.term, hard_state.vote) != g.written_vote {
+                            g.written_vote = (hard_state.term, hard_state.vote);
+                            new_votes.push((group, hard_state));
+                        }
                     }
                 }
                 for m in ready.messages {
@@ -107,6 +112,7 @@ impl<S: StateMachine + Default> Shard<S> {
                 acks.push((group, ready.number, ready.persisted_messages));
             }
         }
+        self.write_votes_again(new_votes)?;
         let busy: Vec<GroupId> = acks.iter().map(|(group, _, _)| *group).collect();
         self.take_due_snapshots(&busy)?;
         let stats = TurnStats {
@@ -117,6 +123,26 @@ impl<S: StateMachine + Default> Shard<S> {
             entries_written,
         };
         Ok(Staged { acks, ticket: self.log.borrow().staged_ticket(), stats })
+    }
+
+    /// A new term or vote is written in two flushes, and the messages that vouch for
+    /// it (a granted vote, a candidate's own) wait for both. Recovery cuts a damaged
+    /// last flush as if it were torn by a crash — it cannot tell the two apart — so a
+    /// vote held only there could be forgotten and given again in the same term. With
+    /// a second copy in a later flush, damage to that one leaves the first, and damage
+    /// to the first is followed by a later flush, which recovery refuses to cut: the
+    /// node stops and says so. Votes change only at elections, so this costs one
+    /// fdatasync per election, not per write.
+    fn write_votes_again(&mut self, votes: Vec<(GroupId, crate::raft::HardState)>) -> Result<(), ShardError> {
+        if votes.is_empty() {
+            return Ok(());
+        }
+        let mut log = self.log.borrow_mut();
+        log.end_flush();
+        for (group, hard_state) in votes {
+            log.set_hard_state(group, hard_state)?;
+        }
+        Ok(())
     }
 
     /// The next write and fdatasync for the host to carry out, if anything is staged
@@ -154,5 +180,112 @@ impl<S: StateMachine + Default> Shard<S> {
             self.groups.get_mut(&group).expect("group exists").raft.advance(number);
         }
         stats
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use futures_lite::future::block_on;
+
+    use crate::log::fault::FaultyDisk;
+    use crate::log::io::SegmentWriter;
+    use crate::log::ShardLogConfig;
+    use crate::raft::{Config, MessageKind, Storage};
+    use crate::shard::{Shard, ShardConfig};
+    use crate::state::BuiltinState;
+
+    use super::*;
+
+    fn config(dir: &Path) -> ShardConfig {
+        ShardConfig {
+            node: 1,
+            groups: vec![0],
+            voters: vec![1, 2, 3],
+            raft: Config::new(1),
+            log: ShardLogConfig { segment_bytes: 64 << 10, ..ShardLogConfig::new(dir.join("log")) },
+            snapshot_dir: dir.join("snapshots"),
+            snapshot_distance: 0,
+        }
+    }
+
+    /// A vote is written in two flushes and granted only once both are durable, so
+    /// damage to the last flush (which recovery cuts like a torn write) cannot make
+    /// the node forget it and vote again in the same term.
+    #[test]
+    fn a_vote_survives_damage_to_the_last_flush() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut shard = Shard::<BuiltinState>::open(config(dir.path())).expect("opens");
+        let mut writer = SegmentWriter::new(FaultyDisk::default());
+        let request = MessageKind::Vote { last_index: 1, last_term: 1, transfer: false };
+        shard.step(0, Message { from: 2, to: 1, term: 5, kind: request }).expect("valid");
+        let staged = shard.stage().expect("stages");
+        assert!(shard.take_outbox().is_empty(), "a vote leaves only once durable");
+        let mut flushes = Vec::new();
+        while !shard.is_durable(&staged) {
+            let job = shard.begin_flush().expect("log healthy").expect("writes staged");
+            block_on(writer.execute(&job)).expect("written");
+            flushes.push((job.path.clone(), job.offset));
+            shard.finish_flush(job, Ok(())).expect("recorded");
+        }
+        assert_eq!(flushes.len(), 2, "the vote is in two flushes");
+        shard.on_durable(staged);
+        let granted: Vec<Message> = shard.take_outbox().into_values().flatten().map(|(_, m)| m).collect();
+        assert!(matches!(
+            granted[..],
+            [Message { to: 2, term: 5, kind: MessageKind::VoteResponse { reject: false }, .. }]
+        ));
+        drop(shard);
+
+        // One flipped bit in the last flush's first batch: recovery cuts it as torn.
+        let (path, offset) = flushes.last().cloned().expect("two flushes");
+        let mut bytes = std::fs::read(&path).expect("segment");
+        bytes[offset as usize + 40] ^= 0x04;
+        std::fs::write(&path, &bytes).expect("damaged");
+        let mut shard = Shard::<BuiltinState>::open(config(dir.path())).expect("recovers");
+        let (hard_state, _) = shard.raft(0).expect("hosted").storage().initial_state();
+        assert_eq!((hard_state.term, hard_state.vote), (5, Some(2)), "the vote survived");
+        let rival = MessageKind::Vote { last_index: 1, last_term: 1, transfer: false };
+        shard.step(0, Message { from: 3, to: 1, term: 5, kind: rival }).expect("valid");
+        let staged = shard.stage().expect("stages");
+        while !shard.is_durable(&staged) {
+            let job = shard.begin_flush().expect("log healthy").expect("writes staged");
+            block_on(writer.execute(&job)).expect("written");
+            shard.finish_flush(job, Ok(())).expect("recorded");
+        }
+        shard.on_durable(staged);
+        let refused: Vec<Message> = shard.take_outbox().into_values().flatten().map(|(_, m)| m).collect();
+        assert!(
+            matches!(refused[..], [Message { to: 3, kind: MessageKind::VoteResponse { reject: true }, .. }]),
+            "no second vote in term 5: {refused:?}"
+        );
+    }
+
+    /// Damage to the first of the two flushes is followed by the second: recovery
+    /// refuses the log instead of cutting it.
+    #[test]
+    fn damage_before_a_later_flush_is_refused() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut shard = Shard::<BuiltinState>::open(config(dir.path())).expect("opens");
+        let mut writer = SegmentWriter::new(FaultyDisk::default());
+        let request = MessageKind::Vote { last_index: 1, last_term: 1, transfer: false };
+        shard.step(0, Message { from: 2, to: 1, term: 5, kind: request }).expect("valid");
+        let staged = shard.stage().expect("stages");
+        let mut first = None;
+        while !shard.is_durable(&staged) {
+            let job = shard.begin_flush().expect("log healthy").expect("writes staged");
+            block_on(writer.execute(&job)).expect("written");
+            first.get_or_insert((job.path.clone(), job.offset));
+            shard.finish_flush(job, Ok(())).expect("recorded");
+        }
+        shard.on_durable(staged);
+        drop(shard);
+        let (path, offset) = first.expect("a flush");
+        let mut bytes = std::fs::read(&path).expect("segment");
+        bytes[offset as usize + 40] ^= 0x04;
+        std::fs::write(&path, &bytes).expect("damaged");
+        let refused = Shard::<BuiltinState>::open(config(dir.path())).err().expect("damage is refused");
+        assert!(refused.to_string().contains("corrupt log"), "{refused}");
     }
 }

@@ -238,9 +238,24 @@ pub fn run_seed(seed: u64) -> Result<Report, Failure> {
 
 pub fn run_seed_with(seed: u64, sabotage: Sabotage) -> Result<Report, Failure> {
     let fail = |reason: String| Failure { seed, reason };
-    let mut sim = Simulation::new(seed, sabotage).map_err(|e| fail(format!("simulator set-up: {e}")))?;
-    sim.run().map_err(fail)?;
-    Ok(sim.report)
+    // A panic (a broken invariant asserted in the code under test) is a failure of
+    // this seed, reported with it.
+    let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let mut sim = Simulation::new(seed, sabotage).map_err(|e| format!("simulator set-up: {e}"))?;
+        sim.run()?;
+        Ok(sim.report)
+    }));
+    match run {
+        Ok(result) => result.map_err(fail),
+        Err(panic) => {
+            let message = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_default();
+            Err(fail(format!("panicked: {message}")))
+        }
+    }
 }
 
 fn in_group(group: GroupId, reason: String) -> String {
