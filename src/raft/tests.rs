@@ -520,3 +520,50 @@ fn a_leader_resends_what_a_follower_lost_from_its_storage() {
     assert_eq!(net.node(3).last_index(), net.node(1).last_index(), "node 3 caught up again");
     assert_eq!(net.terms(3), net.terms(1));
 }
+
+/// Exact output: an append from a leader of an older term changes nothing; the
+/// follower only tells it the current term (so a deposed leader steps down).
+#[test]
+fn an_append_from_a_stale_term_changes_nothing_and_answers_the_current_term() {
+    let mut storage = log_of(&[1, 2, 3], &[1, 2]);
+    storage.set_hard_state(HardState { term: 5, vote: Some(3), commit: 1 });
+    let mut node = RaftNode::new(config(2), storage).unwrap();
+    let entries = vec![Entry { term: 4, index: 3, payload: EntryPayload::Noop }];
+    node.step(Message {
+        from: 1,
+        to: 2,
+        term: 4,
+        kind: MessageKind::Append { prev_index: 2, prev_term: 2, entries, commit: 3 },
+    })
+    .unwrap();
+    let ready = node.ready();
+    assert!(ready.entries.is_empty(), "nothing appended");
+    assert_eq!(ready.hard_state, None, "term, vote and commit unchanged");
+    assert!(ready.messages.is_empty());
+    assert_eq!(
+        ready.persisted_messages,
+        vec![Message { from: 2, to: 1, term: 5, kind: MessageKind::AppendResponse { index: 0, reject: None } }]
+    );
+    assert_eq!(ready.committed_entries.iter().map(|e| e.index).collect::<Vec<_>>(), vec![1]);
+    assert_eq!((node.term(), node.last_index(), node.committed()), (5, 2, 1));
+}
+
+/// Exact output: a snapshot that ends below the follower's commit index is not
+/// installed; the follower answers with its commit index.
+#[test]
+fn a_snapshot_older_than_the_commit_index_is_acknowledged_not_installed() {
+    let mut storage = log_of(&[1, 2, 3], &[1, 1, 1, 1]);
+    storage.set_hard_state(HardState { term: 1, vote: None, commit: 4 });
+    let mut node = RaftNode::new(config(2), storage).unwrap();
+    let meta = SnapshotMeta { index: 2, term: 1, conf_state: ConfState::new([1, 2, 3]) };
+    let snapshot = Box::new(Snapshot { meta, data: Bytes::from_static(b"old") });
+    node.step(Message { from: 1, to: 2, term: 1, kind: MessageKind::Snapshot { snapshot } }).unwrap();
+    let ready = node.ready();
+    assert!(ready.snapshot.is_none(), "an older snapshot is never installed");
+    assert!(ready.entries.is_empty());
+    assert_eq!(
+        ready.persisted_messages,
+        vec![Message { from: 2, to: 1, term: 1, kind: MessageKind::AppendResponse { index: 4, reject: None } }]
+    );
+    assert_eq!((node.last_index(), node.committed()), (4, 4));
+}
