@@ -267,6 +267,8 @@ impl<S: Storage> RaftNode<S> {
             VoteResult::Pending => {}
             VoteResult::Lost => self.become_follower(self.term, None),
             VoteResult::Won if self.role == Role::PreCandidate => self.campaign(CampaignKind::Vote),
+            // A configuration applied while campaigning may have removed us.
+            VoteResult::Won if !self.promotable() => self.become_follower(self.term, None),
             VoteResult::Won => {
                 // Our own vote must be durable before it counts.
                 if self.votes.get(&self.id) == Some(&true) {

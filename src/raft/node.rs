@@ -495,7 +495,9 @@ impl<S: Storage> RaftNode<S> {
         self.log.check_invariants();
         if self.role == Role::Leader {
             assert_eq!(self.leader, Some(self.id), "leader does not know itself as leader");
-            let pr = &self.progress[&self.id];
+            let pr = self.progress.get(&self.id).unwrap_or_else(|| {
+                panic!("leader {} of term {} is not in its configuration {:?}", self.id, self.term, self.conf)
+            });
             assert!(pr.matched <= self.log.persisted, "self match beyond persisted");
         }
         if let Some(vote) = self.vote {

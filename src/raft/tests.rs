@@ -567,3 +567,26 @@ fn a_snapshot_older_than_the_commit_index_is_acknowledged_not_installed() {
     );
     assert_eq!((node.last_index(), node.committed()), (4, 4));
 }
+
+/// A candidate that applies its own removal while the election runs (the entry was
+/// committed but not yet applied when it started) does not become leader of a
+/// configuration without it. The simulator found this (seed 37393).
+#[test]
+fn a_candidate_removed_while_campaigning_does_not_lead() {
+    let voters = [1, 2, 3];
+    let removal = ConfChange::Change(vec![SingleChange::RemoveNode(1)]);
+    let log = |commit| {
+        let mut storage = log_of(&voters, &[1]);
+        storage.append(&[
+            Entry { term: 1, index: 2, payload: EntryPayload::ConfChange(removal.clone()) },
+            Entry { term: 1, index: 3, payload: EntryPayload::ConfChange(ConfChange::LeaveJoint) },
+        ]);
+        storage.set_hard_state(HardState { term: 1, vote: None, commit });
+        storage
+    };
+    let mut net = Net::new(vec![(1, log(3)), (2, log(1)), (3, log(1))]);
+    net.node(1).campaign(CampaignKind::Vote); // a candidate now; it applies 2..=3 next
+    net.stabilize();
+    assert_ne!(net.node(1).role(), Role::Leader, "node 1 is no longer a voter");
+    assert_eq!(net.node(1).conf_state(), &ConfState::new([2, 3]));
+}

@@ -34,7 +34,7 @@ mod status;
 mod turn;
 
 use std::cell::RefCell;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::path::PathBuf;
 use std::rc::Rc;
 
@@ -125,6 +125,9 @@ pub struct Shard<S: StateMachine + Default> {
     snapshot_writes_in_flight: BTreeSet<GroupId>,
     /// Snapshot files the host finished, to be recorded in the log next turn.
     snapshot_writes_done: Vec<(FileWriteJob, Result<Manifest, SnapshotError>)>,
+    /// (log ticket of a snapshot marker, group, its index): the group's older files are
+    /// deleted once the ticket is durable. Oldest first.
+    snapshot_releases: VecDeque<(u64, GroupId, Index)>,
     snapshot_distance: u64,
     /// What turns did, for the simulator's checks; `None` (nothing kept) in quarryd.
     trace: Option<Vec<TraceEvent>>,
@@ -193,6 +196,7 @@ impl<S: StateMachine + Default> Shard<S> {
             snapshot_writes: Vec::new(),
             snapshot_writes_in_flight: BTreeSet::new(),
             snapshot_writes_done: Vec::new(),
+            snapshot_releases: VecDeque::new(),
             snapshot_distance: config.snapshot_distance,
             trace: None,
             fdatasyncs: 0,

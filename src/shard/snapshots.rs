@@ -38,6 +38,28 @@ impl<S: StateMachine + Default> Shard<S> {
         self.snapshot_writes_done.push((job, result));
     }
 
+    /// Files older than the marker just staged at `index` are deleted once that
+    /// marker is durable: until then a crash recovers the marker before it, whose file
+    /// must still be there. (Markers of one group may be staged in several turns
+    /// before one is durable when the host pipelines its flushes.)
+    pub(super) fn release_files_once_durable(&mut self, group: GroupId, index: Index) {
+        let ticket = self.log.borrow().staged_ticket();
+        self.snapshot_releases.push_back((ticket, group, index));
+    }
+
+    /// Deletes the snapshot files whose replacement's marker is now durable.
+    pub(super) fn release_durably_replaced_files(&mut self) -> Result<(), ShardError> {
+        let durable = self.log.borrow().durable_ticket();
+        while let Some(&(ticket, group, index)) = self.snapshot_releases.front() {
+            if ticket > durable {
+                break;
+            }
+            self.snapshot_releases.pop_front();
+            self.snapshots.borrow_mut().release_before(group, index)?;
+        }
+        Ok(())
+    }
+
     fn can_write_snapshot(&self, group: GroupId) -> bool {
         self.snapshot_writes_in_flight.len() < WRITES_IN_FLIGHT_MAX && !self.snapshot_writes_in_flight.contains(&group)
     }
@@ -119,12 +141,12 @@ impl<S: StateMachine + Default> Shard<S> {
                 }
             }
             let base = self.log.borrow().snapshot_meta(group).index;
-            let mut snapshots = self.snapshots.borrow_mut();
-            snapshots.saved(group, &meta);
+            self.snapshots.borrow_mut().saved(group, &meta);
             if meta.index > base {
                 // Entries up to an applied index are committed: never truncated since.
+                let index = meta.index;
                 self.log.borrow_mut().compact(group, meta)?;
-                snapshots.release_before(group, base)?;
+                self.release_files_once_durable(group, index);
                 self.snapshots_taken += 1;
             }
         }
@@ -148,9 +170,10 @@ pub(super) fn restore<S: StateMachine>(
 }
 
 /// Installs an image the leader sent: the file first (durable), then the state
-/// machine, then the log marker that makes the log start after it. NB: the file is
-/// written here, on the shard's thread: installs are rare, and the file must be
-/// durable before the marker is staged.
+/// machine, then the log marker that makes the log start after it (the files it
+/// replaces go once the marker is durable). NB: the file is written here, on the
+/// shard's thread: installs are rare, and the file must be durable before the marker
+/// is staged.
 pub(super) fn install<S: StateMachine>(
     log: &RefCell<ShardLog>,
     snapshots: &RefCell<SnapshotStore>,
@@ -158,11 +181,8 @@ pub(super) fn install<S: StateMachine>(
     g: &mut Group<S>,
     snapshot: &Snapshot,
 ) -> Result<(), ShardError> {
-    let base = log.borrow().snapshot_meta(group).index;
-    let mut snapshots = snapshots.borrow_mut();
-    snapshots.save(group, &snapshot.meta, &snapshot.data)?;
+    snapshots.borrow_mut().save(group, &snapshot.meta, &snapshot.data)?;
     restore(group, &mut g.state, snapshot.meta.index, snapshot.data.clone())?;
     log.borrow_mut().install_snapshot(group, snapshot.meta.clone())?;
-    snapshots.release_before(group, base)?;
     Ok(())
 }

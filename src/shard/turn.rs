@@ -65,6 +65,8 @@ impl<S: StateMachine + Default> Shard<S> {
                 }
                 if let Some(snapshot) = &ready.snapshot {
                     snapshots::install(&self.log, &self.snapshots, group, g, snapshot)?;
+                    let ticket = self.log.borrow().staged_ticket();
+                    self.snapshot_releases.push_back((ticket, group, snapshot.meta.index));
                     self.snapshots_installed += 1;
                     if let Some(trace) = &mut self.trace {
                         let (index, term) = (snapshot.meta.index, snapshot.meta.term);
@@ -154,12 +156,9 @@ impl<S: StateMachine + Default> Shard<S> {
     /// The outcome of a job from `begin_flush`. A failure stops the shard: after a
     /// failed fdatasync nothing staged can be promised durable.
     pub fn finish_flush(&mut self, job: FlushJob, result: Result<(), LogError>) -> Result<(), ShardError> {
-        let ok = result.is_ok();
         self.log.borrow_mut().finish_flush(job, result)?;
-        if ok {
-            self.fdatasyncs += 1;
-        }
-        Ok(())
+        self.fdatasyncs += 1;
+        self.release_durably_replaced_files()
     }
 
     /// Whether everything `staged` wrote is durable.

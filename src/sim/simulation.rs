@@ -740,6 +740,9 @@ impl Simulation {
         self.partition_heals_at = None;
         self.profile.network.drop_per_mille = 0;
         self.profile.network.duplicate_per_mille = 0;
+        // A disk slower than the election timeout keeps its node from ever leading
+        // (as in etcd): liveness is owed once disks are healthy again.
+        self.profile.slow_disk = None;
         for i in 0..self.nodes.len() {
             if self.nodes[i].shard.is_none() {
                 self.restarts.insert(i, self.now);
