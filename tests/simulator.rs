@@ -55,6 +55,17 @@ fn pinned_regression_seeds() {
         // won in the latest configuration in the log too
         // (raft::tests::an_election_must_be_won_in_the_latest_configuration_in_the_log).
         5140,
+        // A candidate applied a committed change removing itself while campaigning,
+        // won, and led a configuration without itself
+        // (raft::tests::a_candidate_removed_while_campaigning_does_not_lead).
+        37393, 60606, 71578, 72795, 86850, 13066,
+        // With flushes pipelined, a second snapshot marker was staged before the first
+        // was durable and the file under the durable marker was deleted: the node could
+        // not recover after a crash ("no snapshot file of group 0").
+        16039, 75312, 102951, 13865,
+        // A node whose fdatasync outlasted the election timeout was the only one with an
+        // electable log: no leader after healing (the simulator now heals slow disks).
+        95553,
     ];
     for seed in pinned {
         if let Err(failure) = run_seed(seed) {
