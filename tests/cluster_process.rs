@@ -179,24 +179,33 @@ async fn sigterm_stops_a_node_cleanly_and_the_rest_keep_serving() {
     let pid = libc::pid_t::try_from(cluster.children[0].id()).expect("pid fits");
     // SAFETY: kill(2) on the PID of a child this test started and has not reaped.
     assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0, "SIGTERM delivered");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let status = loop {
-        if let Some(status) = cluster.children[0].try_wait().expect("wait") {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "node 1 did not stop within 20 s of SIGTERM");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let status = wait_for_exit(&mut cluster, 1, Duration::from_secs(20)).await;
     assert!(status.success(), "node 1 exited with {status}");
-    // Nodes 2 and 3 still form a majority.
-    let kv = KvClient::new(channel(&cluster.addrs[1]).await);
-    let put = PutRequest { key: Bytes::from("after"), value: Bytes::from("stop"), client_id: 0, sequence: 0 };
+    put_through(&cluster.addrs[1], "after", "stop").await; // nodes 2 and 3 still commit
+}
+
+/// Waits for node `id`'s process to exit.
+async fn wait_for_exit(cluster: &mut Cluster, id: usize, limit: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = cluster.children[id - 1].try_wait().expect("wait") {
+            return status;
+        }
+        assert!(Instant::now() < deadline, "node {id} still running after {limit:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Puts through `addr`, retrying until the cluster commits it.
+async fn put_through(addr: &str, key: &'static str, value: &'static str) {
+    let kv = KvClient::new(channel(addr).await);
+    let put = PutRequest { key: Bytes::from(key), value: Bytes::from(value), client_id: 0, sequence: 0 };
     retry(|| {
         let (mut c, r) = (kv.clone(), put.clone());
         async move { c.put(r).await }
     })
     .await
-    .expect("two of three nodes still commit");
+    .expect("a majority commits");
 }
 
 /// Which node leads `group`, as node `via` sees it.
@@ -779,26 +788,11 @@ async fn a_node_with_a_damaged_log_stops_at_once_and_says_why() {
     }
     assert!(damaged > 0, "no segment with data to damage");
     cluster.restart(3);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        if let Some(status) = cluster.children[2].try_wait().expect("wait") {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "node 3 still running 30 s after starting on a damaged log");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let status = wait_for_exit(&mut cluster, 3, Duration::from_secs(30)).await;
     assert_eq!(status.code(), Some(70), "node 3 exited with {status}");
     let stderr = std::fs::read_to_string(cluster.dir.path().join("node3.log")).expect("node 3's stderr");
     assert!(stderr.contains("corrupt log") && stderr.contains(".qseg"), "cause not reported: {stderr}");
-    // Nodes 1 and 2 still form a majority.
-    let kv = KvClient::new(channel(&cluster.addrs[0]).await);
-    let put = PutRequest { key: Bytes::from("after"), value: Bytes::from("damage"), client_id: 0, sequence: 0 };
-    retry(|| {
-        let (mut c, r) = (kv.clone(), put.clone());
-        async move { c.put(r).await }
-    })
-    .await
-    .expect("two of three nodes still commit");
+    put_through(&cluster.addrs[0], "after", "damage").await; // nodes 1 and 2 still commit
 }
 
 /// Flips one bit in the last batch a node flushed (its entries acknowledged to the

@@ -197,6 +197,23 @@ mod tests {
 
     use super::*;
 
+    /// Carries out every flush `staged` needs; returns where each was written.
+    fn make_durable(
+        shard: &mut Shard<BuiltinState>,
+        writer: &mut SegmentWriter<FaultyDisk>,
+        staged: Staged,
+    ) -> Vec<(std::path::PathBuf, u64)> {
+        let mut flushes = Vec::new();
+        while !shard.is_durable(&staged) {
+            let job = shard.begin_flush().expect("log healthy").expect("writes staged");
+            block_on(writer.execute(&job)).expect("written");
+            flushes.push((job.path.clone(), job.offset));
+            shard.finish_flush(job, Ok(())).expect("recorded");
+        }
+        shard.on_durable(staged);
+        flushes
+    }
+
     fn config(dir: &Path) -> ShardConfig {
         ShardConfig {
             node: 1,
@@ -209,51 +226,48 @@ mod tests {
         }
     }
 
+    /// Node 1 grants node 2 its vote in term 5; returns where the flushes that made it
+    /// durable went, and what node 1 sent once they were.
+    fn grant_a_vote(dir: &Path) -> (Vec<(std::path::PathBuf, u64)>, Vec<Message>) {
+        let mut shard = Shard::<BuiltinState>::open(config(dir)).expect("opens");
+        let mut writer = SegmentWriter::new(FaultyDisk::default());
+        let request = MessageKind::Vote { last_index: 1, last_term: 1, transfer: false };
+        shard.step(0, Message { from: 2, to: 1, term: 5, kind: request }).expect("valid");
+        let staged = shard.stage().expect("stages");
+        assert!(shard.take_outbox().is_empty(), "a vote leaves only once durable");
+        let flushes = make_durable(&mut shard, &mut writer, staged);
+        let sent = shard.take_outbox().into_values().flatten().map(|(_, m)| m).collect();
+        (flushes, sent)
+    }
+
+    /// Flips one bit in the first batch of the flush written at `offset`.
+    fn damage((path, offset): &(std::path::PathBuf, u64)) {
+        let mut bytes = std::fs::read(path).expect("segment");
+        bytes[*offset as usize + 40] ^= 0x04;
+        std::fs::write(path, &bytes).expect("damaged");
+    }
+
     /// A vote is written in two flushes and granted only once both are durable, so
     /// damage to the last flush (which recovery cuts like a torn write) cannot make
     /// the node forget it and vote again in the same term.
     #[test]
     fn a_vote_survives_damage_to_the_last_flush() {
         let dir = tempfile::tempdir().expect("temp dir");
-        let mut shard = Shard::<BuiltinState>::open(config(dir.path())).expect("opens");
-        let mut writer = SegmentWriter::new(FaultyDisk::default());
-        let request = MessageKind::Vote { last_index: 1, last_term: 1, transfer: false };
-        shard.step(0, Message { from: 2, to: 1, term: 5, kind: request }).expect("valid");
-        let staged = shard.stage().expect("stages");
-        assert!(shard.take_outbox().is_empty(), "a vote leaves only once durable");
-        let mut flushes = Vec::new();
-        while !shard.is_durable(&staged) {
-            let job = shard.begin_flush().expect("log healthy").expect("writes staged");
-            block_on(writer.execute(&job)).expect("written");
-            flushes.push((job.path.clone(), job.offset));
-            shard.finish_flush(job, Ok(())).expect("recorded");
-        }
+        let (flushes, granted) = grant_a_vote(dir.path());
         assert_eq!(flushes.len(), 2, "the vote is in two flushes");
-        shard.on_durable(staged);
-        let granted: Vec<Message> = shard.take_outbox().into_values().flatten().map(|(_, m)| m).collect();
         assert!(matches!(
             granted[..],
             [Message { to: 2, term: 5, kind: MessageKind::VoteResponse { reject: false }, .. }]
         ));
-        drop(shard);
 
-        // One flipped bit in the last flush's first batch: recovery cuts it as torn.
-        let (path, offset) = flushes.last().cloned().expect("two flushes");
-        let mut bytes = std::fs::read(&path).expect("segment");
-        bytes[offset as usize + 40] ^= 0x04;
-        std::fs::write(&path, &bytes).expect("damaged");
-        let mut shard = Shard::<BuiltinState>::open(config(dir.path())).expect("recovers");
+        damage(flushes.last().expect("two flushes"));
+        let mut shard = Shard::<BuiltinState>::open(config(dir.path())).expect("recovers, cutting the damage");
         let (hard_state, _) = shard.raft(0).expect("hosted").storage().initial_state();
         assert_eq!((hard_state.term, hard_state.vote), (5, Some(2)), "the vote survived");
         let rival = MessageKind::Vote { last_index: 1, last_term: 1, transfer: false };
         shard.step(0, Message { from: 3, to: 1, term: 5, kind: rival }).expect("valid");
         let staged = shard.stage().expect("stages");
-        while !shard.is_durable(&staged) {
-            let job = shard.begin_flush().expect("log healthy").expect("writes staged");
-            block_on(writer.execute(&job)).expect("written");
-            shard.finish_flush(job, Ok(())).expect("recorded");
-        }
-        shard.on_durable(staged);
+        make_durable(&mut shard, &mut SegmentWriter::new(FaultyDisk::default()), staged);
         let refused: Vec<Message> = shard.take_outbox().into_values().flatten().map(|(_, m)| m).collect();
         assert!(
             matches!(refused[..], [Message { to: 3, kind: MessageKind::VoteResponse { reject: true }, .. }]),
@@ -266,24 +280,8 @@ mod tests {
     #[test]
     fn damage_before_a_later_flush_is_refused() {
         let dir = tempfile::tempdir().expect("temp dir");
-        let mut shard = Shard::<BuiltinState>::open(config(dir.path())).expect("opens");
-        let mut writer = SegmentWriter::new(FaultyDisk::default());
-        let request = MessageKind::Vote { last_index: 1, last_term: 1, transfer: false };
-        shard.step(0, Message { from: 2, to: 1, term: 5, kind: request }).expect("valid");
-        let staged = shard.stage().expect("stages");
-        let mut first = None;
-        while !shard.is_durable(&staged) {
-            let job = shard.begin_flush().expect("log healthy").expect("writes staged");
-            block_on(writer.execute(&job)).expect("written");
-            first.get_or_insert((job.path.clone(), job.offset));
-            shard.finish_flush(job, Ok(())).expect("recorded");
-        }
-        shard.on_durable(staged);
-        drop(shard);
-        let (path, offset) = first.expect("a flush");
-        let mut bytes = std::fs::read(&path).expect("segment");
-        bytes[offset as usize + 40] ^= 0x04;
-        std::fs::write(&path, &bytes).expect("damaged");
+        let (flushes, _) = grant_a_vote(dir.path());
+        damage(flushes.first().expect("a flush"));
         let refused = Shard::<BuiltinState>::open(config(dir.path())).err().expect("damage is refused");
         assert!(refused.to_string().contains("corrupt log"), "{refused}");
     }
