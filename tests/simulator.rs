@@ -63,6 +63,15 @@ fn pinned_regression_seeds() {
         // was durable and the file under the durable marker was deleted: the node could
         // not recover after a crash ("no snapshot file of group 0").
         16039, 75312, 102951, 13865,
+        // A leader restarted with [joint, leave-joint] unapplied committed its no-op with
+        // the acknowledgement of the node those changes removed: a quorum of the old
+        // configuration only. Commits (and leadership checks) now need a quorum of the
+        // latest configuration in the log too
+        // (raft::tests::a_leader_commits_by_the_latest_configuration_in_its_log_too).
+        81810,
+        // A candidate's latest configuration was read from entries a snapshot it had
+        // just received had replaced: a panic. (47069, 96234.)
+        47069, 96234,
         // A node whose fdatasync outlasted the election timeout was the only one with an
         // electable log: no leader after healing (the simulator now heals slow disks).
         95553,

@@ -43,7 +43,7 @@ impl<S: Storage> RaftNode<S> {
         for (&pid, pr) in self.progress.iter_mut() {
             pr.recent_active = pid == id;
         }
-        vote_result(&self.conf, &active) == VoteResult::Won
+        self.quorum_confs().all(|conf| vote_result(conf, &active) == VoteResult::Won)
     }
 
     /// Starts an election. A `PreVote` campaign falls back to a real one when
@@ -63,10 +63,9 @@ impl<S: Storage> RaftNode<S> {
         };
         let (last_index, last_term) = (self.log.last_index(), self.log.last_term());
         let id = self.id;
-        self.campaign_conf = self.latest_conf_in_log();
-        let confs = std::iter::once(&self.conf).chain(self.campaign_conf.as_ref());
+        self.log_conf = self.latest_conf_in_log();
         let mut voters: Vec<NodeId> =
-            confs.flat_map(|c| c.members().into_iter().filter(|&to| c.is_voter(to))).collect();
+            self.quorum_confs().flat_map(|c| c.members().into_iter().filter(|&to| c.is_voter(to))).collect();
         voters.sort_unstable();
         voters.dedup();
         voters.retain(|&to| to != id);
@@ -118,6 +117,10 @@ impl<S: Storage> RaftNode<S> {
         self.role = Role::Leader;
         self.leader = Some(self.id);
         self.reset_role_state();
+        // Until the log's membership changes are applied, the leader commits and
+        // checks its leadership by quorums of their configuration too.
+        self.log_conf = self.latest_conf_in_log();
+        self.rebuild_progress();
         let next = self.log.last_index() + 1;
         let persisted = self.log.persisted;
         let id = self.id;
@@ -135,7 +138,7 @@ impl<S: Storage> RaftNode<S> {
     fn reset_role_state(&mut self) {
         self.reset_timers();
         self.votes.clear();
-        self.campaign_conf = None;
+        self.log_conf = None;
         self.transferee = None;
         self.self_vote_ready = None;
         self.reads.clear();
@@ -230,8 +233,11 @@ impl<S: Storage> RaftNode<S> {
     /// (it is not synced on its own) holds `[joint, leave-joint]` unapplied and would
     /// count the votes of its old configuration — removed members included — while
     /// the new configuration elects another leader (the simulator's seed 5140).
-    pub(super) fn latest_conf_in_log(&self) -> Option<ConfState> {
-        let (from, last) = (self.log.applying + 1, self.log.last_index());
+    pub(super) fn latest_conf_in_log(&self) -> Option<(Index, ConfState)> {
+        // From the applied configuration on: the last one handed out, or a snapshot's
+        // (taken into `conf` when it was received, before the host installs it).
+        let from = (self.log.applying + 1).max(self.log.first_index());
+        let last = self.log.last_index();
         if from > last {
             return None;
         }
@@ -239,13 +245,13 @@ impl<S: Storage> RaftNode<S> {
             .log
             .entries(from, last + 1, u64::MAX)
             .unwrap_or_else(|e| panic!("unapplied entries {from}..={last} unreadable: {e}"));
-        let mut latest: Option<ConfState> = None;
+        let mut latest: Option<(Index, ConfState)> = None;
         for entry in entries {
             if let EntryPayload::ConfChange(change) = &entry.payload {
-                let base = latest.as_ref().unwrap_or(&self.conf);
+                let base = latest.as_ref().map_or(&self.conf, |(_, c)| c);
                 // An invalid change is ignored here as it will be when applied.
                 if let Ok(next) = apply_conf_change(base, change) {
-                    latest = Some(next);
+                    latest = Some((entry.index, next));
                 }
             }
         }
@@ -256,12 +262,13 @@ impl<S: Storage> RaftNode<S> {
     /// applied configuration and in the latest one in the log.
     pub(super) fn record_vote(&mut self, from: NodeId, granted: bool) {
         self.votes.entry(from).or_insert(granted);
-        let applied = vote_result(&self.conf, &self.votes);
-        let latest = self.campaign_conf.as_ref().map_or(VoteResult::Won, |c| vote_result(c, &self.votes));
-        let result = match (applied, latest) {
-            (VoteResult::Lost, _) | (_, VoteResult::Lost) => VoteResult::Lost,
-            (VoteResult::Won, VoteResult::Won) => VoteResult::Won,
-            _ => VoteResult::Pending,
+        let results: Vec<VoteResult> = self.quorum_confs().map(|c| vote_result(c, &self.votes)).collect();
+        let result = if results.contains(&VoteResult::Lost) {
+            VoteResult::Lost
+        } else if results.iter().all(|&r| r == VoteResult::Won) {
+            VoteResult::Won
+        } else {
+            VoteResult::Pending
         };
         match result {
             VoteResult::Pending => {}

@@ -76,9 +76,11 @@ pub struct RaftNode<S: Storage> {
     in_flight: VecDeque<InFlightReady>,
     /// A candidate counts its own vote only once the Ready carrying it is durable.
     pub(super) self_vote_ready: Option<u64>,
-    /// While campaigning: the configuration of the latest membership change in the
-    /// log beyond the applied one, which must also grant the election.
-    pub(super) campaign_conf: Option<ConfState>,
+    /// While campaigning or leading: the configuration that the membership changes in
+    /// the log beyond the applied ones lead to, and the index of the last of them.
+    /// Until they are applied, every quorum (votes, commit, leadership checks) must
+    /// hold in it as well as in `conf` (see `latest_conf_in_log`).
+    pub(super) log_conf: Option<(Index, ConfState)>,
     #[cfg(test)]
     pub(crate) broken_commit_rule: bool,
     #[cfg(test)]
@@ -124,7 +126,7 @@ impl<S: Storage> RaftNode<S> {
             next_ready_number: 1,
             in_flight: VecDeque::new(),
             self_vote_ready: None,
-            campaign_conf: None,
+            log_conf: None,
             #[cfg(test)]
             broken_commit_rule: false,
             #[cfg(test)]
@@ -407,6 +409,9 @@ impl<S: Storage> RaftNode<S> {
     /// Applies a committed membership change to the core's view.
     fn apply_conf_entry(&mut self, index: Index, change: &ConfChange) {
         self.pending_conf_index = self.pending_conf_index.max(index);
+        if self.log_conf.as_ref().is_some_and(|(last, _)| index >= *last) {
+            self.log_conf = None; // Applied: `conf` is the log's latest again.
+        }
         // An invalid change is ignored identically by every member and host, since it
         // is a pure function of the log.
         let Ok(next) = apply_conf_change(&self.conf, change) else {
@@ -429,9 +434,15 @@ impl<S: Storage> RaftNode<S> {
         }
     }
 
-    /// Makes the progress map hold exactly the members of the configuration.
+    /// The configurations every quorum must hold in: the applied one, and the one the
+    /// log's unapplied membership changes lead to, while there is one.
+    pub(super) fn quorum_confs(&self) -> impl Iterator<Item = &ConfState> {
+        std::iter::once(&self.conf).chain(self.log_conf.as_ref().map(|(_, c)| c))
+    }
+
+    /// Makes the progress map hold exactly the members of the configurations.
     pub(super) fn rebuild_progress(&mut self) {
-        let members = self.conf.members();
+        let members: std::collections::BTreeSet<NodeId> = self.quorum_confs().flat_map(|c| c.members()).collect();
         self.progress.retain(|id, _| members.contains(id));
         let next = self.log.last_index() + 1;
         for id in members {

@@ -56,13 +56,8 @@ impl<S: Storage> RaftNode<S> {
     /// Recomputes the highest round a quorum acknowledged; confirms reads and the lease.
     pub(super) fn on_round_acked(&mut self) {
         let (id, own_round) = (self.id, self.rounds.last_sent());
-        let acked = joint_value(&self.conf, |pid| {
-            if pid == id {
-                own_round
-            } else {
-                self.progress.get(&pid).map_or(0, |pr| pr.acked_round)
-            }
-        });
+        let round_of = |pid| if pid == id { own_round } else { self.progress.get(&pid).map_or(0, |pr| pr.acked_round) };
+        let acked = self.quorum_confs().map(|conf| joint_value(conf, round_of)).min().unwrap_or(0);
         let lease_ticks = u64::from(self.config.election_ticks - self.config.lease_drift_margin_ticks);
         if self.rounds.acked(acked.min(own_round), lease_ticks) {
             self.reads.confirm(self.rounds.quorum_acked, &mut self.read_states);

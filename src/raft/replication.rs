@@ -185,7 +185,8 @@ impl<S: Storage> RaftNode<S> {
 
     /// Raft §5.3/§5.4.2: commit the highest index a quorum has, if it is of this term.
     pub(super) fn maybe_commit(&mut self) -> bool {
-        let quorum_index = joint_value(&self.conf, |id| self.progress.get(&id).map_or(0, |pr| pr.matched));
+        let matched = |id| self.progress.get(&id).map_or(0, |pr: &super::progress::Progress| pr.matched);
+        let quorum_index = self.quorum_confs().map(|conf| joint_value(conf, matched)).min().unwrap_or(0);
         #[cfg(test)]
         if self.broken_commit_rule {
             // Deliberately wrong (Figure 8 hazard): commit by counting in any term.

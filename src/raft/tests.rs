@@ -590,3 +590,44 @@ fn a_candidate_removed_while_campaigning_does_not_lead() {
     assert_ne!(net.node(1).role(), Role::Leader, "node 1 is no longer a voter");
     assert_eq!(net.node(1).conf_state(), &ConfState::new([2, 3]));
 }
+
+/// A leader whose log holds membership changes it has not applied (its commit index
+/// was lost in a crash) counts commits by quorums of their configuration too: here the
+/// applied one {1, 2, 3} would commit with node 3, which the changes removed, while the
+/// latest one {1, 2, 4} has only the leader. The simulator found this (seed 81810).
+#[test]
+fn a_leader_commits_by_the_latest_configuration_in_its_log_too() {
+    let swap = ConfChange::Change(vec![SingleChange::AddVoter(4), SingleChange::RemoveNode(3)]);
+    let log = || {
+        let mut conf = ConfState::new([1, 2, 3]);
+        conf.learners.insert(4);
+        let mut storage = MemStorage::new_with_conf(conf);
+        storage.append(&[
+            Entry { term: 1, index: 1, payload: EntryPayload::Noop },
+            Entry { term: 1, index: 2, payload: EntryPayload::ConfChange(swap.clone()) },
+            Entry { term: 1, index: 3, payload: EntryPayload::ConfChange(ConfChange::LeaveJoint) },
+        ]);
+        storage.set_hard_state(HardState { term: 1, vote: None, commit: 1 });
+        storage
+    };
+    let mut net = Net::new((1..=4).map(|id| (id, log())).collect());
+    net.isolated.insert(4);
+    net.node(2).campaign(CampaignKind::Vote);
+    // Votes of 1 and 3 arrive; then node 1 is cut off too.
+    loop {
+        for id in 1..=3 {
+            net.drain(id);
+        }
+        if net.node(2).role() == Role::Leader {
+            break;
+        }
+        let Some(m) = net.next_message() else { panic!("node 2 was not elected") };
+        if !net.isolated.contains(&m.to) {
+            let to = m.to;
+            net.node(to).step(m).unwrap();
+        }
+    }
+    net.isolated.insert(1);
+    net.stabilize();
+    assert_eq!(net.node(2).committed(), 1, "node 3's acknowledgement is no quorum of {{1, 2, 4}}");
+}
