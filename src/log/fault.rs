@@ -53,9 +53,6 @@ pub struct FaultyDisk {
     pub defer_fdatasync: bool,
     /// Test-only sabotage: fdatasync returns success without making anything durable.
     pub ignore_fdatasync: bool,
-    /// The next fdatasync fails; what it should have covered stays volatile (after a
-    /// real failed fsync nothing is known about it).
-    pub fail_next_fdatasync: bool,
 }
 
 fn io_error(path: &Path, e: impl std::fmt::Display) -> LogError {
@@ -85,11 +82,6 @@ impl FaultyDisk {
     /// A disk whose fdatasyncs finish only at `complete_fdatasyncs` (the simulator's).
     pub fn deferred() -> FaultyDisk {
         FaultyDisk { defer_fdatasync: true, ..FaultyDisk::default() }
-    }
-
-    /// Bytes written but not yet durable.
-    pub fn volatile_bytes(&self) -> u64 {
-        self.volatile.iter().map(|w| w.replaced.len() as u64).sum()
     }
 
     /// Every fdatasync issued so far finishes: all volatile writes become durable.
@@ -153,9 +145,6 @@ impl SegmentFiles for FaultyDisk {
     }
 
     async fn fdatasync(&mut self, path: &PathBuf) -> Result<(), LogError> {
-        if std::mem::take(&mut self.fail_next_fdatasync) {
-            return Err(io_error(path, "fdatasync failed (injected)"));
-        }
         if self.ignore_fdatasync {
             return Ok(());
         }

@@ -51,10 +51,6 @@ impl<F: SegmentFiles> SegmentWriter<F> {
         SegmentWriter { files, active: None }
     }
 
-    pub fn files(&self) -> &F {
-        &self.files
-    }
-
     pub fn files_mut(&mut self) -> &mut F {
         &mut self.files
     }
