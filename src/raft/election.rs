@@ -102,7 +102,7 @@ impl<S: Storage> RaftNode<S> {
         self.reset_role_state();
     }
 
-    fn become_candidate(&mut self) {
+    pub(super) fn become_candidate(&mut self) {
         assert_ne!(self.role, Role::Leader, "a leader does not campaign");
         self.term += 1;
         self.vote = Some(self.id);
@@ -193,7 +193,8 @@ impl<S: Storage> RaftNode<S> {
         #[cfg(test)]
         // Deliberately wrong (§5.4.1 ignored): vote for candidates with stale logs.
         let up_to_date = up_to_date || self.broken_vote_rule;
-        let grant = can_vote && up_to_date;
+        // A replica that lost entries it acknowledged grants nothing (`recovery.rs`).
+        let grant = can_vote && up_to_date && self.abstention.is_none();
         let reply_term = if grant { m.term } else { self.term };
         let kind = match (pre, grant) {
             (true, reject) => MessageKind::PreVoteResponse { reject: !reject },

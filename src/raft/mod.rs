@@ -56,6 +56,7 @@ mod quorum;
 mod read_index;
 mod reads;
 mod ready;
+mod recovery;
 mod replication;
 mod storage;
 #[cfg(test)]

@@ -13,6 +13,7 @@ use super::error::{ConfigError, ProposeError};
 use super::log::RaftLog;
 use super::progress::Progress;
 use super::read_index::{ReadIndexQueue, Rounds};
+use super::recovery::Abstention;
 use super::ready::{InFlightReady, Ready};
 use super::storage::Storage;
 use super::types::*;
@@ -52,7 +53,7 @@ pub struct RaftNode<S: Storage> {
     /// One entry per member (self included). Meaningful while leader.
     pub(super) progress: BTreeMap<NodeId, Progress>,
     pub(super) votes: BTreeMap<NodeId, bool>,
-    rng: ChaCha8Rng,
+    pub(super) rng: ChaCha8Rng,
     pub(super) election_elapsed: u32,
     pub(super) heartbeat_elapsed: u32,
     pub(super) randomized_election_ticks: u32,
@@ -81,6 +82,8 @@ pub struct RaftNode<S: Storage> {
     /// Until they are applied, every quorum (votes, commit, leadership checks) must
     /// hold in it as well as in `conf` (see `latest_conf_in_log`).
     pub(super) log_conf: Option<(Index, ConfState)>,
+    /// Set while this replica may lack entries it acknowledged (`recovery.rs`).
+    pub(super) abstention: Option<Abstention>,
     #[cfg(test)]
     pub(crate) broken_commit_rule: bool,
     #[cfg(test)]
@@ -127,6 +130,7 @@ impl<S: Storage> RaftNode<S> {
             in_flight: VecDeque::new(),
             self_vote_ready: None,
             log_conf: None,
+            abstention: None,
             #[cfg(test)]
             broken_commit_rule: false,
             #[cfg(test)]
@@ -240,7 +244,10 @@ impl<S: Storage> RaftNode<S> {
         self.ticks += 1;
         match self.role {
             Role::Leader => self.tick_leader(),
-            _ => self.tick_election(),
+            _ => {
+                self.tick_abstention();
+                self.tick_election();
+            }
         }
     }
 
@@ -253,12 +260,17 @@ impl<S: Storage> RaftNode<S> {
         match m.kind {
             MessageKind::PreVote { last_index, last_term } => self.on_vote_request(&m, true, last_index, last_term),
             MessageKind::Vote { last_index, last_term, .. } => self.on_vote_request(&m, false, last_index, last_term),
+            MessageKind::CommitQuery { nonce, last_index } if self.role == Role::Leader => {
+                self.on_commit_query(m.from, nonce, last_index)
+            }
+            MessageKind::CommitAnswer { nonce, commit } => self.on_commit_answer(nonce, commit),
             _ => match self.role {
                 Role::Leader => self.step_leader(m),
                 Role::Candidate | Role::PreCandidate => self.step_candidate(m),
                 Role::Follower => self.step_follower(m),
             },
         }
+        self.maybe_end_abstention();
         Ok(())
     }
 
@@ -462,8 +474,9 @@ impl<S: Storage> RaftNode<S> {
     }
 
     /// Whether this node may campaign: only voters do.
+    /// Whether this node may campaign: a voter that does not abstain.
     pub(super) fn promotable(&self) -> bool {
-        self.conf.is_voter(self.id)
+        self.conf.is_voter(self.id) && self.abstention.is_none()
     }
 
     /// Whether this node honours a leader lease, and so ignores vote requests.

@@ -631,3 +631,87 @@ fn a_leader_commits_by_the_latest_configuration_in_its_log_too() {
     net.stabilize();
     assert_eq!(net.node(2).committed(), 1, "node 3's acknowledgement is no quorum of {{1, 2, 4}}");
 }
+
+/// Protocol-aware recovery: entries 2..=4 were committed by nodes 1 and 2 alone, then
+/// node 2's storage lost them. While node 1 is away, node 2 must not help node 3
+/// (which never had them) win an election; once a leader's fresh commit index is
+/// reached, node 2 votes again.
+#[test]
+fn a_replica_that_lost_acknowledged_entries_abstains_until_caught_up() {
+    let mut net = Net::with_empty_logs(3);
+    net.campaign(1);
+    net.isolated.insert(3);
+    for i in 0..3u8 {
+        net.node(1).propose(Bytes::from(vec![i])).unwrap();
+        net.stabilize();
+    }
+    let committed = net.node(1).committed();
+    assert_eq!(committed, 4, "committed by nodes 1 and 2");
+    // Node 2 restarts from storage that lost entries 2..=4 (its term and vote kept).
+    let storage = net.node(2).storage().clone();
+    let kept = storage.entries(1, 2, u64::MAX).unwrap();
+    let mut damaged = log_of(&[1, 2, 3], &[]);
+    damaged.append(&kept);
+    damaged.set_hard_state(HardState { commit: 0, ..storage.hard_state() });
+    net.nodes.insert(2, RaftNode::new(config(2), damaged).unwrap());
+    net.node(2).abstain();
+    assert!(net.node(2).is_abstaining());
+    let recovered = net.node(2).hard_state();
+
+    net.isolated = [1].into();
+    for _ in 0..3 {
+        net.campaign(3);
+        assert_ne!(net.node(3).role(), Role::Leader, "node 3 lacks committed entries");
+        net.campaign(2);
+        assert_ne!(net.node(2).role(), Role::Leader, "an abstaining node does not campaign");
+    }
+    let after = net.node(2).hard_state();
+    assert!(after.vote.is_none() || after.vote == recovered.vote && after.term == recovered.term, "{after:?}");
+
+    net.isolated.clear();
+    if net.node(1).role() != Role::Leader {
+        net.campaign(1);
+    }
+    assert_eq!(net.node(1).role(), Role::Leader);
+    for _ in 0..10 {
+        if !net.node(2).is_abstaining() {
+            break;
+        }
+        net.node(1).tick();
+        net.node(2).tick();
+        net.stabilize();
+    }
+    assert!(!net.node(2).is_abstaining(), "caught up with a fresh commit index");
+    assert_eq!(net.terms(2), net.terms(1));
+    assert!(net.node(2).committed() >= committed);
+}
+
+/// Exact output: a leader answers a commit query only once it has committed in its
+/// term, and a follower ignores an answer carrying another life's nonce.
+#[test]
+fn commit_queries_are_answered_with_a_commit_of_the_leaders_term() {
+    let mut net = Net::with_empty_logs(3);
+    net.campaign(1);
+    let term = net.node(1).term();
+    let query = Message { from: 2, to: 1, term, kind: MessageKind::CommitQuery { nonce: 7, last_index: 1 } };
+    net.node(1).step(query.clone()).unwrap();
+    let ready = net.node(1).ready();
+    let answer = MessageKind::CommitAnswer { nonce: 7, commit: net.node(1).committed() };
+    assert_eq!(ready.messages, vec![Message { from: 1, to: 2, term, kind: answer }]);
+    net.node(1).advance(ready.number);
+
+    // A new leader that has not committed in its term stays silent.
+    let storage = net.node(1).storage().clone();
+    let mut leader = RaftNode::new(config(1), storage).unwrap();
+    leader.become_candidate();
+    leader.become_leader();
+    leader.step(Message { term: leader.term(), ..query }).unwrap();
+    let ready = leader.ready();
+    assert!(!ready.messages.iter().any(|m| matches!(m.kind, MessageKind::CommitAnswer { .. })));
+
+    let follower = net.node(2);
+    follower.abstain();
+    let stale = MessageKind::CommitAnswer { nonce: 0, commit: 0 };
+    follower.step(Message { from: 1, to: 2, term, kind: stale }).unwrap();
+    assert!(follower.is_abstaining(), "an answer to another life's query is ignored");
+}

@@ -187,6 +187,18 @@ pub enum MessageKind {
     },
     /// Tells a caught-up follower to campaign at once (leadership transfer).
     TimeoutNow,
+    /// An abstaining follower asks the leader for its commit index (see `recovery.rs`);
+    /// `nonce` ties the answer to this life of the follower, `last_index` tells the
+    /// leader where the follower's log now ends.
+    CommitQuery {
+        nonce: u64,
+        last_index: Index,
+    },
+    /// The leader's commit index, sent only once it has committed in its term.
+    CommitAnswer {
+        nonce: u64,
+        commit: Index,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -50,6 +50,12 @@ pub fn encode_message(group: GroupId, m: &Message) -> proto::RaftMessage {
             crc32: crc32fast::hash(&snapshot.data),
         }),
         MessageKind::TimeoutNow => Kind::TimeoutNow(proto::MsgTimeoutNow {}),
+        MessageKind::CommitQuery { nonce, last_index } => {
+            Kind::CommitQuery(proto::MsgCommitQuery { nonce: *nonce, last_index: *last_index })
+        }
+        MessageKind::CommitAnswer { nonce, commit } => {
+            Kind::CommitAnswer(proto::MsgCommitAnswer { nonce: *nonce, commit: *commit })
+        }
     };
     proto::RaftMessage { group, from: m.from, to: m.to, term: m.term, kind: Some(kind) }
 }
@@ -75,6 +81,8 @@ pub fn decode_message(m: proto::RaftMessage) -> Result<(GroupId, Message), WireE
         Kind::HeartbeatResponse(h) => MessageKind::HeartbeatResponse { round: h.round },
         Kind::Snapshot(_) => return Err(WireError("a snapshot offer must be fetched, not stepped")),
         Kind::TimeoutNow(_) => MessageKind::TimeoutNow,
+        Kind::CommitQuery(q) => MessageKind::CommitQuery { nonce: q.nonce, last_index: q.last_index },
+        Kind::CommitAnswer(a) => MessageKind::CommitAnswer { nonce: a.nonce, commit: a.commit },
     };
     if m.from == 0 || m.to == 0 {
         return Err(WireError("node id 0"));
@@ -331,6 +339,8 @@ mod tests {
             MessageKind::HeartbeatResponse { round: 17 },
             MessageKind::Snapshot { snapshot: Box::new(snapshot) },
             MessageKind::TimeoutNow,
+            MessageKind::CommitQuery { nonce: 99, last_index: 4 },
+            MessageKind::CommitAnswer { nonce: 99, commit: 12 },
         ];
         kinds.into_iter().map(|kind| Message { from: 1, to: 2, term: 2, kind }).collect()
     }
