@@ -429,12 +429,17 @@ async fn status(client: &Client, json: bool) -> Result<(), ClientError> {
         };
         let leading = status.groups.iter().filter(|g| g.role == "leader").count();
         let leaderless = status.groups.iter().filter(|g| g.leader == 0).count();
-        let health = if leaderless == 0 { "ok".to_string() } else { format!("{leaderless} groups without a leader") };
+        let abstaining = status.groups.iter().filter(|g| g.abstaining).count();
+        let health = match (leaderless, abstaining) {
+            (0, 0) => "ok".to_string(),
+            (0, n) => format!("{n} groups rebuilding after a storage fault (not voting)"),
+            (n, _) => format!("{n} groups without a leader"),
+        };
         nodes.push(NodeRow { endpoint: client.endpoint(endpoint), node: status.node, health, leading });
         rows.extend(status.groups.into_iter().map(|g| GroupRow {
             node: status.node,
             group: g.group,
-            role: g.role,
+            role: if g.abstaining { format!("{} (abstaining)", g.role) } else { g.role },
             leader: g.leader,
             term: g.term,
             commit: g.commit,

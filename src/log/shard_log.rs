@@ -20,7 +20,8 @@ use super::codec::{
 };
 use super::index::{GroupLog, Location, LogIndex};
 use super::segment::{
-    align_up, decode_header, later_flush_exists, parse_slot, scan, slot_path, HeaderError, ScanEnd, PAGE_BYTES,
+    align_up, decode_header, later_flush_exists, parse_slot, scan, single_bit_damage, slot_path, HeaderError, ScanEnd,
+    PAGE_BYTES,
 };
 use super::store::LogStore;
 use super::LogError;
@@ -107,6 +108,9 @@ pub struct ShardLog {
     releasing: Vec<(u64, u32)>,
     /// A failed write or sync: the log can no longer promise durability.
     failed: Option<String>,
+    /// Recovery cut a tail that was damaged after it was written whole (not torn by a
+    /// crash): entries this node may have acknowledged are gone.
+    damage: Option<String>,
 }
 
 impl ShardLog {
@@ -132,6 +136,7 @@ impl ShardLog {
             next_slot,
             releasing: Vec::new(),
             failed: None,
+            damage: None,
         };
         log.recover(live)?;
         Ok(log)
@@ -171,7 +176,19 @@ impl ShardLog {
                     return Err(LogError::Corrupt { path, offset: end, reason });
                 }
                 // The newest segment's torn or clean tail: writing resumes there.
-                ScanEnd::Corrupt { at: end, .. } | ScanEnd::Clean { end } => active = Some((seq, slot, end)),
+                ScanEnd::Corrupt { at: end, reason } => {
+                    if let Some(bit) = single_bit_damage(&map, seq, end) {
+                        self.damage = Some(format!(
+                            "{}: the batch at offset {end} has bit {} of byte {} flipped ({reason}): it was written \
+                             whole, so what it held was durable and may have been acknowledged; it is cut",
+                            path.display(),
+                            bit % 8,
+                            bit / 8
+                        ));
+                    }
+                    active = Some((seq, slot, end));
+                }
+                ScanEnd::Clean { end } => active = Some((seq, slot, end)),
             }
         }
         self.index.validate()?;
@@ -195,6 +212,12 @@ impl ShardLog {
             self.next_slot += 1;
             self.next_slot - 1
         })
+    }
+
+    /// Damage recovery found and cut in the last flush (see [`single_bit_damage`]):
+    /// the node may have lost entries it acknowledged.
+    pub fn recovered_damage(&self) -> Option<&str> {
+        self.damage.as_deref()
     }
 
     pub fn config(&self) -> &ShardLogConfig {

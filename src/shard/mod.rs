@@ -28,6 +28,7 @@
 
 mod catch_up;
 pub mod driver;
+mod recovery;
 mod requests;
 mod snapshots;
 mod status;
@@ -131,6 +132,9 @@ pub struct Shard<S: StateMachine + Default> {
     snapshot_distance: u64,
     /// What turns did, for the simulator's checks; `None` (nothing kept) in quarryd.
     trace: Option<Vec<TraceEvent>>,
+    /// While groups abstain after a storage fault: the marker file that keeps them
+    /// abstaining across restarts (`recovery.rs`).
+    abstention_marker: Option<PathBuf>,
     pub fdatasyncs: u64,
     pub snapshots_taken: u64,
     pub snapshots_installed: u64,
@@ -152,6 +156,12 @@ impl<S: StateMachine + Default> Shard<S> {
     /// snapshots. A group the log has never seen is bootstrapped with `config.voters`.
     pub fn open(config: ShardConfig) -> Result<Self, ShardError> {
         let log = Rc::new(RefCell::new(ShardLog::open(config.log.clone())?));
+        let marker = recovery::marker_path(&config.log.dir);
+        if let Some(damage) = log.borrow().recovered_damage() {
+            recovery::persist_marker(&marker, damage)?;
+            eprintln!("shard log {damage}; every group abstains from elections until caught up with its leader");
+        }
+        let abstain = marker.exists();
         let snapshots = Rc::new(RefCell::new(SnapshotStore::open(&config.snapshot_dir)?));
         let images: Rc<dyn SnapshotImages> = Rc::new(StoredImages(snapshots.clone()));
         let mut groups = BTreeMap::new();
@@ -170,7 +180,10 @@ impl<S: StateMachine + Default> Shard<S> {
             let raft_config =
                 Config { id: config.node, seed: config.raft.seed ^ group, applied: base, ..config.raft.clone() };
             let storage = GroupStorage { log: log.clone(), group, images: Some(images.clone()) };
-            let raft = RaftNode::new(raft_config, storage).map_err(|_| LogError::Invalid("invalid raft config"))?;
+            let mut raft = RaftNode::new(raft_config, storage).map_err(|_| LogError::Invalid("invalid raft config"))?;
+            if abstain {
+                raft.abstain();
+            }
             let hard_state = log.borrow().hard_state(group);
             let group_state = Group {
                 raft,
@@ -199,6 +212,7 @@ impl<S: StateMachine + Default> Shard<S> {
             snapshot_releases: VecDeque::new(),
             snapshot_distance: config.snapshot_distance,
             trace: None,
+            abstention_marker: abstain.then_some(marker),
             fdatasyncs: 0,
             snapshots_taken: 0,
             snapshots_installed: 0,

@@ -17,6 +17,8 @@ pub struct GroupStatus {
     /// Only on the leader: each other member's matched index, and whether it was
     /// heard from recently.
     pub progress: Vec<(NodeId, Index, bool)>,
+    /// This replica lost entries to a storage fault and does not vote until caught up.
+    pub abstaining: bool,
 }
 
 impl<S: StateMachine + Default> Shard<S> {
@@ -41,6 +43,7 @@ impl<S: StateMachine + Default> Shard<S> {
                     .filter(|&peer| peer != self.node)
                     .filter_map(|peer| g.raft.progress(peer).map(|p| (peer, p.matched, p.recent_active)))
                     .collect(),
+                abstaining: g.raft.is_abstaining(),
             })
             .collect()
     }

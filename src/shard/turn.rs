@@ -124,6 +124,7 @@ impl<S: StateMachine + Default> Shard<S> {
             snapshots_installed: self.snapshots_installed - installed_before,
             entries_written,
         };
+        self.end_abstention_if_caught_up();
         Ok(Staged { acks, ticket: self.log.borrow().staged_ticket(), stats })
     }
 
@@ -264,6 +265,7 @@ mod tests {
         let mut shard = Shard::<BuiltinState>::open(config(dir.path())).expect("recovers, cutting the damage");
         let (hard_state, _) = shard.raft(0).expect("hosted").storage().initial_state();
         assert_eq!((hard_state.term, hard_state.vote), (5, Some(2)), "the vote survived");
+        assert!(shard.raft(0).expect("hosted").is_abstaining(), "a flipped bit is damage, not a torn write");
         let rival = MessageKind::Vote { last_index: 1, last_term: 1, transfer: false };
         shard.step(0, Message { from: 3, to: 1, term: 5, kind: rival }).expect("valid");
         let staged = shard.stage().expect("stages");
@@ -284,5 +286,63 @@ mod tests {
         damage(flushes.first().expect("a flush"));
         let refused = Shard::<BuiltinState>::open(config(dir.path())).err().expect("damage is refused");
         assert!(refused.to_string().contains("corrupt log"), "{refused}");
+    }
+
+    fn sent(shard: &mut Shard<BuiltinState>) -> Vec<Message> {
+        shard.take_outbox().into_values().flatten().map(|(_, m)| m).collect()
+    }
+
+    /// A flipped bit in the last flush may have taken entries the node acknowledged:
+    /// every group abstains, across restarts (after new flushes have overwritten the
+    /// damage), until the leader's fresh commit index is reached.
+    #[test]
+    fn damage_to_the_last_flush_makes_every_group_abstain_until_caught_up() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (flushes, _) = grant_a_vote(dir.path());
+        damage(flushes.last().expect("a flush"));
+        let marker = dir.path().join("log").join("ABSTAINING");
+
+        let mut shard = Shard::<BuiltinState>::open(config(dir.path())).expect("recovers");
+        assert!(shard.raft(0).expect("hosted").is_abstaining());
+        assert!(marker.exists(), "the decision is durable before anything is written");
+        let heartbeat = MessageKind::Heartbeat { commit: 1, round: 1 };
+        shard.step(0, Message { from: 2, to: 1, term: 5, kind: heartbeat }).expect("valid");
+        let staged = shard.stage().expect("stages");
+        make_durable(&mut shard, &mut SegmentWriter::new(FaultyDisk::default()), staged);
+        drop(shard);
+
+        let mut shard = Shard::<BuiltinState>::open(config(dir.path())).expect("recovers");
+        assert!(shard.raft(0).expect("hosted").is_abstaining(), "still abstaining after a restart");
+        let rival = MessageKind::Vote { last_index: 9, last_term: 5, transfer: false };
+        shard.step(0, Message { from: 3, to: 1, term: 6, kind: rival }).expect("valid");
+        let staged = shard.stage().expect("stages");
+        make_durable(&mut shard, &mut SegmentWriter::new(FaultyDisk::default()), staged);
+        assert!(
+            matches!(sent(&mut shard)[..], [Message { to: 3, kind: MessageKind::VoteResponse { reject: true }, .. }]),
+            "no vote while abstaining"
+        );
+        drop(shard);
+        let mut shard = Shard::<BuiltinState>::open(config(dir.path())).expect("recovers");
+        assert_eq!(shard.log.borrow().recovered_damage(), None, "new flushes overwrote the damage");
+        assert!(shard.raft(0).expect("hosted").is_abstaining(), "the marker keeps the group abstaining");
+
+        let heartbeat = MessageKind::Heartbeat { commit: 1, round: 2 };
+        shard.step(0, Message { from: 2, to: 1, term: 6, kind: heartbeat }).expect("valid");
+        shard.tick();
+        let staged = shard.stage().expect("stages");
+        make_durable(&mut shard, &mut SegmentWriter::new(FaultyDisk::default()), staged);
+        let nonce = sent(&mut shard)
+            .into_iter()
+            .find_map(|m| match m.kind {
+                MessageKind::CommitQuery { nonce, .. } => Some(nonce),
+                _ => None,
+            })
+            .expect("asks the leader for its commit index");
+        let answer = MessageKind::CommitAnswer { nonce, commit: 1 };
+        shard.step(0, Message { from: 2, to: 1, term: 6, kind: answer }).expect("valid");
+        let staged = shard.stage().expect("stages");
+        make_durable(&mut shard, &mut SegmentWriter::new(FaultyDisk::default()), staged);
+        assert!(!shard.raft(0).expect("hosted").is_abstaining(), "caught up");
+        assert!(!marker.exists(), "the marker goes once every group caught up");
     }
 }

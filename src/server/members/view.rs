@@ -40,6 +40,7 @@ pub async fn node_status(router: &Router, cluster_id: u64) -> Result<proto::Stat
                     .iter()
                     .map(|&(node, matched, active)| proto::PeerProgress { node, matched, active })
                     .collect(),
+                abstaining: s.abstaining,
             }
         }));
     }
