@@ -102,15 +102,39 @@ proptest! {
         let last_flush_start = ends[ends.len() - 2];
         let all = dumps.len() - 1;
         let before_last_flush = w.batches_at_end[w.batches_at_end.len() - 2];
-        match reopen(config, dumps) {
+        match reopen(config.clone(), dumps) {
             Ok(k) if k == all => {}
             // Only batches of the last flush may be lost, and only if the damage is in it.
-            Ok(k) => prop_assert!(k >= before_last_flush && at >= last_flush_start, "kept {} of {} batches for damage at {}", k, all, at),
+            Ok(k) => {
+                prop_assert!(k >= before_last_flush && at >= last_flush_start, "kept {} of {} batches for damage at {}", k, all, at);
+                // A flipped bit is damage, not a torn write: the node must know it lost data.
+                prop_assert!(ShardLog::open(config).unwrap().recovered_damage().is_some(), "damage at {} taken for a torn write", at);
+            }
             Err(LogError::Corrupt { path: bad, .. }) => {
                 prop_assert_eq!(&bad, path);
                 prop_assert!(at < last_flush_start, "damage at {} in the last flush is a torn tail, not an error", at);
             }
             Err(e) => prop_assert!(false, "unexpected error {e}"),
+        }
+    }
+}
+
+/// A page of an earlier flush that never reached the disk (a lost write) reads as
+/// zeroes: recovery must refuse it, not take it for the end of the log and silently
+/// drop every later flush.
+#[test]
+fn a_lost_page_before_the_last_flush_is_refused() {
+    for flush in 0..FLUSHES as usize - 1 {
+        let (_dir, config, w) = setup("lost-page");
+        let start = if flush == 0 { 4096 } else { w.ends[flush - 1] };
+        let mut file = OpenOptions::new().write(true).open(&w.path).unwrap();
+        file.seek(SeekFrom::Start(start)).unwrap();
+        file.write_all(&[0u8; 4096]).unwrap();
+        drop(file);
+        match ShardLog::open(config) {
+            Err(LogError::Corrupt { path, offset, .. }) => assert_eq!((path, offset), (w.path.clone(), start)),
+            Err(e) => panic!("flush {flush}: unexpected error {e}"),
+            Ok(_) => panic!("flush {flush}: a lost write before later flushes was taken for the end of the log"),
         }
     }
 }

@@ -175,6 +175,12 @@ impl ShardLog {
                     let reason = "sealed segment ends without a seal".to_string();
                     return Err(LogError::Corrupt { path, offset: end, reason });
                 }
+                // Zeroes or stale bytes where a batch should be, with a later flush
+                // behind them: a write that was acknowledged and then lost.
+                ScanEnd::Clean { end } if later_flush_exists(&map, seq, end) => {
+                    let reason = "a later flush follows the end of the log (a lost write)".to_string();
+                    return Err(LogError::Corrupt { path, offset: end, reason });
+                }
                 // The newest segment's torn or clean tail: writing resumes there.
                 ScanEnd::Corrupt { at: end, reason } => {
                     if let Some(bit) = single_bit_damage(&map, seq, end) {
