@@ -138,3 +138,34 @@ fn a_lost_page_before_the_last_flush_is_refused() {
         }
     }
 }
+
+/// A tail cut in the middle of a page leaves the cut batch's remains before the next
+/// page, where writing resumes: later recoveries must step over them (the resumed
+/// flush says where the cut was) instead of taking them for damage to acknowledged
+/// data followed by a later flush.
+#[test]
+fn writes_after_a_cut_mid_page_survive_the_next_recovery() {
+    let (_dir, config, w) = setup("resume");
+    // Inside the second batch of the last flush: the first one stays whole.
+    let flush_start = w.ends[w.ends.len() - 2];
+    let data = std::fs::read(&w.path).unwrap();
+    let first_batch = quarry::log::codec::decode_batch(&data[flush_start as usize..]).unwrap();
+    let cut = flush_start + first_batch.len as u64 + 10;
+    assert!(cut % 4096 != 0 && cut < w.ends[w.ends.len() - 1]);
+    OpenOptions::new().write(true).open(&w.path).unwrap().set_len(cut).unwrap();
+    let first = dump(&ShardLog::open(config.clone()).unwrap());
+    let config_for_writes = config.clone();
+    let expected = run_glommio(move || async move {
+        let log = RefCell::new(ShardLog::open(config_for_writes).unwrap());
+        let next = log.borrow().index().group(0).map_or(0, |g| g.last_index()) + 1;
+        log.borrow_mut().append(0, &[entry(next, 2, 99)]).unwrap();
+        flush(&log, &mut SegmentWriter::default()).await.unwrap();
+        let state = dump(&*log.borrow());
+        state
+    });
+    assert_ne!(first, expected, "the new entry was written");
+    for _ in 0..2 {
+        let recovered = ShardLog::open(config.clone()).expect("the cut's remains are stepped over");
+        assert_eq!(dump(&recovered), expected);
+    }
+}

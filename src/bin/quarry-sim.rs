@@ -70,7 +70,9 @@ fn main() -> ExitCode {
     println!(
         "{} seeds ({}..{}) in {:.1}s on {jobs} threads: {} steps, {} ops ({} answered, {} resends), \
          {} crashes ({} mid-flush; {} writes torn, {} lost), {} partitions, {} membership changes, \
-         {} transfers, {} snapshots taken, {} installed, {} messages ({} dropped), worst recovery {} ticks",
+         {} transfers, {} snapshots taken, {} installed, {} messages ({} dropped), worst recovery {} ticks; \
+         storage faults: {} (bit flips and lost pages; {} restarts abstained, {} damaged logs refused), \
+         {} failed fdatasyncs",
         args.seeds,
         args.start,
         end,
@@ -91,6 +93,10 @@ fn main() -> ExitCode {
         totals.messages_sent,
         totals.messages_dropped,
         totals.recovery_ticks,
+        totals.storage_faults,
+        totals.abstentions,
+        totals.nodes_refused,
+        totals.fdatasync_failures,
     );
     println!("{} passed, {} failed", args.seeds - failures, failures);
     if failures == 0 {
@@ -117,4 +123,8 @@ fn add(totals: &mut Report, r: &Report) {
     totals.messages_sent += r.messages_sent;
     totals.messages_dropped += r.messages_dropped;
     totals.recovery_ticks = totals.recovery_ticks.max(r.recovery_ticks);
+    totals.storage_faults += r.storage_faults;
+    totals.abstentions += r.abstentions;
+    totals.nodes_refused += r.nodes_refused;
+    totals.fdatasync_failures += r.fdatasync_failures;
 }

@@ -53,6 +53,9 @@ pub enum Record {
     },
     /// The last record of a sealed segment.
     Seal,
+    /// Writing resumed here after recovery cut the log at `cut_at` (a torn or damaged
+    /// tail, mid-page): the bytes from `cut_at` to this batch are not part of the log.
+    Resume { cut_at: u64 },
 }
 
 const KIND_ENTRY: u8 = 1;
@@ -60,6 +63,7 @@ const KIND_HARD_STATE: u8 = 2;
 const KIND_TRUNCATE: u8 = 3;
 const KIND_SNAPSHOT: u8 = 4;
 const KIND_SEAL: u8 = 5;
+const KIND_RESUME: u8 = 6;
 
 const PAYLOAD_NOOP: u8 = 0;
 const PAYLOAD_NORMAL: u8 = 1;
@@ -88,7 +92,7 @@ impl Record {
             | Record::HardState { group, .. }
             | Record::Truncate { group, .. }
             | Record::Snapshot { group, .. } => Some(*group),
-            Record::Seal => None,
+            Record::Seal | Record::Resume { .. } => None,
         }
     }
 
@@ -108,7 +112,7 @@ impl Record {
                 }
             }
             Record::HardState { .. } => 16,
-            Record::Truncate { .. } | Record::Seal => 0,
+            Record::Truncate { .. } | Record::Seal | Record::Resume { .. } => 0,
             Record::Snapshot { conf_state, .. } => {
                 12 + 8 * (conf_state.voters.len() + conf_state.voters_outgoing.len() + conf_state.learners.len())
             }
@@ -122,6 +126,7 @@ impl Record {
             Record::Truncate { group, from } => (KIND_TRUNCATE, *group, 0, *from),
             Record::Snapshot { group, index, term, .. } => (KIND_SNAPSHOT, *group, *term, *index),
             Record::Seal => (KIND_SEAL, 0, 0, 0),
+            Record::Resume { cut_at } => (KIND_RESUME, 0, 0, *cut_at),
         };
         out.put_u8(kind);
         out.put_u64_le(group);
@@ -140,7 +145,7 @@ impl Record {
                     set.iter().for_each(|&id| out.put_u64_le(id));
                 }
             }
-            Record::Truncate { .. } | Record::Seal => {}
+            Record::Truncate { .. } | Record::Seal | Record::Resume { .. } => {}
         }
     }
 
@@ -180,6 +185,7 @@ impl Record {
                 Record::Snapshot { group, index, term, conf_state: ConfState { voters, voters_outgoing, learners } }
             }
             KIND_SEAL => Record::Seal,
+            KIND_RESUME => Record::Resume { cut_at: index },
             tag => return Err(CodecError::UnknownTag { what: "record", tag }),
         };
         Ok(record)
@@ -357,6 +363,7 @@ mod tests {
                 }
             ),
             Just(Record::Seal),
+            any::<u64>().prop_map(|cut_at| Record::Resume { cut_at }),
         ]
     }
 

@@ -136,7 +136,7 @@ impl LogIndex {
             Record::Snapshot { index, term, conf_state, .. } => {
                 group.apply_snapshot_marker(*index, *term, conf_state, location)
             }
-            Record::Seal => {}
+            Record::Seal | Record::Resume { .. } => {}
         }
         Ok(())
     }

@@ -116,8 +116,28 @@ pub fn scan(data: &[u8], seq: u64, mut on_batch: impl FnMut(u64, &DecodedBatch))
                 }
             }
             Ok(_) => return ScanEnd::Clean { end: pos },
+            Err(_) if resumed_after_cut(data, seq, pos) => pos = align_up(pos),
             Err(e) => return ScanEnd::Corrupt { at: pos, reason: e.to_string() },
         }
+    }
+}
+
+/// Whether the flush at the next page boundary says that writing resumed there after
+/// an earlier recovery cut the log at `cut_at` (mid-page: the cut batch's remains stay
+/// before it, since writes are whole pages and rewriting the page could tear the
+/// durable batches before the cut).
+fn resumed_after_cut(data: &[u8], seq: u64, cut_at: u64) -> bool {
+    let next = align_up(cut_at);
+    if next == cut_at {
+        return false;
+    }
+    match data.get(next as usize..).map(decode_batch) {
+        Some(Ok(batch)) => {
+            batch.segment_seq == seq
+                && batch.starts_flush
+                && matches!(batch.records.first(), Some(Record::Resume { cut_at: at }) if *at == cut_at)
+        }
+        _ => false,
     }
 }
 

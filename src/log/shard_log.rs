@@ -146,6 +146,7 @@ impl ShardLog {
     fn recover(&mut self, live: Vec<(u64, u32)>) -> Result<(), LogError> {
         let newest = live.last().map(|&(seq, _)| seq);
         let mut active: Option<(u64, u32, u64)> = None;
+        let mut cut_mid_page = false;
         for (seq, slot) in live {
             let path = slot_path(&self.config.dir, slot);
             let map = map_file(&path)?;
@@ -192,6 +193,7 @@ impl ShardLog {
                             bit / 8
                         ));
                     }
+                    cut_mid_page = !end.is_multiple_of(PAGE_BYTES);
                     active = Some((seq, slot, end));
                 }
                 ScanEnd::Clean { end } => active = Some((seq, slot, end)),
@@ -204,6 +206,11 @@ impl ShardLog {
                 self.active_slot = slot;
                 self.active_opened = true;
                 self.write_pos = align_up(end);
+                if cut_mid_page {
+                    // The cut batch's remains stay before the next page: the first
+                    // flush tells later recoveries to step over them.
+                    encode_batch(seq, true, &[Record::Resume { cut_at: end }], &mut self.staging);
+                }
             }
             None => {
                 self.active_seq = newest.unwrap_or(0) + 1;

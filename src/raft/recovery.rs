@@ -41,6 +41,12 @@ impl<S: Storage> RaftNode<S> {
         self.abstention = Some(Abstention { nonce: self.rng.next_u64(), release_at: None });
     }
 
+    /// Test-only sabotage: vote again at once after losing acknowledged entries.
+    #[cfg(test)]
+    pub(crate) fn forget_abstention(&mut self) {
+        self.abstention = None;
+    }
+
     /// Whether this replica still abstains from elections after a storage fault.
     pub fn is_abstaining(&self) -> bool {
         self.abstention.is_some()

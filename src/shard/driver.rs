@@ -22,7 +22,9 @@ impl<S: StateMachine + Default> LocalShard<S> {
     pub fn open(config: ShardConfig) -> Result<Self, ShardError> {
         let name = format!("quarry-snap-{}", config.node);
         let snapshot_dir = config.snapshot_dir.clone();
-        let shard = Shard::open(config)?;
+        let node = config.node;
+        let mut shard = Shard::open(config)?;
+        log_notices(node, &mut shard);
         let snapshot_writer = SnapshotWriter::start(name).map_err(|e| LogError::io(&snapshot_dir, e))?;
         Ok(LocalShard { shard, writer: SegmentWriter::default(), snapshot_writer })
     }
@@ -34,6 +36,7 @@ impl<S: StateMachine + Default> LocalShard<S> {
             self.shard.snapshot_written(job, result);
         }
         let staged = self.shard.stage()?;
+        log_notices(self.shard.node(), &mut self.shard);
         for write in self.shard.take_snapshot_writes() {
             self.snapshot_writer.submit(write.job, write.image);
         }
@@ -61,6 +64,12 @@ impl<S: StateMachine + Default> LocalShard<S> {
     pub async fn turn(&mut self) -> Result<TurnStats, ShardError> {
         let staged = self.stage()?;
         self.make_durable(staged).await
+    }
+}
+
+fn log_notices<S: StateMachine + Default>(node: u64, shard: &mut Shard<S>) {
+    for notice in shard.take_notices() {
+        eprintln!("node {node}: {notice}");
     }
 }
 

@@ -135,6 +135,9 @@ pub struct Shard<S: StateMachine + Default> {
     /// While groups abstain after a storage fault: the marker file that keeps them
     /// abstaining across restarts (`recovery.rs`).
     abstention_marker: Option<PathBuf>,
+    /// What operators must hear of (a damaged log, a snapshot not written), oldest
+    /// first, for the host to log: the shard itself prints nothing.
+    notices: Vec<String>,
     pub fdatasyncs: u64,
     pub snapshots_taken: u64,
     pub snapshots_installed: u64,
@@ -157,9 +160,10 @@ impl<S: StateMachine + Default> Shard<S> {
     pub fn open(config: ShardConfig) -> Result<Self, ShardError> {
         let log = Rc::new(RefCell::new(ShardLog::open(config.log.clone())?));
         let marker = recovery::marker_path(&config.log.dir);
+        let mut notices = Vec::new();
         if let Some(damage) = log.borrow().recovered_damage() {
             recovery::persist_marker(&marker, damage)?;
-            eprintln!("shard log {damage}; every group abstains from elections until caught up with its leader");
+            notices.push(format!("shard log {damage}; every group abstains from elections until caught up"));
         }
         let abstain = marker.exists();
         let snapshots = Rc::new(RefCell::new(SnapshotStore::open(&config.snapshot_dir)?));
@@ -213,6 +217,7 @@ impl<S: StateMachine + Default> Shard<S> {
             snapshot_distance: config.snapshot_distance,
             trace: None,
             abstention_marker: abstain.then_some(marker),
+            notices,
             fdatasyncs: 0,
             snapshots_taken: 0,
             snapshots_installed: 0,
@@ -281,6 +286,11 @@ impl<S: StateMachine + Default> Shard<S> {
     #[cfg(test)]
     pub(crate) fn rafts_mut(&mut self) -> impl Iterator<Item = &mut RaftNode<GroupStorage<ShardLog>>> {
         self.groups.values_mut().map(|g| &mut g.raft)
+    }
+
+    /// Notices for operators since the last call (see `notices`).
+    pub fn take_notices(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.notices)
     }
 
     /// Bytes of snapshot files this shard holds.

@@ -38,10 +38,11 @@ impl<S: StateMachine + Default> Shard<S> {
         if self.groups.values().any(|g| g.raft.is_abstaining()) {
             return;
         }
-        match fs::remove_file(marker) {
-            Ok(()) => eprintln!("{}: every group caught up with its leader; voting again", marker.display()),
-            Err(e) => eprintln!("{}: could not remove: {e} (the groups will abstain again after a restart)", marker.display()),
-        }
+        let notice = match fs::remove_file(marker) {
+            Ok(()) => format!("{}: every group caught up with its leader; voting again", marker.display()),
+            Err(e) => format!("{}: not removed: {e} (the groups will abstain again after a restart)", marker.display()),
+        };
+        self.notices.push(notice);
         self.abstention_marker = None;
     }
 }

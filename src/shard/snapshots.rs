@@ -121,10 +121,8 @@ impl<S: StateMachine + Default> Shard<S> {
                 Ok(manifest) => manifest,
                 Err(e) => {
                     // The log keeps its entries; the group is due again next turn.
-                    eprintln!(
-                        "shard of node {}: snapshot of group {group} at {} not written: {e}",
-                        self.node, meta.index
-                    );
+                    let notice = format!("snapshot of group {group} at {} not written: {e}", meta.index);
+                    self.notices.push(notice);
                     continue;
                 }
             };

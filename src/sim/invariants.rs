@@ -57,6 +57,10 @@ pub struct Invariants {
     /// One vote per term, across restarts: the candidate each node granted in a term.
     votes: BTreeMap<(NodeId, Term), NodeId>,
     promises: BTreeMap<NodeId, Promise>,
+    /// Nodes that lost committed entries they had acknowledged to a storage fault: the
+    /// commit index each must reach before it may vote or campaign again, and the
+    /// (term, vote) it recovered.
+    catching_up: BTreeMap<NodeId, (Index, (Term, Option<NodeId>))>,
     /// The outcome every replica must give the entry at an index.
     outcomes: HashMap<Index, Option<Outcome>>,
     /// At most once: per node, the index at which each (client, sequence) took effect.
@@ -165,6 +169,7 @@ impl Invariants {
         replica.raft.check_invariants();
         self.observe_commit(replica)?;
         self.check_commit_monotonic(replica)?;
+        self.check_catching_up(replica)?;
         if replica.raft.role() == Role::Leader {
             self.check_leader(replica)?;
             self.check_commit_rule(replica)?;
@@ -179,6 +184,34 @@ impl Invariants {
             return Err(format!("node {} commit went back from {} to {commit}", replica.node, entry.1));
         }
         *entry = (replica.incarnation, commit);
+        Ok(())
+    }
+
+    /// Protocol-aware recovery's rule: a replica that lost committed entries it had
+    /// acknowledged neither campaigns nor votes until its commit index covers them
+    /// again (otherwise its vote could elect a leader without them).
+    fn check_catching_up(&mut self, replica: &Replica) -> Check {
+        let node = replica.node;
+        let Some(&(target, recovered_vote)) = self.catching_up.get(&node) else {
+            return Ok(());
+        };
+        let raft = replica.raft;
+        if raft.committed() >= target {
+            self.catching_up.remove(&node);
+            return Ok(());
+        }
+        let hs = raft.hard_state();
+        let campaigned = matches!(raft.role(), Role::Candidate | Role::Leader);
+        let voted = hs.vote.is_some() && (hs.term, hs.vote) != recovered_vote;
+        if campaigned || voted {
+            return Err(format!(
+                "recovery rule: node {node} {} in term {} while it lacked committed entries up to {target} that a \
+                 storage fault took from it (commit {})",
+                if campaigned { "campaigned" } else { "voted" },
+                hs.term,
+                raft.committed()
+            ));
+        }
         Ok(())
     }
 
@@ -274,12 +307,17 @@ impl Invariants {
     }
 
     /// After a crash, what the node recovered still holds everything its messages
-    /// vouched for before it.
-    pub fn on_restart(&mut self, node: NodeId, recovered: Durable) -> Check {
+    /// vouched for before it. After a storage fault (`damaged` holds the node's log
+    /// hashes from before it) its votes must still hold, but entries it acknowledged
+    /// may be gone: those that were committed must come back before it votes again.
+    pub fn on_restart(&mut self, node: NodeId, recovered: Durable, damaged: Option<&LogHashes>) -> Check {
+        let hs = recovered.hard_state;
+        if let Some(entry) = self.catching_up.get_mut(&node) {
+            entry.1 = (hs.term, hs.vote);
+        }
         let Some(promise) = self.promises.get(&node).copied() else {
             return Ok(());
         };
-        let hs = recovered.hard_state;
         if let Some((term, candidate)) = promise.vote {
             if hs.term < term || (hs.term == term && hs.vote != Some(candidate)) {
                 return Err(format!("lost vote: node {node} granted term {term} to {candidate}, but recovered {hs:?}"));
@@ -287,11 +325,21 @@ impl Invariants {
         }
         if let Some((term, index)) = promise.ack {
             if hs.term <= term && recovered.last_index < index {
-                return Err(format!(
-                    "lost entries: node {node} acknowledged {index} in term {term}, but recovered its log only to {} \
-                     ({hs:?})",
-                    recovered.last_index
-                ));
+                let Some(before) = damaged else {
+                    return Err(format!(
+                        "lost entries: node {node} acknowledged {index} in term {term}, but recovered its log only \
+                         to {} ({hs:?})",
+                        recovered.last_index
+                    ));
+                };
+                let top = index.min(self.committed_index());
+                let held_committed = |j: &Index| before.at(*j).is_some() && before.at(*j) == self.committed_hash(*j);
+                if let Some(target) = (recovered.last_index + 1..=top).rev().find(held_committed) {
+                    let entry = self.catching_up.entry(node).or_insert((target, (hs.term, hs.vote)));
+                    entry.0 = entry.0.max(target);
+                }
+                // What it vouches for starts again from what it holds.
+                self.promises.get_mut(&node).expect("seen above").ack = None;
             }
         }
         Ok(())

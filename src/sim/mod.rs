@@ -67,6 +67,17 @@ mod tests {
         assert!(caught, "unexpected failure: {failure}");
     }
 
+    /// A replica that lost committed entries it acknowledged (a flipped bit in its
+    /// last flush) and votes at once is caught by the recovery rule, within the CI
+    /// seeds, whether or not its vote went on to lose a write.
+    #[test]
+    fn simulator_catches_a_replica_that_votes_after_losing_acknowledged_entries() {
+        let sabotage = Sabotage { ignore_damage: true, ..Sabotage::default() };
+        let failure = first_failure(sabotage, 2000).expect("voting after a storage fault must be caught");
+        println!("caught: {failure}");
+        assert!(failure.reason.contains("recovery rule"), "unexpected failure: {failure}");
+    }
+
     #[test]
     fn a_seed_replays_identically() {
         let first = run_seed(7).expect("seed 7 passes");

@@ -4,6 +4,7 @@
 //! when the power goes.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::path::PathBuf;
 
 use rand_chacha::ChaCha8Rng;
 
@@ -45,7 +46,22 @@ pub struct SimNode {
     pub durable: BTreeMap<GroupId, Durable>,
     /// Writes staged but not yet durable: (staged ticket, group, change), oldest first.
     unsynced: VecDeque<(u64, GroupId, DurableChange)>,
+    /// Where the latest completed flushes went (file, offset, bytes of batches), newest last:
+    /// where storage faults strike.
+    pub flushes_done: VecDeque<(PathBuf, u64, usize)>,
+    /// A storage fault struck this node's disk since it last started: recovery may
+    /// refuse the log, or cut entries the node acknowledged (and must then abstain).
+    pub storage_fault: bool,
+    /// Recovery refused the damaged log: the node stays down (an operator replaces it).
+    pub failed: bool,
+    /// The next flush's fdatasync fails (EIO).
+    pub fail_next_fdatasync: bool,
+    /// The flush under way is the one whose fdatasync was made to fail.
+    pub fdatasync_failing: bool,
 }
+
+/// Completed flushes remembered per node.
+const FLUSHES_REMEMBERED: usize = 16;
 
 impl SimNode {
     pub fn new(id: NodeId, config: ShardConfig) -> SimNode {
@@ -61,6 +77,11 @@ impl SimNode {
             hashes: BTreeMap::new(),
             durable: BTreeMap::new(),
             unsynced: VecDeque::new(),
+            flushes_done: VecDeque::new(),
+            storage_fault: false,
+            failed: false,
+            fail_next_fdatasync: false,
+            fdatasync_failing: false,
         }
     }
 
@@ -131,6 +152,7 @@ impl SimNode {
     /// (plus whatever of the unsynced writes happens to have reached it).
     pub fn crash(&mut self, rng: &mut ChaCha8Rng) -> Result<CrashDamage, String> {
         self.shard = None;
+        self.fdatasync_failing = false;
         self.unsynced.clear();
         self.staged.clear();
         self.flush = None;
@@ -148,15 +170,27 @@ impl SimNode {
         let Some(job) = self.shard().begin_flush()? else {
             return Ok(false);
         };
-        let result = futures_lite::future::block_on(self.writer.execute(&job));
+        let mut result = futures_lite::future::block_on(self.writer.execute(&job));
+        if std::mem::take(&mut self.fail_next_fdatasync) && result.is_ok() {
+            self.fdatasync_failing = true;
+            result = Err(LogError::Io { path: job.path.clone(), reason: "fdatasync: EIO (injected)".into() });
+        }
         self.flush = Some((job, result));
         Ok(true)
     }
 
-    /// The flush's fdatasyncs complete.
+    /// The flush's fdatasyncs complete (or fail: then its writes stay volatile).
     pub fn finish_flush(&mut self) -> Result<(), ShardError> {
         let (job, result) = self.flush.take().expect("a flush is under way");
-        self.writer.files_mut().complete_fdatasyncs();
+        if result.is_ok() {
+            self.writer.files_mut().complete_fdatasyncs();
+            if self.flushes_done.len() >= FLUSHES_REMEMBERED {
+                self.flushes_done.pop_front();
+            }
+            // Bytes up to the last non-zero one: the batches, not the page padding.
+            let used = job.bytes.iter().rposition(|&b| b != 0).map_or(0, |last| last + 1);
+            self.flushes_done.push_back((job.path.clone(), job.offset, used));
+        }
         self.shard().finish_flush(job, result)
     }
 }

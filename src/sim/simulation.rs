@@ -21,6 +21,9 @@ use super::linearizability::{self, Key, OpKind, Operation, Outcome, Value, Verdi
 use super::network::{Network, NetworkProfile};
 use super::node::SimNode;
 
+mod storage_faults;
+use storage_faults::{storage_rng, StorageProfile};
+
 /// Time units per Raft tick; message and disk delays are drawn in units.
 const UNITS_PER_TICK: u64 = 10;
 const ELECTION_TICKS: u32 = 10;
@@ -111,6 +114,13 @@ pub struct Report {
     pub transfers: u64,
     pub snapshots_taken: u64,
     pub snapshots_installed: u64,
+    /// Bit flips and lost pages injected (each followed by a power cut).
+    pub storage_faults: u64,
+    /// Restarts after which the node abstained from elections (it lost entries).
+    pub abstentions: u64,
+    /// Recoveries that refused a damaged log (the node then stays down).
+    pub nodes_refused: u64,
+    pub fdatasync_failures: u64,
     pub messages_sent: u64,
     pub messages_dropped: u64,
     pub recovery_ticks: u64,
@@ -147,6 +157,9 @@ pub struct Sabotage {
     /// The log's fdatasync returns without making anything durable.
     #[cfg(test)]
     pub skip_fdatasync: bool,
+    /// A replica that lost acknowledged entries to a storage fault votes at once.
+    #[cfg(test)]
+    pub ignore_damage: bool,
 }
 
 /// A client request and how far it got.
@@ -208,6 +221,9 @@ impl Drop for SimDir {
 struct Simulation {
     rng: ChaCha8Rng,
     profile: Profile,
+    storage: StorageProfile,
+    /// The storage faults' own stream: seeds keep their other faults where they were.
+    storage_rng: ChaCha8Rng,
     sabotage: Sabotage,
     now: u64,
     nodes: Vec<SimNode>,
@@ -306,9 +322,13 @@ impl Simulation {
         let clients =
             (0..profile.clients).map(|c| Client { id: c as u64 + 1, sequence: 0, target: 1, request: None }).collect();
         let invariants = (0..profile.groups).map(|g| (g, Invariants::new())).collect();
+        let mut storage_rng = storage_rng(seed);
+        let storage = StorageProfile::draw(&mut storage_rng, profile.voters);
         Ok(Simulation {
             rng,
             profile,
+            storage,
+            storage_rng,
             sabotage,
             now: 0,
             nodes,
@@ -398,8 +418,10 @@ impl Simulation {
             }
             match kind {
                 EventKind::FlushDone => {
-                    let id = self.nodes[i].id;
-                    self.nodes[i].finish_flush().map_err(|e| format!("node {id}: shard failed: {e}"))?;
+                    if let Err(e) = self.nodes[i].finish_flush() {
+                        self.shard_failed(i, e.to_string())?;
+                        continue;
+                    }
                 }
                 EventKind::SnapshotWritten(n) => {
                     let Some(write) = self.nodes[i].snapshot_writes.remove(&n) else { continue };
@@ -480,6 +502,11 @@ impl Simulation {
         use super::node::DurableChange;
         use crate::shard::TraceEvent;
         let trace = self.nodes[i].shard().take_trace();
+        for notice in self.nodes[i].shard().take_notices() {
+            if trace_on() {
+                eprintln!("t={} node {}: {notice}", self.now, self.nodes[i].id);
+            }
+        }
         let id = self.nodes[i].id;
         let mut applied_groups = Vec::new();
         for event in trace {
@@ -568,15 +595,28 @@ impl Simulation {
     }
 
     fn start_node(&mut self, i: usize) -> Result<(), String> {
+        if self.nodes[i].failed {
+            return Ok(());
+        }
         let seed = self.rng.next_u64();
         if trace_on() {
             eprintln!("t={} start node {}", self.now, self.nodes[i].id);
         }
+        // After a storage fault, the node's log as it was before (for the checks).
+        let damaged = self.nodes[i].storage_fault.then(|| self.nodes[i].hashes.clone());
         let invariants = &self.invariants;
-        self.nodes[i].start(seed, |group, index| invariants[&group].committed_hash(index))?;
+        if let Err(reason) = self.nodes[i].start(seed, |group, index| invariants[&group].committed_hash(index)) {
+            return self.recovery_refused(i, reason);
+        }
+        self.nodes[i].storage_fault = false;
         let id = self.nodes[i].id;
         for (&group, invariants) in self.invariants.iter_mut() {
-            invariants.on_restart(id, self.nodes[i].durable[&group]).map_err(|e| in_group(group, e))?;
+            let before = damaged.as_ref().and_then(|hashes| hashes.get(&group));
+            invariants.on_restart(id, self.nodes[i].durable[&group], before).map_err(|e| in_group(group, e))?;
+        }
+        let shard = self.nodes[i].shard();
+        if (0..self.profile.groups).any(|g| shard.raft(g).is_some_and(|r| r.is_abstaining())) {
+            self.report.abstentions += 1;
         }
         #[cfg(test)]
         {
@@ -586,6 +626,9 @@ impl Simulation {
                 raft.broken_commit_rule = sabotage.commit_any_term;
                 raft.broken_vote_rule = sabotage.vote_for_stale_logs;
                 raft.broken_vote_durability = sabotage.vote_before_durable;
+                if sabotage.ignore_damage {
+                    raft.forget_abstention();
+                }
             }
         }
         let _ = self.sabotage;
@@ -616,7 +659,7 @@ impl Simulation {
         if self.rng.random_range(0..1000) < p.transfer_per_mille {
             self.transfer_leadership()?;
         }
-        Ok(())
+        self.inject_storage_fault()
     }
 
     /// Crashes a running node: often one whose writes are in flight (messages have

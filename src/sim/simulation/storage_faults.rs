@@ -1,0 +1,167 @@
+//! Storage faults on one node's disk (a minority: the fault model Quarry promises to
+//! survive), drawn from their own random stream so a seed's other faults stay where
+//! they were:
+//!
+//! - a flipped bit in the last flush, after its fdatasync returned (the node may have
+//!   acknowledged what it held), then a power cut; often the leader of a group goes
+//!   down at the same moment, so elections run while the node is behind;
+//! - a flipped bit, or a page lost (a write the device acknowledged and dropped), in
+//!   an earlier flush, then a power cut: recovery must refuse the log (the node then
+//!   stays down, as one an operator must replace) or find nothing lost;
+//! - an fdatasync that fails (EIO): the shard stops, as quarryd exits for systemd to
+//!   restart it; what the page cache held is then as uncertain as after a power cut.
+//!
+//! Whatever recovery makes of it, the checks hold it to the same bar: nothing a
+//! message vouched for is lost unless a storage fault struck, and a node that lost
+//! committed entries it acknowledged does not vote or campaign until it has them again.
+
+use std::fs::OpenOptions;
+use std::os::unix::fs::FileExt;
+
+use rand::seq::IndexedRandom;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use super::{trace_on, Simulation, UNITS_PER_TICK};
+
+/// Which node's disk misbehaves and how often, drawn per seed.
+#[derive(Clone, Debug)]
+pub struct StorageProfile {
+    pub faulty_node: Option<usize>,
+    pub fault_per_mille: u32,
+    /// Of the faults in the last flush, the share that also takes a leader down.
+    pub leader_down_per_mille: u32,
+}
+
+impl StorageProfile {
+    pub fn draw(rng: &mut ChaCha8Rng, voters: usize) -> StorageProfile {
+        StorageProfile {
+            faulty_node: rng.random_bool(0.5).then(|| rng.random_range(0..voters)),
+            fault_per_mille: rng.random_range(1..=15),
+            leader_down_per_mille: rng.random_range(0..=1000),
+        }
+    }
+}
+
+/// The storage faults' own random stream for `seed`.
+pub fn storage_rng(seed: u64) -> ChaCha8Rng {
+    ChaCha8Rng::seed_from_u64(seed.rotate_left(29) ^ 0x5354_4f52_4147_4521)
+}
+
+impl Simulation {
+    pub(super) fn inject_storage_fault(&mut self) -> Result<(), String> {
+        let Some(i) = self.storage.faulty_node else { return Ok(()) };
+        if self.storage_rng.random_range(0..1000) >= self.storage.fault_per_mille || self.nodes[i].shard.is_none() {
+            return Ok(());
+        }
+        match self.storage_rng.random_range(0..4) {
+            0 => self.damage_last_flush(i),
+            1 => self.damage_earlier_flush(i, false),
+            2 => self.damage_earlier_flush(i, true),
+            _ => {
+                self.nodes[i].fail_next_fdatasync = true;
+                Ok(())
+            }
+        }
+    }
+
+    /// Flips a bit in the node's last completed flush and cuts its power.
+    fn damage_last_flush(&mut self, i: usize) -> Result<(), String> {
+        let Some((path, offset, len)) = self.nodes[i].flushes_done.back().cloned() else { return Ok(()) };
+        if self.nodes[i].flush.is_some() || len == 0 || !path.exists() {
+            return Ok(()); // A later write is under way: not the last flush.
+        }
+        let at = offset + self.storage_rng.random_range(0..len as u64);
+        flip_bit(&path, at, self.storage_rng.random_range(0..8))?;
+        self.report.storage_faults += 1;
+        self.nodes[i].storage_fault = true;
+        if trace_on() {
+            eprintln!("t={} node {}: bit flipped in its last flush at {}:{at}", self.now, self.nodes[i].id, path.display());
+        }
+        let leader_down = self.storage_rng.random_range(0..1000) < self.storage.leader_down_per_mille;
+        self.power_cut(i)?;
+        if leader_down {
+            let group = self.storage_rng.random_range(0..self.profile.groups);
+            if let Some(leader) = self.leader_index(group).filter(|&l| l != i) {
+                self.power_cut(leader)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Flips a bit in, or loses a page of, an earlier flush, and cuts the power.
+    fn damage_earlier_flush(&mut self, i: usize, lose_page: bool) -> Result<(), String> {
+        let done = &self.nodes[i].flushes_done;
+        if done.len() < 2 {
+            return Ok(());
+        }
+        let earlier: Vec<_> = done.iter().take(done.len() - 1).cloned().collect();
+        let (path, offset, len) = earlier.choose(&mut self.storage_rng).expect("not empty").clone();
+        if len == 0 || !path.exists() {
+            return Ok(()); // Nothing written there, or the segment was since deleted.
+        }
+        if lose_page {
+            let page = self.storage_rng.random_range(0..(len as u64).div_ceil(4096)) * 4096;
+            write_at(&path, offset + page, &[0u8; 4096])?;
+        } else {
+            let at = offset + self.storage_rng.random_range(0..len as u64);
+            flip_bit(&path, at, self.storage_rng.random_range(0..8))?;
+        }
+        self.report.storage_faults += 1;
+        self.nodes[i].storage_fault = true;
+        self.power_cut(i)
+    }
+
+    /// A power cut on node `i` (the node comes back later).
+    pub(super) fn power_cut(&mut self, i: usize) -> Result<(), String> {
+        let damage = self.nodes[i].crash(&mut self.storage_rng)?;
+        self.report.crashes += 1;
+        self.report.writes_torn += damage.writes_torn;
+        self.report.writes_lost += damage.writes_lost;
+        let down_ticks = self.storage_rng.random_range(5..=60);
+        self.restarts.insert(i, self.now + down_ticks * UNITS_PER_TICK);
+        Ok(())
+    }
+
+    /// The shard of node `i` failed. A failure the simulator caused (an fdatasync made
+    /// to fail) stops the node for a restart, as quarryd exits for systemd to restart
+    /// it; any other is a bug.
+    pub(super) fn shard_failed(&mut self, i: usize, reason: String) -> Result<(), String> {
+        if !self.nodes[i].fdatasync_failing {
+            return Err(format!("node {}: shard failed: {reason}", self.nodes[i].id));
+        }
+        if trace_on() {
+            eprintln!("t={} node {}: shard stopped: {reason}", self.now, self.nodes[i].id);
+        }
+        self.report.fdatasync_failures += 1;
+        self.power_cut(i)
+    }
+
+    /// A node whose recovery refused its log after a storage fault stays down; the
+    /// refusal is right (damage to acknowledged data must never pass silently), and a
+    /// refusal without a storage fault is a bug.
+    pub(super) fn recovery_refused(&mut self, i: usize, reason: String) -> Result<(), String> {
+        if !self.nodes[i].storage_fault {
+            return Err(reason);
+        }
+        if trace_on() {
+            eprintln!("t={} {reason}: the node stays down", self.now);
+        }
+        self.nodes[i].failed = true;
+        self.report.nodes_refused += 1;
+        Ok(())
+    }
+}
+
+fn flip_bit(path: &std::path::Path, at: u64, bit: u8) -> Result<(), String> {
+    let mut byte = [0u8];
+    let file = OpenOptions::new().read(true).write(true).open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    file.read_exact_at(&mut byte, at).map_err(|e| format!("{}: {e}", path.display()))?;
+    byte[0] ^= 1 << bit;
+    file.write_all_at(&byte, at).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+fn write_at(path: &std::path::Path, at: u64, bytes: &[u8]) -> Result<(), String> {
+    let file = OpenOptions::new().write(true).open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    file.write_all_at(bytes, at).map_err(|e| format!("{}: {e}", path.display()))
+}
