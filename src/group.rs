@@ -31,6 +31,9 @@ pub enum RequestError {
     Dropped,
     #[error("not found: {0}")]
     NotFound(String),
+    /// The node's disk is full: the write was not proposed (nothing will apply).
+    #[error("disk full: {0}")]
+    DiskFull(String),
 }
 
 impl From<ProposeError> for RequestError {

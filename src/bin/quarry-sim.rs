@@ -72,7 +72,7 @@ fn main() -> ExitCode {
          {} crashes ({} mid-flush; {} writes torn, {} lost), {} partitions, {} membership changes, \
          {} transfers, {} snapshots taken, {} installed, {} messages ({} dropped), worst recovery {} ticks; \
          storage faults: {} (bit flips and lost pages; {} restarts abstained, {} damaged logs refused), \
-         {} failed fdatasyncs",
+         {} failed fdatasyncs, {} full disks ({} flushes waited for space)",
         args.seeds,
         args.start,
         end,
@@ -97,6 +97,8 @@ fn main() -> ExitCode {
         totals.abstentions,
         totals.nodes_refused,
         totals.fdatasync_failures,
+        totals.disks_full,
+        totals.flushes_without_space,
     );
     println!("{} passed, {} failed", args.seeds - failures, failures);
     if failures == 0 {
@@ -127,4 +129,6 @@ fn add(totals: &mut Report, r: &Report) {
     totals.abstentions += r.abstentions;
     totals.nodes_refused += r.nodes_refused;
     totals.fdatasync_failures += r.fdatasync_failures;
+    totals.disks_full += r.disks_full;
+    totals.flushes_without_space += r.flushes_without_space;
 }

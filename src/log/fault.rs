@@ -53,6 +53,8 @@ pub struct FaultyDisk {
     pub defer_fdatasync: bool,
     /// Test-only sabotage: fdatasync returns success without making anything durable.
     pub ignore_fdatasync: bool,
+    /// The device is full: files cannot grow.
+    pub no_space: bool,
 }
 
 fn io_error(path: &Path, e: impl std::fmt::Display) -> LogError {
@@ -131,6 +133,10 @@ impl SegmentFiles for FaultyDisk {
         let file = OpenOptions::new().write(true).open(path).map_err(|e| io_error(path, e))?;
         let len = file.metadata().map_err(|e| io_error(path, e))?.len();
         if len < bytes {
+            if self.no_space {
+                let reason = "No space left on device (os error 28)".to_string();
+                return Err(LogError::NoSpace { path: path.clone(), reason });
+            }
             file.set_len(bytes).map_err(|e| io_error(path, e))?;
         }
         Ok(())

@@ -26,6 +26,7 @@ pub trait SegmentFiles {
     /// Opens `path` for writing, creating it if `create`.
     async fn open(&mut self, path: &Path, create: bool) -> Result<Self::File, LogError>;
     /// Gives the file its full size up front (its blocks, where the system can).
+    /// `LogError::NoSpace` when the device is full (`open` too).
     async fn pre_allocate(&mut self, file: &Self::File, bytes: u64) -> Result<(), LogError>;
     async fn write_at(&mut self, file: &Self::File, bytes: &[u8], offset: u64) -> Result<(), LogError>;
     async fn fdatasync(&mut self, file: &Self::File) -> Result<(), LogError>;
@@ -132,6 +133,16 @@ fn io_error(path: &Path, e: impl std::fmt::Display) -> LogError {
     LogError::Io { path: path.to_path_buf(), reason: e.to_string() }
 }
 
+/// Creating or sizing a segment file failed: a full disk (or quota) is worth waiting
+/// out, since nothing was written yet; anything else is an I/O failure.
+fn allocation_error(path: &Path, e: glommio::GlommioError<()>) -> LogError {
+    let e = std::io::Error::from(e);
+    match e.raw_os_error() {
+        Some(libc::ENOSPC | libc::EDQUOT) => LogError::NoSpace { path: path.to_path_buf(), reason: e.to_string() },
+        _ => io_error(path, e),
+    }
+}
+
 /// Direct I/O and fdatasync through glommio's io_uring.
 pub struct GlommioFiles;
 
@@ -141,12 +152,12 @@ impl SegmentFiles for GlommioFiles {
     async fn open(&mut self, path: &Path, create: bool) -> Result<Self::File, LogError> {
         let mut options = OpenOptions::new();
         options.create(create).read(true).write(true);
-        let file = options.dma_open(path).await.map_err(|e| io_error(path, e))?;
+        let file = options.dma_open(path).await.map_err(|e| allocation_error(path, e))?;
         Ok((file, path.to_path_buf()))
     }
 
     async fn pre_allocate(&mut self, (file, path): &Self::File, bytes: u64) -> Result<(), LogError> {
-        file.pre_allocate(bytes, false).await.map_err(|e| io_error(path, e))
+        file.pre_allocate(bytes, false).await.map_err(|e| allocation_error(path, e))
     }
 
     async fn write_at(&mut self, (file, path): &Self::File, bytes: &[u8], offset: u64) -> Result<(), LogError> {

@@ -42,6 +42,9 @@ pub enum LogError {
     TooLarge { bytes: u64, max: u64 },
     #[error("invalid request: {0}")]
     Invalid(&'static str),
+    /// No room for a new segment file: nothing was written, the flush waits for space.
+    #[error("no space left for a new segment {path}: {reason}; writes are refused until space is freed")]
+    NoSpace { path: PathBuf, reason: String },
     /// An earlier write or sync failed; the log refuses further work.
     #[error("log failed earlier: {0}")]
     Failed(String),

@@ -108,6 +108,8 @@ pub struct ShardLog {
     releasing: Vec<(u64, u32)>,
     /// A failed write or sync: the log can no longer promise durability.
     failed: Option<String>,
+    /// The last flush found no room for a new segment; it is retried as it was.
+    no_space: Option<String>,
     /// Recovery cut a tail that was damaged after it was written whole (not torn by a
     /// crash): entries this node may have acknowledged are gone.
     damage: Option<String>,
@@ -136,6 +138,7 @@ impl ShardLog {
             next_slot,
             releasing: Vec::new(),
             failed: None,
+            no_space: None,
             damage: None,
         };
         log.recover(live)?;
@@ -225,6 +228,11 @@ impl ShardLog {
             self.next_slot += 1;
             self.next_slot - 1
         })
+    }
+
+    /// Why the last flush is waiting for disk space, if it is.
+    pub fn no_space(&self) -> Option<&str> {
+        self.no_space.as_deref()
     }
 
     /// Damage recovery found and cut in the last flush (see [`single_bit_damage`]):
@@ -320,6 +328,13 @@ impl ShardLog {
     pub fn finish_flush(&mut self, job: FlushJob, result: Result<(), LogError>) -> Result<(), LogError> {
         assert!(self.flushing, "finish_flush without begin_flush");
         self.flushing = false;
+        if let (Err(e @ LogError::NoSpace { .. }), true) = (&result, job.open) {
+            // Nothing was written (the new file could not be sized): the same job is
+            // carried out again once there is room.
+            self.no_space = Some(e.to_string());
+            self.jobs.push_front(job);
+            return Ok(());
+        }
         if let Err(e) = result {
             // After a failed fdatasync the page cache state is unknown (fsyncgate):
             // nothing staged can be promised durable any more.
@@ -327,6 +342,7 @@ impl ShardLog {
             return Err(e);
         }
         assert!(job.ticket >= self.durable_ticket, "durable ticket went back");
+        self.no_space = None;
         self.durable_ticket = job.ticket;
         if job.seal {
             self.seal_done(job.seq, &job.path)?;

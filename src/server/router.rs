@@ -183,5 +183,8 @@ pub fn status_of(e: RequestError) -> Status {
         ),
         RequestError::Dropped => Status::aborted("the write was dropped by a leader change; retry"),
         RequestError::NotFound(what) => Status::not_found(what),
+        RequestError::DiskFull(reason) => {
+            Status::resource_exhausted(format!("the leader's disk is full; the write was not made: {reason}"))
+        }
     }
 }

@@ -129,6 +129,8 @@ pub struct Shard<S: StateMachine + Default> {
     /// (log ticket of a snapshot marker, group, its index): the group's older files are
     /// deleted once the ticket is durable. Oldest first.
     snapshot_releases: VecDeque<(u64, GroupId, Index)>,
+    /// The tick each group's last snapshot file failed at (removed on success).
+    snapshot_failed_at: BTreeMap<GroupId, u64>,
     snapshot_distance: u64,
     /// What turns did, for the simulator's checks; `None` (nothing kept) in quarryd.
     trace: Option<Vec<TraceEvent>>,
@@ -214,6 +216,7 @@ impl<S: StateMachine + Default> Shard<S> {
             snapshot_writes_in_flight: BTreeSet::new(),
             snapshot_writes_done: Vec::new(),
             snapshot_releases: VecDeque::new(),
+            snapshot_failed_at: BTreeMap::new(),
             snapshot_distance: config.snapshot_distance,
             trace: None,
             abstention_marker: abstain.then_some(marker),
@@ -248,6 +251,20 @@ impl<S: StateMachine + Default> Shard<S> {
     /// Every write staged up to this ticket is durable (see `Staged::ticket`).
     pub fn durable_ticket(&self) -> u64 {
         self.log.borrow().durable_ticket()
+    }
+
+    /// Why writes are refused for now, if the log is waiting for disk space.
+    pub fn disk_full(&self) -> Option<String> {
+        self.log.borrow().no_space().map(str::to_string)
+    }
+
+    /// New writes are refused while the log waits for disk space: they could not be
+    /// made durable, and memory would fill with them instead.
+    fn check_disk_space(&self) -> Result<(), RequestError> {
+        match self.disk_full() {
+            Some(reason) => Err(RequestError::DiskFull(reason)),
+            None => Ok(()),
+        }
     }
 
     fn group_mut(&mut self, group: GroupId) -> Result<&mut Group<S>, RequestError> {

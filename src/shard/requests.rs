@@ -15,6 +15,10 @@ const SNAPSHOT_REQUESTS_MAX: usize = 16;
 impl<S: StateMachine + Default> Shard<S> {
     /// Proposes a write; `reply` hears its outcome once it is committed and applied.
     pub fn propose(&mut self, group: GroupId, command: &Command, reply: Reply<Outcome>) {
+        if let Err(e) = self.check_disk_space() {
+            let _ = reply.try_send(Err(e));
+            return;
+        }
         let result = self.group_mut(group).and_then(|g| {
             let proposed = g.raft.propose(command.encode())?;
             g.writes.insert(proposed.index, (proposed.term, reply.clone()));
@@ -29,6 +33,10 @@ impl<S: StateMachine + Default> Shard<S> {
     /// with the entry's index once it is applied (the leader then leaves a joint
     /// configuration on its own).
     pub fn propose_conf_change(&mut self, group: GroupId, change: ConfChange, reply: Reply<Outcome>) {
+        if let Err(e) = self.check_disk_space() {
+            let _ = reply.try_send(Err(e));
+            return;
+        }
         let result = self.group_mut(group).and_then(|g| {
             let proposed = g.raft.propose_conf_change(change)?;
             g.writes.insert(proposed.index, (proposed.term, reply.clone()));

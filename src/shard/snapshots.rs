@@ -17,6 +17,10 @@ use crate::state::StateMachine;
 /// oldest one, whatever their distance: bounds the log's disk use under skewed load.
 pub const SEALED_SEGMENTS_MAX: usize = 4;
 
+/// Ticks a group waits after a snapshot file failed (a full disk, say) before the
+/// next try: one notice and one image copy per try, not one per turn.
+const SNAPSHOT_RETRY_TICKS: u64 = 100;
+
 /// A snapshot file for the host to write (`job.write(&image)`), off the shard's
 /// thread; the host reports the result with `Shard::snapshot_written`.
 pub struct SnapshotWrite {
@@ -61,7 +65,10 @@ impl<S: StateMachine + Default> Shard<S> {
     }
 
     fn can_write_snapshot(&self, group: GroupId) -> bool {
-        self.snapshot_writes_in_flight.len() < WRITES_IN_FLIGHT_MAX && !self.snapshot_writes_in_flight.contains(&group)
+        let backing_off = self.snapshot_failed_at.get(&group).is_some_and(|&at| self.ticks < at + SNAPSHOT_RETRY_TICKS);
+        self.snapshot_writes_in_flight.len() < WRITES_IN_FLIGHT_MAX
+            && !self.snapshot_writes_in_flight.contains(&group)
+            && !backing_off
     }
 
     /// Snapshots the groups that applied `snapshot_distance` entries since their last
@@ -120,12 +127,17 @@ impl<S: StateMachine + Default> Shard<S> {
             let manifest = match result {
                 Ok(manifest) => manifest,
                 Err(e) => {
-                    // The log keeps its entries; the group is due again next turn.
-                    let notice = format!("snapshot of group {group} at {} not written: {e}", meta.index);
+                    // The log keeps its entries; the group tries again after a while.
+                    let notice = format!(
+                        "snapshot of group {group} at {} not written: {e}; next try in {SNAPSHOT_RETRY_TICKS} ticks",
+                        meta.index
+                    );
                     self.notices.push(notice);
+                    self.snapshot_failed_at.insert(group, self.ticks);
                     continue;
                 }
             };
+            self.snapshot_failed_at.remove(&group);
             if let Some(waiting) = self.snapshot_requests.get_mut(&group) {
                 waiting.retain(|(covers, reply)| {
                     let served = *covers <= meta.index;

@@ -45,6 +45,27 @@ pub struct TurnStats {
     pub entries_written: u64,
 }
 
+impl Staged {
+    /// Folds a later turn into this one, for a host that waits for both to be durable
+    /// (its disk is full): acknowledgements are cumulative and stay in order.
+    pub fn absorb(&mut self, later: Staged) {
+        assert!(later.ticket >= self.ticket, "staged tickets go forward");
+        self.acks.extend(later.acks);
+        self.ticket = later.ticket;
+        self.stats.add(&later.stats);
+    }
+}
+
+impl TurnStats {
+    pub fn add(&mut self, other: &TurnStats) {
+        self.readies += other.readies;
+        self.fdatasyncs += other.fdatasyncs;
+        self.snapshots_taken += other.snapshots_taken;
+        self.snapshots_installed += other.snapshots_installed;
+        self.entries_written += other.entries_written;
+    }
+}
+
 impl<S: StateMachine + Default> Shard<S> {
     /// The first half of a turn: writes every busy group's Ready to the log (not yet
     /// durable), applies what committed and answers its clients, and asks for the
@@ -344,5 +365,42 @@ mod tests {
         make_durable(&mut shard, &mut SegmentWriter::new(FaultyDisk::default()), staged);
         assert!(!shard.raft(0).expect("hosted").is_abstaining(), "caught up");
         assert!(!marker.exists(), "the marker goes once every group caught up");
+    }
+
+    /// A full disk stops no node: the flush that found no room for a new segment is
+    /// kept as it was, new writes are refused with a clear error, and once space is
+    /// back the same flush completes and what waited on it goes out.
+    #[test]
+    fn a_full_disk_refuses_writes_and_resumes_when_space_is_back() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut shard = Shard::<BuiltinState>::open(config(dir.path())).expect("opens");
+        let mut writer = SegmentWriter::new(FaultyDisk::default());
+        writer.files_mut().no_space = true;
+        let request = MessageKind::Vote { last_index: 1, last_term: 1, transfer: false };
+        shard.step(0, Message { from: 2, to: 1, term: 5, kind: request }).expect("valid");
+        let staged = shard.stage().expect("stages");
+        let job = shard.begin_flush().expect("healthy").expect("a flush");
+        let result = block_on(writer.execute(&job));
+        assert!(matches!(result, Err(LogError::NoSpace { .. })), "{result:?}");
+        shard.finish_flush(job, result).expect("a full disk is not a failure");
+        assert!(!shard.is_durable(&staged));
+        assert!(shard.disk_full().is_some());
+
+        let (reply, answer) = flume::bounded(1);
+        let operation = crate::state::Operation::Delete { key: "k".into() };
+        let command = crate::state::Command { client: 1, sequence: 1, operation };
+        shard.propose(0, &command, reply);
+        let refused = answer.try_recv().expect("answered at once");
+        assert!(matches!(refused, Err(crate::group::RequestError::DiskFull(_))), "{refused:?}");
+        assert!(sent(&mut shard).is_empty(), "the vote waits for its flush");
+
+        writer.files_mut().no_space = false;
+        let flushes = make_durable(&mut shard, &mut writer, staged);
+        assert!(!flushes.is_empty());
+        assert_eq!(shard.disk_full(), None);
+        assert!(matches!(
+            sent(&mut shard)[..],
+            [Message { to: 2, term: 5, kind: MessageKind::VoteResponse { reject: false }, .. }]
+        ));
     }
 }

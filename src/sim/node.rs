@@ -58,6 +58,8 @@ pub struct SimNode {
     pub fail_next_fdatasync: bool,
     /// The flush under way is the one whose fdatasync was made to fail.
     pub fdatasync_failing: bool,
+    /// Flushes that found the disk full (and waited for space).
+    pub flushes_without_space: u64,
 }
 
 /// Completed flushes remembered per node.
@@ -82,11 +84,17 @@ impl SimNode {
             failed: false,
             fail_next_fdatasync: false,
             fdatasync_failing: false,
+            flushes_without_space: 0,
         }
     }
 
     pub fn shard(&mut self) -> &mut Shard<BuiltinState> {
         self.shard.as_mut().expect("node is running")
+    }
+
+    /// The disk fills up (writes that need a new segment file wait) or frees up.
+    pub fn set_disk_full(&mut self, full: bool) {
+        self.writer.files_mut().no_space = full;
     }
 
     #[cfg(test)]
@@ -164,13 +172,16 @@ impl SimNode {
     /// Starts the next flush if none is under way: its writes go to the (volatile)
     /// disk now, its fdatasyncs complete when the simulator says.
     pub fn begin_flush(&mut self) -> Result<bool, ShardError> {
-        if self.flush.is_some() {
+        if self.flush.is_some() || (self.shard().disk_full().is_some() && self.writer.files_mut().no_space) {
             return Ok(false);
         }
         let Some(job) = self.shard().begin_flush()? else {
             return Ok(false);
         };
         let mut result = futures_lite::future::block_on(self.writer.execute(&job));
+        if let Err(LogError::NoSpace { .. }) = result {
+            self.flushes_without_space += 1;
+        }
         if std::mem::take(&mut self.fail_next_fdatasync) && result.is_ok() {
             self.fdatasync_failing = true;
             result = Err(LogError::Io { path: job.path.clone(), reason: "fdatasync: EIO (injected)".into() });

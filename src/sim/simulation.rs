@@ -32,6 +32,10 @@ const FAULT_TICKS: u64 = 300;
 /// After healing, every group must elect a leader that commits in its term, and a
 /// client write must be acknowledged, within this.
 pub const LIVENESS_TICKS_MAX: u64 = 300;
+/// The bound when a node is down for good (its recovery refused a damaged log): the
+/// cluster has no slack left, and without pre-vote every election needs the one
+/// up-to-date survivor to time out before a disruptive one does (seed 844 took 372).
+pub const LIVENESS_TICKS_MAX_WITH_A_NODE_LOST: u64 = 600;
 /// Ticks given to clients to finish after liveness is shown.
 const DRAIN_TICKS: u64 = 40;
 /// A client sends a request unanswered for this long again, to another node, with
@@ -121,6 +125,9 @@ pub struct Report {
     /// Recoveries that refused a damaged log (the node then stays down).
     pub nodes_refused: u64,
     pub fdatasync_failures: u64,
+    /// Periods of a full disk, and flushes that waited for space in them.
+    pub disks_full: u64,
+    pub flushes_without_space: u64,
     pub messages_sent: u64,
     pub messages_dropped: u64,
     pub recovery_ticks: u64,
@@ -224,6 +231,8 @@ struct Simulation {
     storage: StorageProfile,
     /// The storage faults' own stream: seeds keep their other faults where they were.
     storage_rng: ChaCha8Rng,
+    /// While the faulty node's disk is full: when it frees up.
+    disk_full_until: Option<u64>,
     sabotage: Sabotage,
     now: u64,
     nodes: Vec<SimNode>,
@@ -329,6 +338,7 @@ impl Simulation {
             profile,
             storage,
             storage_rng,
+            disk_full_until: None,
             sabotage,
             now: 0,
             nodes,
@@ -373,10 +383,11 @@ impl Simulation {
                     }
                     match recovered_at {
                         Some(at) if tick >= at + DRAIN_TICKS => break,
-                        None if tick > FAULT_TICKS + LIVENESS_TICKS_MAX => {
+                        None if tick > FAULT_TICKS + self.liveness_ticks_max() => {
                             return Err(format!(
                                 "liveness: not every group had a leader committing in its term, and a client write \
-                                 acknowledged, within {LIVENESS_TICKS_MAX} ticks of healing; cluster: {}",
+                                 acknowledged, within {} ticks of healing; cluster: {}",
+                                self.liveness_ticks_max(),
                                 self.describe()
                             ))
                         }
@@ -391,6 +402,7 @@ impl Simulation {
         self.report.messages_dropped = self.network.dropped;
         self.report.snapshots_taken =
             self.nodes.iter().filter_map(|n| n.shard.as_ref()).map(|s| s.snapshots_taken).sum();
+        self.report.flushes_without_space = self.nodes.iter().map(|n| n.flushes_without_space).sum();
         self.check_history()
     }
 
@@ -786,10 +798,19 @@ impl Simulation {
         // A disk slower than the election timeout keeps its node from ever leading
         // (as in etcd): liveness is owed once disks are healthy again.
         self.profile.slow_disk = None;
+        self.free_disk_space();
         for i in 0..self.nodes.len() {
             if self.nodes[i].shard.is_none() {
                 self.restarts.insert(i, self.now);
             }
+        }
+    }
+
+    fn liveness_ticks_max(&self) -> u64 {
+        if self.nodes.iter().any(|n| n.failed) {
+            LIVENESS_TICKS_MAX_WITH_A_NODE_LOST
+        } else {
+            LIVENESS_TICKS_MAX
         }
     }
 
@@ -822,17 +843,19 @@ impl Simulation {
         let mut out = String::new();
         for node in &self.nodes {
             let Some(shard) = &node.shard else {
-                out.push_str(&format!("\n  node {}: down", node.id));
+                let why = if node.failed { " (its recovery refused a damaged log)" } else { "" };
+                out.push_str(&format!("\n  node {}: down{why}", node.id));
                 continue;
             };
             for group in 0..self.profile.groups {
                 let raft = shard.raft(group).expect("hosted");
                 let conf = raft.conf_state();
                 out.push_str(&format!(
-                    "\n  node {} group {group}: {:?} term {} leader {:?} last {} commit {} voters {:?} outgoing {:?} \
+                    "\n  node {} group {group}: {:?}{} term {} leader {:?} last {} commit {} voters {:?} outgoing {:?} \
                      learners {:?}",
                     node.id,
                     raft.role(),
+                    if raft.is_abstaining() { " (abstaining)" } else { "" },
                     raft.term(),
                     raft.leader(),
                     raft.last_index(),
@@ -966,7 +989,9 @@ impl Simulation {
                 self.resend_or_give_up(c);
                 Ok(())
             }
-            Some(Err(RequestError::Unknown | RequestError::Dropped | RequestError::Refused(_))) => {
+            Some(Err(
+                RequestError::Unknown | RequestError::Dropped | RequestError::Refused(_) | RequestError::DiskFull(_),
+            )) => {
                 self.clients[c].target = self.random_node_id();
                 self.resend_or_give_up(c);
                 Ok(())

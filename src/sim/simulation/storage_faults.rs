@@ -9,7 +9,9 @@
 //!   an earlier flush, then a power cut: recovery must refuse the log (the node then
 //!   stays down, as one an operator must replace) or find nothing lost;
 //! - an fdatasync that fails (EIO): the shard stops, as quarryd exits for systemd to
-//!   restart it; what the page cache held is then as uncertain as after a power cut.
+//!   restart it; what the page cache held is then as uncertain as after a power cut;
+//! - a full disk for a while: flushes that need a new segment file wait for space
+//!   and the node refuses new writes meanwhile.
 //!
 //! Whatever recovery makes of it, the checks hold it to the same bar: nothing a
 //! message vouched for is lost unless a storage fault struck, and a node that lost
@@ -35,6 +37,7 @@ pub struct StorageProfile {
 
 impl StorageProfile {
     pub fn draw(rng: &mut ChaCha8Rng, voters: usize) -> StorageProfile {
+        // (Draws only ever get appended here, so a seed's earlier draws stay put.)
         StorageProfile {
             faulty_node: rng.random_bool(0.5).then(|| rng.random_range(0..voters)),
             fault_per_mille: rng.random_range(1..=15),
@@ -51,10 +54,21 @@ pub fn storage_rng(seed: u64) -> ChaCha8Rng {
 impl Simulation {
     pub(super) fn inject_storage_fault(&mut self) -> Result<(), String> {
         let Some(i) = self.storage.faulty_node else { return Ok(()) };
+        if self.disk_full_until.is_some_and(|until| self.now >= until) {
+            self.free_disk_space();
+        }
         if self.storage_rng.random_range(0..1000) >= self.storage.fault_per_mille || self.nodes[i].shard.is_none() {
             return Ok(());
         }
-        match self.storage_rng.random_range(0..4) {
+        match self.storage_rng.random_range(0..5) {
+            4 if self.disk_full_until.is_none() => {
+                let ticks = self.storage_rng.random_range(10..=80);
+                self.disk_full_until = Some(self.now + ticks * UNITS_PER_TICK);
+                self.nodes[i].set_disk_full(true);
+                self.report.disks_full += 1;
+                Ok(())
+            }
+            4 => Ok(()),
             0 => self.damage_last_flush(i),
             1 => self.damage_earlier_flush(i, false),
             2 => self.damage_earlier_flush(i, true),
@@ -62,6 +76,14 @@ impl Simulation {
                 self.nodes[i].fail_next_fdatasync = true;
                 Ok(())
             }
+        }
+    }
+
+    /// The faulty node's disk has room again: its waiting flush goes out on its next
+    /// turn (at its next tick at the latest).
+    pub(super) fn free_disk_space(&mut self) {
+        if let (Some(i), Some(_)) = (self.storage.faulty_node, self.disk_full_until.take()) {
+            self.nodes[i].set_disk_full(false);
         }
     }
 
