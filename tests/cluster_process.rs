@@ -815,6 +815,8 @@ async fn a_flipped_bit_in_the_last_flushed_batch_loses_nothing_and_the_node_catc
     assert!(flipped > 0, "no shard's last batch holds entries to lose");
     cluster.restart(3);
     wait_for_leaders(&cluster).await;
+    let stderr = std::fs::read_to_string(cluster.dir.path().join("node3.log")).expect("node 3's stderr");
+    assert!(stderr.contains("flipped") && stderr.contains("abstains"), "damage not recognised: {stderr}");
     // More writes, so every group's leader talks to node 3 again.
     put_concurrently(&clients[..2], 8, KEYS, |i| (format!("after-{i}"), format!("w{i}"))).await;
     wait_until_applied_everywhere_as_committed_on(&cluster, 1, 3).await;
@@ -827,6 +829,32 @@ async fn a_flipped_bit_in_the_last_flushed_batch_loses_nothing_and_the_node_catc
             assert_eq!(answer.value, Bytes::from(format!("{value}{i}")));
         }
     }
+    // Caught up in every group: node 3 votes again and says so.
+    let mut admin = AdminClient::new(channel(&cluster.addrs[2]).await);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let status = admin.status(StatusRequest {}).await.expect("status").into_inner();
+        if status.groups.iter().all(|g| !g.abstaining) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "node 3 still abstains: {:?}", status.groups);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let markers = walk_files(&cluster.data_dir(3)).into_iter().filter(|p| p.ends_with("ABSTAINING")).count();
+    assert_eq!(markers, 0, "the abstention markers are gone once caught up");
+}
+
+fn walk_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            files.extend(walk_files(&path));
+        } else {
+            files.push(path);
+        }
+    }
+    files
 }
 
 /// Flips a bit inside the last batch of each shard's newest segment when that batch
@@ -859,4 +887,115 @@ fn flip_a_bit_in_the_last_batch(data_dir: &std::path::Path) -> usize {
         flipped += 1;
     }
     flipped
+}
+
+/// A small ext4 file system on a loop device, mounted at `at` and lazily unmounted
+/// when dropped (processes may still hold files open).
+struct LoopMount {
+    at: std::path::PathBuf,
+}
+
+impl LoopMount {
+    /// `None` where the test cannot mount file systems (not root, no loop devices).
+    fn new(at: &std::path::Path, image: &std::path::Path, mib: u64) -> Option<LoopMount> {
+        let run = |program: &str, args: &[&std::ffi::OsStr]| {
+            Command::new(program).args(args).output().is_ok_and(|out| out.status.success())
+        };
+        std::fs::create_dir_all(at).ok()?;
+        let size = format!("{mib}M");
+        let made = run("truncate", &["-s".as_ref(), size.as_ref(), image.as_os_str()])
+            && run("mkfs.ext4", &["-q".as_ref(), image.as_os_str()]);
+        (made && run("mount", &["-o".as_ref(), "loop".as_ref(), image.as_os_str(), at.as_os_str()]))
+            .then(|| LoopMount { at: at.to_path_buf() })
+    }
+
+    /// Writes a file until the file system is full.
+    fn fill(&self) -> std::path::PathBuf {
+        use std::io::Write;
+        let path = self.at.join("filler");
+        let mut file = std::fs::File::create(&path).expect("filler");
+        let chunk = vec![0xAAu8; 64 << 10];
+        while file.write_all(&chunk).and_then(|_| file.sync_data()).is_ok() {}
+        path
+    }
+}
+
+impl Drop for LoopMount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.at).status();
+    }
+}
+
+/// A node whose disk fills up stays up: it hands its groups' leadership to the
+/// others and refuses writes it would lead with a clear error (RESOURCE_EXHAUSTED)
+/// meanwhile, the other two keep committing, nothing is lost, and once space is freed
+/// the same process catches up and takes writes again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_refuses_writes_and_the_node_resumes_once_space_is_freed() {
+    const KEYS: usize = 600;
+    let mut cluster = prepare_cluster(&["--segment-mib", "1", "--max-value-bytes", "65536", "--shards", "1"]);
+    let image = cluster.dir.path().join("node3.img");
+    let Some(disk) = LoopMount::new(&cluster.data_dir(3), &image, 24) else {
+        eprintln!("skipped: mounting a loop file system needs root and loop devices");
+        return;
+    };
+    cluster.start_founders();
+    wait_for_leaders(&cluster).await;
+    let filler = disk.fill();
+
+    fn value(i: usize) -> Bytes {
+        Bytes::from(format!("{i:04}-{}", "x".repeat(4000)))
+    }
+    let mut writers = Vec::new();
+    for addr in &cluster.addrs[..2] {
+        writers.push(KvClient::new(channel(addr).await));
+    }
+    let mut tasks = tokio::task::JoinSet::new();
+    for worker in 0..8 {
+        let kv = writers[worker % 2].clone();
+        tasks.spawn(async move {
+            let mut refused = 0;
+            for i in (worker..KEYS).step_by(8) {
+                let key = Bytes::from(format!("full-{i}"));
+                let put = PutRequest { key, value: value(i), client_id: 0, sequence: 0 };
+                let deadline = Instant::now() + Duration::from_secs(30);
+                // While node 3 still leads a group, a write it would lead is refused
+                // (and not made): retrying is safe.
+                loop {
+                    match kv.clone().put(put.clone()).await {
+                        Ok(_) => break,
+                        Err(e) if e.code() == Code::ResourceExhausted && e.message().contains("disk is full") => {
+                            refused += 1
+                        }
+                        Err(e) if e.code() == Code::Unavailable => {}
+                        Err(e) => panic!("put full-{i}: {e:?}"),
+                    }
+                    assert!(Instant::now() < deadline, "full-{i} never committed");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+            refused
+        });
+    }
+    let mut refused = 0;
+    while let Some(done) = tasks.join_next().await {
+        refused += done.expect("writer task");
+    }
+    eprintln!("{refused} writes refused while node 3 still led their group");
+    let stderr = std::fs::read_to_string(cluster.dir.path().join("node3.log")).expect("node 3's stderr");
+    assert!(stderr.contains("no space left"), "node 3 never ran out of space: {stderr}");
+    let mut admin = AdminClient::new(channel(&cluster.addrs[2]).await);
+    let status = admin.status(StatusRequest {}).await.expect("status").into_inner();
+    assert!(status.groups.iter().all(|g| g.leader != 3), "node 3 still leads: {:?}", status.groups);
+
+    std::fs::remove_file(&filler).expect("space freed");
+    wait_until_applied_everywhere_as_committed_on(&cluster, 1, 3).await;
+    assert!(cluster.children[2].try_wait().expect("status").is_none(), "node 3 kept running throughout");
+    let held: std::collections::BTreeMap<Bytes, Bytes> = all_pairs(&cluster.addrs[2]).await.into_iter().collect();
+    for i in 0..KEYS {
+        assert_eq!(held.get(format!("full-{i}").as_bytes()), Some(&value(i)), "full-{i} on node 3");
+    }
+    put_through(&cluster.addrs[2], "after-space-freed", "v").await;
+    drop(cluster);
+    drop(disk);
 }

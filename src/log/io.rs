@@ -136,8 +136,13 @@ fn io_error(path: &Path, e: impl std::fmt::Display) -> LogError {
 /// Creating or sizing a segment file failed: a full disk (or quota) is worth waiting
 /// out, since nothing was written yet; anything else is an I/O failure.
 fn allocation_error(path: &Path, e: glommio::GlommioError<()>) -> LogError {
-    let e = std::io::Error::from(e);
-    match e.raw_os_error() {
+    let errno = match &e {
+        glommio::GlommioError::IoError(source) | glommio::GlommioError::EnhancedIoError { source, .. } => {
+            source.raw_os_error()
+        }
+        _ => None,
+    };
+    match errno {
         Some(libc::ENOSPC | libc::EDQUOT) => LogError::NoSpace { path: path.to_path_buf(), reason: e.to_string() },
         _ => io_error(path, e),
     }

@@ -280,6 +280,9 @@ impl<S: StateMachine + Default> Shard<S> {
 
     pub fn tick(&mut self) {
         self.groups.values_mut().for_each(|g| g.raft.tick());
+        if self.disk_full().is_some() {
+            self.hand_off_leadership();
+        }
         self.ticks += 1;
         self.invite_far_behind_followers();
     }

@@ -53,6 +53,26 @@ impl<S: StateMachine + Default> Shard<S> {
         Ok(self.group_mut(group)?.raft.transfer_leader(to)?)
     }
 
+    /// Hands every group this node leads to its most caught-up active voter (as TiKV
+    /// evicts leaders from a store out of space): while the disk is full this node
+    /// refuses writes, and its groups stay writable through another leader.
+    pub(super) fn hand_off_leadership(&mut self) {
+        let me = self.node;
+        for g in self.groups.values_mut().filter(|g| g.raft.role() == Role::Leader) {
+            let raft = &g.raft;
+            let best = raft
+                .conf_state()
+                .voters
+                .iter()
+                .filter(|&&v| v != me)
+                .filter_map(|&v| raft.progress(v).filter(|p| p.recent_active).map(|p| (p.matched, v)))
+                .max();
+            if let Some((_, to)) = best {
+                let _ = g.raft.transfer_leader(to);
+            }
+        }
+    }
+
     /// Asks the group's leader for a snapshot covering everything applied so far (so
     /// every write acknowledged before the call); `reply` hears its manifest once the
     /// file is durable. The file can then be fetched over Flight.
