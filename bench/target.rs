@@ -8,7 +8,7 @@ use bytes::Bytes;
 use quarry::client::{Client, ClientError};
 use quarry::proto::kv_client::KvClient;
 use quarry::proto::log_client::LogClient;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use crate::args::{Plan, Routing, System};
 use crate::etcd;
@@ -36,10 +36,9 @@ pub enum Target {
 }
 
 fn channel(endpoint: &str) -> Result<Channel, String> {
-    let endpoint = Endpoint::from_shared(format!("http://{endpoint}"))
+    let endpoint = quarry::transport::endpoint(endpoint)
         .map_err(|_| format!("bad endpoint {endpoint:?}"))?
-        .connect_timeout(Duration::from_secs(2))
-        .tcp_nodelay(true);
+        .connect_timeout(Duration::from_secs(2));
     Ok(endpoint.connect_lazy())
 }
 

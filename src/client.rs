@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use rand::RngCore;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::{Code, Status};
 
 use crate::group::group_of_key;
@@ -84,7 +84,7 @@ impl Client {
         let channels = addrs
             .iter()
             .map(|a| {
-                Endpoint::from_shared(format!("http://{a}"))
+                crate::transport::endpoint(a)
                     .map(|e| e.connect_timeout(Duration::from_secs(2)).connect_lazy())
                     .map_err(|_| ClientError::Endpoint(a.clone()))
             })

@@ -22,7 +22,6 @@ use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use tonic::transport::Channel;
-use tonic::transport::Endpoint;
 
 #[derive(Parser)]
 #[command(name = "quarryctl", about = "Quarry command-line client")]
@@ -295,7 +294,7 @@ async fn fetch_group(
     r: &proto::SnapshotNowResponse,
 ) -> Result<(Manifest, Bytes), String> {
     let member = members.iter().find(|m| m.node == r.leader).ok_or(format!("node {} is not a member", r.leader))?;
-    let channel = Endpoint::from_shared(format!("http://{}", member.address))
+    let channel = quarry::transport::endpoint(&member.address)
         .map_err(|e| format!("bad address {}: {e}", member.address))?
         .connect_lazy();
     let conf_state = quarry::raft::ConfState {

@@ -474,9 +474,16 @@ impl<S: Storage> RaftNode<S> {
     }
 
     /// Whether this node may campaign: only voters do.
-    /// Whether this node may campaign: a voter that does not abstain.
+    /// Whether this node may campaign: a voter (in the applied configuration or in the
+    /// latest one in its log) that does not abstain. A learner whose promotion is in
+    /// its log but not yet known committed may be the only node able to win: with a
+    /// member lost for good, the others may all hold shorter logs (the simulator's
+    /// seed 31412). It must still win in both configurations (`record_vote`).
     pub(super) fn promotable(&self) -> bool {
-        self.conf.is_voter(self.id) && self.abstention.is_none()
+        if self.abstention.is_some() {
+            return false;
+        }
+        self.conf.is_voter(self.id) || self.latest_conf_in_log().is_some_and(|(_, conf)| conf.is_voter(self.id))
     }
 
     /// Whether this node honours a leader lease, and so ignores vote requests.

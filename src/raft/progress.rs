@@ -91,6 +91,9 @@ pub struct Progress {
     pub acked_round: u64,
     /// Ticks spent in snapshot state, to retry a snapshot lost in transit.
     pub snapshot_ticks: u32,
+    /// The nonce of the follower's last commit query (it lost entries): its log was
+    /// forgotten once for that life.
+    pub commit_query_nonce: Option<u64>,
     pub inflights: Inflights,
 }
 
@@ -104,6 +107,7 @@ impl Progress {
             recent_active: false,
             acked_round: 0,
             snapshot_ticks: 0,
+            commit_query_nonce: None,
             inflights: Inflights::new(max_msgs, max_bytes),
         }
     }

@@ -12,6 +12,10 @@
 //! were lost. The follower asks with `CommitQuery` (a nonce drawn per life), and the
 //! leader answers only once it has committed an entry of its own term, when its
 //! commit index covers everything committed before it.
+//!
+//! Meanwhile the follower takes a commit index only from appends, whose log-matching
+//! check vouches for its log up to them: a heartbeat's commit index rests on what the
+//! leader believes the follower matched, and the follower may have lost that.
 
 use rand::RngCore;
 
@@ -64,13 +68,18 @@ impl<S: Storage> RaftNode<S> {
         }
     }
 
-    /// A follower that lost entries asks: resend what it lacks (an idle leader would
-    /// otherwise never learn its log went backwards) and answer once the commit index
-    /// covers everything committed before this term.
+    /// A follower that lost entries asks. Whatever it acknowledged before may be gone
+    /// or replaced by older entries (a lost truncation brings back a conflicting
+    /// suffix), so its progress is forgotten, once per life, and probed again from
+    /// its last index (an idle leader would otherwise never learn that its log went
+    /// backwards, and would keep sending it a commit index its log does not match).
+    /// The answer comes once the commit index covers everything committed before
+    /// this term.
     pub(super) fn on_commit_query(&mut self, from: NodeId, nonce: u64, last_index: Index) {
         let Some(pr) = self.progress.get_mut(&from) else { return };
-        if pr.matched > last_index {
-            pr.regress(last_index + 1);
+        if pr.commit_query_nonce != Some(nonce) {
+            pr.commit_query_nonce = Some(nonce);
+            pr.regress(last_index.min(self.log.last_index()) + 1);
             self.maybe_send_append(from, true);
         }
         let committed = self.log.committed;

@@ -35,7 +35,10 @@ impl<S: Storage> RaftNode<S> {
             }
             MessageKind::Heartbeat { commit, round } => {
                 self.hear_from_leader(m.from);
-                self.log.commit_to(commit.min(self.log.last_index()));
+                // The leader's idea of what we match may predate entries we lost.
+                if self.abstention.is_none() {
+                    self.log.commit_to(commit.min(self.log.last_index()));
+                }
                 self.send(m.from, MessageKind::HeartbeatResponse { round });
             }
             MessageKind::Snapshot { snapshot } => {

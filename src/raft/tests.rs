@@ -696,8 +696,14 @@ fn commit_queries_are_answered_with_a_commit_of_the_leaders_term() {
     let query = Message { from: 2, to: 1, term, kind: MessageKind::CommitQuery { nonce: 7, last_index: 1 } };
     net.node(1).step(query.clone()).unwrap();
     let ready = net.node(1).ready();
-    let answer = MessageKind::CommitAnswer { nonce: 7, commit: net.node(1).committed() };
-    assert_eq!(ready.messages, vec![Message { from: 1, to: 2, term, kind: answer }]);
+    let committed = net.node(1).committed();
+    // The follower's log is probed again from its last index, then answered.
+    let probe = MessageKind::Append { prev_index: 1, prev_term: 1, entries: vec![], commit: committed };
+    let answer = MessageKind::CommitAnswer { nonce: 7, commit: committed };
+    assert_eq!(
+        ready.messages,
+        vec![Message { from: 1, to: 2, term, kind: probe }, Message { from: 1, to: 2, term, kind: answer }]
+    );
     net.node(1).advance(ready.number);
 
     // A new leader that has not committed in its term stays silent.
@@ -714,4 +720,32 @@ fn commit_queries_are_answered_with_a_commit_of_the_leaders_term() {
     let stale = MessageKind::CommitAnswer { nonce: 0, commit: 0 };
     follower.step(Message { from: 1, to: 2, term, kind: stale }).unwrap();
     assert!(follower.is_abstaining(), "an answer to another life's query is ignored");
+}
+
+/// Node 4's promotion (entry 2) committed with nodes 1 and 3, and node 4 also holds
+/// entry 3; node 1 is gone for good. Node 3 cannot win without node 4's vote, which
+/// its shorter log does not get; node 4, still a learner by what it knows committed,
+/// must be allowed to campaign, and wins in both configurations (seed 31412).
+#[test]
+fn a_learner_promoted_in_its_log_campaigns_when_it_holds_the_longest_log() {
+    let normal = |index| Entry { term: 1, index, payload: EntryPayload::Normal(Bytes::from_static(b"x")) };
+    let promote = ConfChange::Change(vec![SingleChange::AddVoter(4)]);
+    let add = Entry { term: 1, index: 2, payload: EntryPayload::ConfChange(promote) };
+    let with_learner = ConfState { voters: [1, 2, 3].into(), voters_outgoing: BTreeSet::new(), learners: [4].into() };
+    let storage = |conf: ConfState, entries: &[Entry], commit| {
+        let mut storage = MemStorage::new_with_conf(conf);
+        storage.append(entries);
+        storage.set_hard_state(HardState { term: 1, vote: None, commit });
+        storage
+    };
+    let mut net = Net::new(vec![
+        (2, storage(with_learner.clone(), &[normal(1)], 1)),
+        (3, storage(ConfState::new([1, 2, 3, 4]), &[normal(1), add.clone()], 2)),
+        (4, storage(with_learner, &[normal(1), add, normal(3)], 1)),
+    ]);
+    net.campaign(3);
+    assert_ne!(net.node(3).role(), Role::Leader, "node 4's log is longer");
+    net.campaign(4);
+    assert_eq!(net.node(4).role(), Role::Leader);
+    assert_eq!(net.node(4).conf_state().voters, [1, 2, 3, 4].into());
 }

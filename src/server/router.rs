@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::Status;
 
 use crate::group::{group_of_key, RequestError};
@@ -119,7 +119,7 @@ impl Router {
         match channels.get(&node) {
             Some((cached, channel)) if *cached == addr => Some(channel.clone()),
             _ => {
-                let channel = Endpoint::from_shared(format!("http://{addr}"))
+                let channel = crate::transport::endpoint(addr)
                     .expect("socket addresses are valid URIs")
                     .connect_timeout(Duration::from_secs(2))
                     .connect_lazy();

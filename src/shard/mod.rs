@@ -168,6 +168,7 @@ impl<S: StateMachine + Default> Shard<S> {
             notices.push(format!("shard log {damage}; every group abstains from elections until caught up"));
         }
         let abstain = marker.exists();
+        let damaged = log.borrow().recovered_damage().is_some();
         let snapshots = Rc::new(RefCell::new(SnapshotStore::open(&config.snapshot_dir)?));
         let images: Rc<dyn SnapshotImages> = Rc::new(StoredImages(snapshots.clone()));
         let mut groups = BTreeMap::new();
@@ -200,6 +201,20 @@ impl<S: StateMachine + Default> Shard<S> {
                 written_vote: (hard_state.term, hard_state.vote),
             };
             groups.insert(group, group_state);
+        }
+        if damaged {
+            // The damage may have taken one of the two copies of a vote: write every
+            // group's hard state again, twice (two flushes), before anything else.
+            let mut log = log.borrow_mut();
+            for round in 0..2 {
+                for &group in groups.keys() {
+                    let hard_state = log.hard_state(group);
+                    log.set_hard_state(group, hard_state)?;
+                }
+                if round == 0 {
+                    log.end_flush();
+                }
+            }
         }
         Ok(Shard {
             node: config.node,

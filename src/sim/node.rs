@@ -113,6 +113,10 @@ impl SimNode {
         self.hashes.clear();
         self.durable.clear();
         self.unsynced.clear();
+        // Storage faults strike this life's flushes: one of an earlier life may have
+        // become the last valid one after a damaged tail was cut, and losing it then
+        // is a second fault on the same data (two copies of a vote, say).
+        self.flushes_done.clear();
         for &group in &self.config.groups {
             let raft = shard.raft(group).expect("hosted group");
             let storage = raft.storage();

@@ -122,12 +122,18 @@ impl Simulation {
         if len == 0 || !path.exists() {
             return Ok(()); // Nothing written there, or the segment was since deleted.
         }
-        if lose_page {
+        let at = if lose_page {
             let page = self.storage_rng.random_range(0..(len as u64).div_ceil(4096)) * 4096;
             write_at(&path, offset + page, &[0u8; 4096])?;
+            offset + page
         } else {
             let at = offset + self.storage_rng.random_range(0..len as u64);
             flip_bit(&path, at, self.storage_rng.random_range(0..8))?;
+            at
+        };
+        if trace_on() {
+            let what = if lose_page { "page lost" } else { "bit flipped" };
+            eprintln!("t={} node {}: {what} in an earlier flush at {}:{at}", self.now, self.nodes[i].id, path.display());
         }
         self.report.storage_faults += 1;
         self.nodes[i].storage_fault = true;
@@ -137,6 +143,9 @@ impl Simulation {
     /// A power cut on node `i` (the node comes back later).
     pub(super) fn power_cut(&mut self, i: usize) -> Result<(), String> {
         let damage = self.nodes[i].crash(&mut self.storage_rng)?;
+        if trace_on() {
+            eprintln!("t={} power cut on node {}: {damage:?}", self.now, self.nodes[i].id);
+        }
         self.report.crashes += 1;
         self.report.writes_torn += damage.writes_torn;
         self.report.writes_lost += damage.writes_lost;
