@@ -996,6 +996,8 @@ async fn a_full_disk_refuses_writes_and_the_node_resumes_once_space_is_freed() {
         assert_eq!(held.get(format!("full-{i}").as_bytes()), Some(&value(i)), "full-{i} on node 3");
     }
     put_through(&cluster.addrs[2], "after-space-freed", "v").await;
-    drop(cluster);
-    drop(disk);
+    for id in 1..=3 {
+        cluster.kill(id);
+    }
+    drop(disk); // Unmounted before the cluster's directory is removed.
 }
