@@ -232,6 +232,11 @@ impl<S: Storage> RaftLog<S> {
         self.persisted = self.persisted.min(index);
     }
 
+    /// A snapshot restored but not yet handed to the host.
+    pub fn snapshot_not_handed_out(&self) -> bool {
+        self.unstable.snapshot.is_some() && !self.unstable.snapshot_handed_out
+    }
+
     pub fn has_unstable_to_hand_out(&self) -> bool {
         (self.unstable.snapshot.is_some() && !self.unstable.snapshot_handed_out)
             || self.unstable.handed_out_to < self.unstable.offset + self.unstable.entries.len() as u64

@@ -174,6 +174,11 @@ impl<S: Storage> RaftNode<S> {
     pub fn last_index(&self) -> Index {
         self.log.last_index()
     }
+    /// A leader's snapshot was taken in (the commit index moved to it) but not yet
+    /// handed to the host in a Ready: the host's log still holds what it replaces.
+    pub fn snapshot_pending(&self) -> bool {
+        self.log.snapshot_not_handed_out()
+    }
     /// Term of the entry at `index`, if the log holds it.
     pub fn term_at(&self, index: Index) -> Option<Term> {
         self.log.term(index).ok()

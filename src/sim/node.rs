@@ -52,8 +52,12 @@ pub struct SimNode {
     /// A storage fault struck this node's disk since it last started: recovery may
     /// refuse the log, or cut entries the node acknowledged (and must then abstain).
     pub storage_fault: bool,
-    /// Recovery refused the damaged log: the node stays down (an operator replaces it).
-    pub failed: bool,
+    /// Recovery refused the damaged log: the node stays down until the cluster heals,
+    /// when the damage is repaired (as an operator would restore the file).
+    pub refused: bool,
+    /// What the storage faults since the node last started overwrote: (file, offset,
+    /// the bytes that were there), oldest first.
+    pub damage_undo: Vec<(PathBuf, u64, Vec<u8>)>,
     /// The next flush's fdatasync fails (EIO).
     pub fail_next_fdatasync: bool,
     /// The flush under way is the one whose fdatasync was made to fail.
@@ -81,7 +85,8 @@ impl SimNode {
             unsynced: VecDeque::new(),
             flushes_done: VecDeque::new(),
             storage_fault: false,
-            failed: false,
+            refused: false,
+            damage_undo: Vec::new(),
             fail_next_fdatasync: false,
             fdatasync_failing: false,
             flushes_without_space: 0,
@@ -117,6 +122,7 @@ impl SimNode {
         // become the last valid one after a damaged tail was cut, and losing it then
         // is a second fault on the same data (two copies of a vote, say).
         self.flushes_done.clear();
+        self.damage_undo.clear();
         for &group in &self.config.groups {
             let raft = shard.raft(group).expect("hosted group");
             let storage = raft.storage();

@@ -32,10 +32,6 @@ const FAULT_TICKS: u64 = 300;
 /// After healing, every group must elect a leader that commits in its term, and a
 /// client write must be acknowledged, within this.
 pub const LIVENESS_TICKS_MAX: u64 = 300;
-/// The bound when a node is down for good (its recovery refused a damaged log): the
-/// cluster has no slack left, and without pre-vote every election needs the one
-/// up-to-date survivor to time out before a disruptive one does (seed 844 took 372).
-pub const LIVENESS_TICKS_MAX_WITH_A_NODE_LOST: u64 = 600;
 /// Ticks given to clients to finish after liveness is shown.
 const DRAIN_TICKS: u64 = 40;
 /// A client sends a request unanswered for this long again, to another node, with
@@ -372,7 +368,7 @@ impl Simulation {
                 if self.now < heal_at {
                     self.inject_faults()?;
                 } else if self.now == heal_at {
-                    self.heal_everything();
+                    self.heal_everything()?;
                 }
                 self.restart_due()?;
                 self.run_clients()?;
@@ -383,11 +379,10 @@ impl Simulation {
                     }
                     match recovered_at {
                         Some(at) if tick >= at + DRAIN_TICKS => break,
-                        None if tick > FAULT_TICKS + self.liveness_ticks_max() => {
+                        None if tick > FAULT_TICKS + LIVENESS_TICKS_MAX => {
                             return Err(format!(
                                 "liveness: not every group had a leader committing in its term, and a client write \
-                                 acknowledged, within {} ticks of healing; cluster: {}",
-                                self.liveness_ticks_max(),
+                                 acknowledged, within {LIVENESS_TICKS_MAX} ticks of healing; cluster: {}",
                                 self.describe()
                             ))
                         }
@@ -607,7 +602,7 @@ impl Simulation {
     }
 
     fn start_node(&mut self, i: usize) -> Result<(), String> {
-        if self.nodes[i].failed {
+        if self.nodes[i].refused {
             return Ok(());
         }
         let seed = self.rng.next_u64();
@@ -790,7 +785,7 @@ impl Simulation {
         self.node_turn(li)
     }
 
-    fn heal_everything(&mut self) {
+    fn heal_everything(&mut self) -> Result<(), String> {
         self.network.heal();
         self.partition_heals_at = None;
         self.profile.network.drop_per_mille = 0;
@@ -799,19 +794,13 @@ impl Simulation {
         // (as in etcd): liveness is owed once disks are healthy again.
         self.profile.slow_disk = None;
         self.free_disk_space();
+        self.repair_refused_nodes()?;
         for i in 0..self.nodes.len() {
             if self.nodes[i].shard.is_none() {
                 self.restarts.insert(i, self.now);
             }
         }
-    }
-
-    fn liveness_ticks_max(&self) -> u64 {
-        if self.nodes.iter().any(|n| n.failed) {
-            LIVENESS_TICKS_MAX_WITH_A_NODE_LOST
-        } else {
-            LIVENESS_TICKS_MAX
-        }
+        Ok(())
     }
 
     fn restart_due(&mut self) -> Result<(), String> {
@@ -843,7 +832,7 @@ impl Simulation {
         let mut out = String::new();
         for node in &self.nodes {
             let Some(shard) = &node.shard else {
-                let why = if node.failed { " (its recovery refused a damaged log)" } else { "" };
+                let why = if node.refused { " (its recovery refused a damaged log)" } else { "" };
                 out.push_str(&format!("\n  node {}: down{why}", node.id));
                 continue;
             };

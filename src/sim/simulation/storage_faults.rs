@@ -7,7 +7,8 @@
 //!   down at the same moment, so elections run while the node is behind;
 //! - a flipped bit, or a page lost (a write the device acknowledged and dropped), in
 //!   an earlier flush, then a power cut: recovery must refuse the log (the node then
-//!   stays down, as one an operator must replace) or find nothing lost;
+//!   stays down until the cluster heals, when the damage is repaired as an operator
+//!   would restore the file) or find nothing lost;
 //! - an fdatasync that fails (EIO): the shard stops, as quarryd exits for systemd to
 //!   restart it; what the page cache held is then as uncertain as after a power cut;
 //! - a full disk for a while: flushes that need a new segment file wait for space
@@ -94,7 +95,9 @@ impl Simulation {
             return Ok(()); // A later write is under way: not the last flush.
         }
         let at = offset + self.storage_rng.random_range(0..len as u64);
-        flip_bit(&path, at, self.storage_rng.random_range(0..8))?;
+        let bit = self.storage_rng.random_range(0..8);
+        self.nodes[i].damage_undo.push((path.clone(), at, read_at(&path, at, 1)?));
+        flip_bit(&path, at, bit)?;
         self.report.storage_faults += 1;
         self.nodes[i].storage_fault = true;
         if trace_on() {
@@ -123,12 +126,15 @@ impl Simulation {
             return Ok(()); // Nothing written there, or the segment was since deleted.
         }
         let at = if lose_page {
-            let page = self.storage_rng.random_range(0..(len as u64).div_ceil(4096)) * 4096;
-            write_at(&path, offset + page, &[0u8; 4096])?;
-            offset + page
+            let at = offset + self.storage_rng.random_range(0..(len as u64).div_ceil(4096)) * 4096;
+            self.nodes[i].damage_undo.push((path.clone(), at, read_at(&path, at, 4096)?));
+            write_at(&path, at, &[0u8; 4096])?;
+            at
         } else {
             let at = offset + self.storage_rng.random_range(0..len as u64);
-            flip_bit(&path, at, self.storage_rng.random_range(0..8))?;
+            let bit = self.storage_rng.random_range(0..8);
+            self.nodes[i].damage_undo.push((path.clone(), at, read_at(&path, at, 1)?));
+            flip_bit(&path, at, bit)?;
             at
         };
         if trace_on() {
@@ -168,18 +174,32 @@ impl Simulation {
         self.power_cut(i)
     }
 
-    /// A node whose recovery refused its log after a storage fault stays down; the
-    /// refusal is right (damage to acknowledged data must never pass silently), and a
-    /// refusal without a storage fault is a bug.
+    /// A node whose recovery refused its log after a storage fault stays down until the
+    /// cluster heals; the refusal is right (damage to acknowledged data must never
+    /// pass silently), and a refusal without a storage fault is a bug.
     pub(super) fn recovery_refused(&mut self, i: usize, reason: String) -> Result<(), String> {
         if !self.nodes[i].storage_fault {
             return Err(reason);
         }
         if trace_on() {
-            eprintln!("t={} {reason}: the node stays down", self.now);
+            eprintln!("t={} {reason}: the node stays down until the cluster heals", self.now);
         }
-        self.nodes[i].failed = true;
+        self.nodes[i].refused = true;
         self.report.nodes_refused += 1;
+        Ok(())
+    }
+
+    /// At healing, a node that refused its damaged log gets it back repaired (the
+    /// bytes the faults overwrote restored, newest first), as an operator would
+    /// restore the file, and starts again.
+    pub(super) fn repair_refused_nodes(&mut self) -> Result<(), String> {
+        for node in self.nodes.iter_mut().filter(|n| n.refused) {
+            for (path, at, bytes) in node.damage_undo.drain(..).rev() {
+                write_at(&path, at, &bytes)?;
+            }
+            node.refused = false;
+            node.storage_fault = false;
+        }
         Ok(())
     }
 }
@@ -190,6 +210,13 @@ fn flip_bit(path: &std::path::Path, at: u64, bit: u8) -> Result<(), String> {
     file.read_exact_at(&mut byte, at).map_err(|e| format!("{}: {e}", path.display()))?;
     byte[0] ^= 1 << bit;
     file.write_all_at(&byte, at).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+fn read_at(path: &std::path::Path, at: u64, len: usize) -> Result<Vec<u8>, String> {
+    let mut bytes = vec![0u8; len];
+    let file = OpenOptions::new().read(true).open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    file.read_exact_at(&mut bytes, at).map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(bytes)
 }
 
 fn write_at(path: &std::path::Path, at: u64, bytes: &[u8]) -> Result<(), String> {
