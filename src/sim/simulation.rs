@@ -603,7 +603,7 @@ impl Simulation {
 
     fn start_node(&mut self, i: usize) -> Result<(), String> {
         if self.nodes[i].refused {
-            return Ok(());
+            self.repair(i)?;
         }
         let seed = self.rng.next_u64();
         if trace_on() {
@@ -794,7 +794,7 @@ impl Simulation {
         // (as in etcd): liveness is owed once disks are healthy again.
         self.profile.slow_disk = None;
         self.free_disk_space();
-        self.repair_refused_nodes()?;
+        self.repair_damaged_nodes()?;
         for i in 0..self.nodes.len() {
             if self.nodes[i].shard.is_none() {
                 self.restarts.insert(i, self.now);
@@ -1083,7 +1083,14 @@ impl Simulation {
             Verdict::NotLinearizable(v) => {
                 Err(format!("linearizability: history of key {} admits no linearization: {:?}", v.key, v.operations))
             }
-            Verdict::Undecided { key } => Err(format!("linearizability: search budget exhausted on key {key}")),
+            Verdict::Undecided { key } => {
+                let on_key: Vec<&Operation> = ops.iter().filter(|o| o.key == key).collect();
+                let unknown = on_key.iter().filter(|o| o.outcome == Outcome::Unknown).count();
+                Err(format!(
+                    "linearizability: search budget exhausted on key {key} ({} operations, {unknown} of unknown outcome)",
+                    on_key.len()
+                ))
+            }
         }
     }
 }

@@ -7,8 +7,8 @@
 //!   down at the same moment, so elections run while the node is behind;
 //! - a flipped bit, or a page lost (a write the device acknowledged and dropped), in
 //!   an earlier flush, then a power cut: recovery must refuse the log (the node then
-//!   stays down until the cluster heals, when the damage is repaired as an operator
-//!   would restore the file) or find nothing lost;
+//!   stays down until repaired, as an operator would restore the file, 50 to 150
+//!   ticks later or when the cluster heals) or find nothing lost;
 //! - an fdatasync that fails (EIO): the shard stops, as quarryd exits for systemd to
 //!   restart it; what the page cache held is then as uncertain as after a power cut;
 //! - a full disk for a while: flushes that need a new segment file wait for space
@@ -174,31 +174,42 @@ impl Simulation {
         self.power_cut(i)
     }
 
-    /// A node whose recovery refused its log after a storage fault stays down until the
-    /// cluster heals; the refusal is right (damage to acknowledged data must never
-    /// pass silently), and a refusal without a storage fault is a bug.
+    /// A node whose recovery refused its log after a storage fault stays down until an
+    /// operator has repaired it (50 to 150 ticks, or the cluster heals); the refusal
+    /// is right (damage to acknowledged data must never pass silently), and a refusal
+    /// without a storage fault is a bug.
     pub(super) fn recovery_refused(&mut self, i: usize, reason: String) -> Result<(), String> {
         if !self.nodes[i].storage_fault {
             return Err(reason);
         }
         if trace_on() {
-            eprintln!("t={} {reason}: the node stays down until the cluster heals", self.now);
+            eprintln!("t={} {reason}: the node stays down until repaired", self.now);
         }
         self.nodes[i].refused = true;
         self.report.nodes_refused += 1;
+        let repair_ticks = self.storage_rng.random_range(50..=150);
+        self.restarts.insert(i, self.now + repair_ticks * UNITS_PER_TICK);
         Ok(())
     }
 
-    /// At healing, a node that refused its damaged log gets it back repaired (the
-    /// bytes the faults overwrote restored, newest first), as an operator would
-    /// restore the file, and starts again.
-    pub(super) fn repair_refused_nodes(&mut self) -> Result<(), String> {
-        for node in self.nodes.iter_mut().filter(|n| n.refused) {
-            for (path, at, bytes) in node.damage_undo.drain(..).rev() {
-                write_at(&path, at, &bytes)?;
+    /// Puts back the bytes the storage faults overwrote on node `i` (newest first), as
+    /// an operator restoring the damaged file would, so that it can start again.
+    pub(super) fn repair(&mut self, i: usize) -> Result<(), String> {
+        let node = &mut self.nodes[i];
+        for (path, at, bytes) in node.damage_undo.drain(..).rev() {
+            write_at(&path, at, &bytes)?;
+        }
+        node.refused = false;
+        node.storage_fault = false;
+        Ok(())
+    }
+
+    /// At healing, every node down with a damaged log is repaired.
+    pub(super) fn repair_damaged_nodes(&mut self) -> Result<(), String> {
+        for i in 0..self.nodes.len() {
+            if self.nodes[i].shard.is_none() && self.nodes[i].storage_fault {
+                self.repair(i)?;
             }
-            node.refused = false;
-            node.storage_fault = false;
         }
         Ok(())
     }
