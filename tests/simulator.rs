@@ -114,11 +114,12 @@ fn pinned_regression_seeds() {
         // replaces, and the checker compared the old log to the commits (a checker
         // fault; it now waits for the snapshot to be handed out).
         55754,
-        // A node refused its damaged log early and stayed down until healing; with two
-        // more crashes the cluster was without a quorum for long stretches, and the
-        // clients' unanswered writes left histories too open for the checker (15269,
-        // 54169), or the node's restart coincided with healing and missed its repair
-        // (27060). Refused nodes are now repaired 50 to 150 ticks later, and at healing.
+        // A node refused its damaged log early and stayed down until healing; with
+        // partitions the cluster was without a quorum for long stretches, and the
+        // clients' unanswered writes left histories too open for the checker's budget
+        // (15269, 54169), or the node's restart coincided with healing and missed its
+        // repair (27060). Refused nodes are now repaired 50 to 150 ticks later (and at
+        // healing), and unanswered writes are settled by what the replicas applied.
         15269, 54169, 27060,
     ];
     for seed in pinned {

@@ -133,6 +133,11 @@ impl Invariants {
         Ok(())
     }
 
+    /// Every client write, as (client, sequence), that changed some replica's state.
+    pub fn writes_that_took_effect(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
+        self.effects.keys().map(|&(_, client, sequence)| (client, sequence))
+    }
+
     /// Byte-identical state machines at equal applied index.
     pub fn on_state(&mut self, node: NodeId, applied: Index, image_hash: u64) -> Check {
         let first = *self.states.entry(applied).or_insert(image_hash);
