@@ -95,12 +95,27 @@ macro_rules! serve_or_forward {
             Err(error) => match $self.forward_target(&error, already) {
                 Some(leader) => {
                     let mut client = $self.router.$client(leader).ok_or_else(|| status_of(error))?;
-                    client.$method(forward_request($req)).await
+                    client.$method(forward_request($req)).await.map_err(|s| forwarding_failed(leader, s))
                 }
                 None => Err(status_of(error)),
             },
         }
     }};
+}
+
+/// The leader's answer to a forwarded request, or what became of the call: a call the
+/// transport lost (the leader died or the connection broke mid-call; tonic says
+/// `Unknown`/`Cancelled`) may or may not have been carried out, so the client hears
+/// that the outcome is unknown, not an error it could take for a failure.
+fn forwarding_failed(leader: NodeId, status: Status) -> Status {
+    match status.code() {
+        tonic::Code::Unknown | tonic::Code::Cancelled => Status::unavailable(format!(
+            "outcome unknown: the leader (node {leader}) did not answer ({}); retrying with the same client_id and \
+             sequence is safe",
+            status.message()
+        )),
+        _ => status,
+    }
 }
 
 fn write_outcome(outcome: Outcome) -> Result<Outcome, RequestError> {
@@ -675,5 +690,19 @@ impl Peer for Services {
             }
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(answer))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_forwarded_call_the_transport_lost_has_an_unknown_outcome() {
+        let lost = forwarding_failed(2, Status::unknown("transport error"));
+        assert_eq!(lost.code(), tonic::Code::Unavailable);
+        assert!(lost.message().starts_with("outcome unknown") && lost.message().contains("node 2"), "{lost:?}");
+        let answered = forwarding_failed(2, Status::resource_exhausted("the leader's disk is full"));
+        assert_eq!(answered.code(), tonic::Code::ResourceExhausted, "the leader's own answer passes through");
     }
 }
