@@ -151,7 +151,7 @@ fn writes_after_a_cut_mid_page_survive_the_next_recovery() {
     let data = std::fs::read(&w.path).unwrap();
     let first_batch = quarry::log::codec::decode_batch(&data[flush_start as usize..]).unwrap();
     let cut = flush_start + first_batch.len as u64 + 10;
-    assert!(cut % 4096 != 0 && cut < w.ends[w.ends.len() - 1]);
+    assert!(!cut.is_multiple_of(4096) && cut < w.ends[w.ends.len() - 1]);
     OpenOptions::new().write(true).open(&w.path).unwrap().set_len(cut).unwrap();
     let first = dump(&ShardLog::open(config.clone()).unwrap());
     let config_for_writes = config.clone();

@@ -55,7 +55,9 @@ pub enum Record {
     Seal,
     /// Writing resumed here after recovery cut the log at `cut_at` (a torn or damaged
     /// tail, mid-page): the bytes from `cut_at` to this batch are not part of the log.
-    Resume { cut_at: u64 },
+    Resume {
+        cut_at: u64,
+    },
 }
 
 const KIND_ENTRY: u8 = 1;

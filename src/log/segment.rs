@@ -12,7 +12,9 @@ use std::path::{Path, PathBuf};
 
 use bytes::{Buf, BufMut};
 
-use super::codec::{decode_batch, DecodedBatch, Record, BATCH_BODY_MAX_BYTES, BATCH_HEADER_BYTES, BATCH_MAGIC, FLUSH_MAGIC};
+use super::codec::{
+    decode_batch, DecodedBatch, Record, BATCH_BODY_MAX_BYTES, BATCH_HEADER_BYTES, BATCH_MAGIC, FLUSH_MAGIC,
+};
 
 pub const PAGE_BYTES: u64 = 4096;
 pub const SEGMENT_MAGIC: [u8; 8] = *b"QRYSEG\0\0";

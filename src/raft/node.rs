@@ -13,8 +13,8 @@ use super::error::{ConfigError, ProposeError};
 use super::log::RaftLog;
 use super::progress::Progress;
 use super::read_index::{ReadIndexQueue, Rounds};
-use super::recovery::Abstention;
 use super::ready::{InFlightReady, Ready};
+use super::recovery::Abstention;
 use super::storage::Storage;
 use super::types::*;
 

@@ -35,7 +35,13 @@ impl<S: StateMachine + Default> LocalShard<S> {
         let mut shard = Shard::open(config)?;
         log_notices(node, &mut shard);
         let snapshot_writer = SnapshotWriter::start(name).map_err(|e| LogError::io(&snapshot_dir, e))?;
-        Ok(LocalShard { shard, writer: SegmentWriter::default(), waiting: None, retry_no_space_at: None, snapshot_writer })
+        Ok(LocalShard {
+            shard,
+            writer: SegmentWriter::default(),
+            waiting: None,
+            retry_no_space_at: None,
+            snapshot_writer,
+        })
     }
 
     /// Stages a turn (see [`Shard::stage`]), after handing the shard the snapshot

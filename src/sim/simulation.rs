@@ -917,7 +917,8 @@ impl Simulation {
             resend_at: 0,
             give_up_at: self.now + GIVE_UP_TICKS * UNITS_PER_TICK,
         });
-        let identity = self.clients[c].request.as_ref().and_then(|r| r.command.as_ref()).map(|w| (w.client, w.sequence));
+        let identity =
+            self.clients[c].request.as_ref().and_then(|r| r.command.as_ref()).map(|w| (w.client, w.sequence));
         self.history.push(Operation {
             client: c as u64,
             key,
@@ -1102,7 +1103,8 @@ impl Simulation {
             }
             ops.push(op);
         }
-        let asked: Vec<&Operation> = self.history.iter().zip(&self.discarded).filter(|(_, &d)| !d).map(|(o, _)| o).collect();
+        let asked: Vec<&Operation> =
+            self.history.iter().zip(&self.discarded).filter(|(_, &d)| !d).map(|(o, _)| o).collect();
         self.report.operations = asked.len();
         self.report.operations_completed = asked.iter().filter(|o| o.outcome != Outcome::Unknown).count();
         match linearizability::check(&ops) {

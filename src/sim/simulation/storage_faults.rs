@@ -101,7 +101,12 @@ impl Simulation {
         self.report.storage_faults += 1;
         self.nodes[i].storage_fault = true;
         if trace_on() {
-            eprintln!("t={} node {}: bit flipped in its last flush at {}:{at}", self.now, self.nodes[i].id, path.display());
+            eprintln!(
+                "t={} node {}: bit flipped in its last flush at {}:{at}",
+                self.now,
+                self.nodes[i].id,
+                path.display()
+            );
         }
         let leader_down = self.storage_rng.random_range(0..1000) < self.storage.leader_down_per_mille;
         self.power_cut(i)?;
@@ -139,7 +144,12 @@ impl Simulation {
         };
         if trace_on() {
             let what = if lose_page { "page lost" } else { "bit flipped" };
-            eprintln!("t={} node {}: {what} in an earlier flush at {}:{at}", self.now, self.nodes[i].id, path.display());
+            eprintln!(
+                "t={} node {}: {what} in an earlier flush at {}:{at}",
+                self.now,
+                self.nodes[i].id,
+                path.display()
+            );
         }
         self.report.storage_faults += 1;
         self.nodes[i].storage_fault = true;
