@@ -749,3 +749,42 @@ fn a_learner_promoted_in_its_log_campaigns_when_it_holds_the_longest_log() {
     assert_eq!(net.node(4).role(), Role::Leader);
     assert_eq!(net.node(4).conf_state().voters, [1, 2, 3, 4].into());
 }
+
+/// Commit queries and answers are peer input: extreme values neither overflow nor
+/// move anything they should not, and a non-member's query is ignored.
+#[test]
+fn hostile_commit_queries_and_answers_change_nothing_unsafe() {
+    let mut net = Net::with_empty_logs(3);
+    net.campaign(1);
+    let (term, last) = (net.node(1).term(), net.node(1).last_index());
+    let huge = Message { from: 2, to: 1, term, kind: MessageKind::CommitQuery { nonce: 1, last_index: u64::MAX } };
+    net.node(1).step(huge).unwrap();
+    let ready = net.node(1).ready();
+    assert!(ready
+        .messages
+        .iter()
+        .any(|m| matches!(m.kind, MessageKind::Append { prev_index, .. } if m.to == 2 && prev_index == last)));
+    net.node(1).advance(ready.number);
+    let stranger = Message { from: 9, to: 1, term, kind: MessageKind::CommitQuery { nonce: 2, last_index: 0 } };
+    net.node(1).step(stranger).unwrap();
+    assert!(!net.node(1).ready().messages.iter().any(|m| m.to == 9), "a non-member is not answered");
+
+    let follower = net.node(2);
+    follower.abstain();
+    for _ in 0..2 {
+        follower.tick();
+    }
+    let ready = follower.ready();
+    let nonce = ready
+        .messages
+        .iter()
+        .find_map(|m| match m.kind {
+            MessageKind::CommitQuery { nonce, .. } => Some(nonce),
+            _ => None,
+        })
+        .expect("the abstaining follower asks");
+    follower.advance(ready.number);
+    let forged = MessageKind::CommitAnswer { nonce, commit: u64::MAX };
+    follower.step(Message { from: 1, to: 2, term, kind: forged }).unwrap();
+    assert!(follower.is_abstaining(), "a commit index it can never reach keeps it abstaining, nothing worse");
+}

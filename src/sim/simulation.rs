@@ -194,6 +194,14 @@ struct Client {
     request: Option<Request>,
 }
 
+/// The random streams faults draw from: storage faults have their own, so a seed's
+/// other faults stay where they were.
+#[derive(Clone, Copy)]
+enum Stream {
+    Main,
+    Storage,
+}
+
 enum EventKind {
     FlushDone,
     SnapshotWritten(u64),
@@ -683,14 +691,24 @@ impl Simulation {
         if self.nodes[i].flush.is_some() {
             self.report.crashes_mid_flush += 1;
         }
-        let damage = self.nodes[i].crash(&mut self.rng)?;
+        self.crash_node(i, Stream::Main)
+    }
+
+    /// A power cut on node `i`, which comes back 5 to 60 ticks later; its draws come
+    /// from `stream`.
+    fn crash_node(&mut self, i: usize, stream: Stream) -> Result<(), String> {
+        let rng = match stream {
+            Stream::Main => &mut self.rng,
+            Stream::Storage => &mut self.storage_rng,
+        };
+        let damage = self.nodes[i].crash(rng)?;
+        let down_ticks = rng.random_range(5..=60);
         if trace_on() {
             eprintln!("t={} crash node {}: {damage:?}", self.now, self.nodes[i].id);
         }
         self.report.crashes += 1;
         self.report.writes_torn += damage.writes_torn;
         self.report.writes_lost += damage.writes_lost;
-        let down_ticks = self.rng.random_range(5..=60);
         self.restarts.insert(i, self.now + down_ticks * UNITS_PER_TICK);
         Ok(())
     }

@@ -25,7 +25,7 @@ use rand::seq::IndexedRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use super::{trace_on, Simulation, UNITS_PER_TICK};
+use super::{trace_on, Simulation, Stream, UNITS_PER_TICK};
 
 /// Which node's disk misbehaves and how often, drawn per seed.
 #[derive(Clone, Debug)]
@@ -109,11 +109,11 @@ impl Simulation {
             );
         }
         let leader_down = self.storage_rng.random_range(0..1000) < self.storage.leader_down_per_mille;
-        self.power_cut(i)?;
+        self.crash_node(i, Stream::Storage)?;
         if leader_down {
             let group = self.storage_rng.random_range(0..self.profile.groups);
             if let Some(leader) = self.leader_index(group).filter(|&l| l != i) {
-                self.power_cut(leader)?;
+                self.crash_node(leader, Stream::Storage)?;
             }
         }
         Ok(())
@@ -153,21 +153,7 @@ impl Simulation {
         }
         self.report.storage_faults += 1;
         self.nodes[i].storage_fault = true;
-        self.power_cut(i)
-    }
-
-    /// A power cut on node `i` (the node comes back later).
-    pub(super) fn power_cut(&mut self, i: usize) -> Result<(), String> {
-        let damage = self.nodes[i].crash(&mut self.storage_rng)?;
-        if trace_on() {
-            eprintln!("t={} power cut on node {}: {damage:?}", self.now, self.nodes[i].id);
-        }
-        self.report.crashes += 1;
-        self.report.writes_torn += damage.writes_torn;
-        self.report.writes_lost += damage.writes_lost;
-        let down_ticks = self.storage_rng.random_range(5..=60);
-        self.restarts.insert(i, self.now + down_ticks * UNITS_PER_TICK);
-        Ok(())
+        self.crash_node(i, Stream::Storage)
     }
 
     /// The shard of node `i` failed. A failure the simulator caused (an fdatasync made
@@ -181,7 +167,7 @@ impl Simulation {
             eprintln!("t={} node {}: shard stopped: {reason}", self.now, self.nodes[i].id);
         }
         self.report.fdatasync_failures += 1;
-        self.power_cut(i)
+        self.crash_node(i, Stream::Storage)
     }
 
     /// A node whose recovery refused its log after a storage fault stays down until an
