@@ -8,7 +8,7 @@ use bytes::Bytes;
 use crate::log::GroupId;
 use crate::raft::{ConfChange, Message, NodeId};
 use crate::shard::driver::LocalShard;
-use crate::shard::{EntryRange, GroupStatus, Query, Reply, RequestError, Shard, ShardConfig};
+use crate::shard::{EntryRange, GroupStatus, Query, Reply, RequestError, Shard, ShardConfig, TurnStats};
 use crate::snapshot::Manifest;
 use crate::state::{BuiltinState, Command, Outcome};
 use crate::transport::peer::Outgoing;
@@ -105,6 +105,13 @@ pub fn spawn(
         .map_err(|e| std::io::Error::other(e.to_string()))
 }
 
+/// What woke the shard's loop.
+enum Woken {
+    Input(Result<ShardInput, flume::RecvError>),
+    Flushed(crate::shard::driver::Flushed),
+    Tick,
+}
+
 async fn run(
     shard: &mut LocalShard<BuiltinState>,
     tick: Duration,
@@ -112,18 +119,35 @@ async fn run(
     outbound: Outbound,
     metrics: &Metrics,
 ) -> Result<(), String> {
+    let failed = |e: crate::shard::ShardError| format!("shard failed: {e}");
     let mut next_tick = Instant::now() + tick;
     loop {
         let wait = next_tick.saturating_duration_since(Instant::now());
-        let first = futures_lite::future::or(async { Some(inbox.recv_async().await) }, async {
-            glommio::timer::sleep(wait).await;
-            None
-        })
+        let woken = futures_lite::future::or(
+            // A finished flush first: a flood of inputs must not hold back acknowledgements.
+            futures_lite::future::or(async { Woken::Flushed(shard.flushed().await) }, async {
+                Woken::Input(inbox.recv_async().await)
+            }),
+            async {
+                glommio::timer::sleep(wait).await;
+                Woken::Tick
+            },
+        )
         .await;
-        match first {
-            Some(Err(_)) => return Ok(()), // Every sender is gone: shut down.
-            Some(Ok(input)) => handle(shard, input, metrics),
-            None => {}
+        let started = Instant::now();
+        let mut stats = TurnStats::default();
+        match woken {
+            Woken::Input(Err(_)) => {
+                // Every sender is gone: finish the flush in flight and shut down.
+                while !shard.is_settled() {
+                    let flushed = shard.flushed().await;
+                    shard.on_flushed(flushed).map_err(failed)?;
+                }
+                return Ok(());
+            }
+            Woken::Input(Ok(input)) => handle(shard, input, metrics),
+            Woken::Flushed(flushed) => stats.add(&shard.on_flushed(flushed).map_err(failed)?),
+            Woken::Tick => shard.retry_flush().map_err(failed)?,
         }
         for input in inbox.try_iter().take(INPUTS_PER_TURN_MAX) {
             handle(shard, input, metrics);
@@ -132,19 +156,20 @@ async fn run(
             shard.tick();
             next_tick = Instant::now() + tick;
         }
-        let started = Instant::now();
-        let staged = shard.stage().map_err(|e| format!("shard failed: {e}"))?;
+        stats.add(&shard.stage().map_err(failed)?);
         send(shard, &outbound);
-        let stats = shard.make_durable(staged).await.map_err(|e| format!("shard failed: {e}"))?;
         metrics.turn_seconds.observe(started.elapsed().as_secs_f64());
-        metrics.snapshots_taken.inc_by(stats.snapshots_taken);
-        metrics.snapshots_installed.inc_by(stats.snapshots_installed);
-        metrics.log_entries.inc_by(stats.entries_written);
-        if stats.fdatasyncs > 0 {
-            metrics.fdatasyncs.inc_by(stats.fdatasyncs);
-            metrics.readies_per_fdatasync.observe(stats.readies as f64 / stats.fdatasyncs as f64);
-        }
-        send(shard, &outbound);
+        record(metrics, &stats);
+    }
+}
+
+fn record(metrics: &Metrics, stats: &TurnStats) {
+    metrics.snapshots_taken.inc_by(stats.snapshots_taken);
+    metrics.snapshots_installed.inc_by(stats.snapshots_installed);
+    metrics.log_entries.inc_by(stats.entries_written);
+    if stats.fdatasyncs > 0 {
+        metrics.fdatasyncs.inc_by(stats.fdatasyncs);
+        metrics.readies_per_fdatasync.observe(stats.readies as f64 / stats.fdatasyncs as f64);
     }
 }
 

@@ -1,13 +1,22 @@
 //! quarryd's host for a shard: glommio writes and syncs the log through io_uring and a
 //! thread of its own writes snapshot files. Everything the shard asks for is carried
 //! out here and nowhere else.
+//!
+//! Turns are pipelined: while one flush (a write and its fdatasync) is in flight, the
+//! host keeps taking inputs and staging turns — their appends already leave for the
+//! followers — and the next flush covers everything staged meanwhile. A request never
+//! waits behind a sync it is not part of; turns are acknowledged in order as their
+//! writes become durable. The simulator drives the same `Shard` the same way.
 
+use std::cell::RefCell;
+use std::collections::VecDeque;
 use std::ops::{Deref, DerefMut};
+use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use super::{Shard, ShardConfig, ShardError, Staged, TurnStats};
 use crate::log::io::{GlommioFiles, SegmentWriter};
-use crate::log::LogError;
+use crate::log::{FlushJob, LogError};
 use crate::snapshot::writer::SnapshotWriter;
 use crate::state::StateMachine;
 
@@ -15,12 +24,21 @@ use crate::state::StateMachine;
 /// (reads, Raft as a follower) meanwhile and refuses new writes.
 const NO_SPACE_RETRY: Duration = Duration::from_millis(250);
 
+/// Staged turns kept apart while they wait: the one the flush in flight covers and
+/// the ones after it. Later turns are folded into the last (acknowledgements are
+/// cumulative), so a long wait for disk space grows no queue.
+const WAITING_TURNS_MAX: usize = 2;
+
+pub type Flushed = (FlushJob, Result<(), LogError>);
+
 /// A shard with its I/O: dereferences to the [`Shard`] for inputs and outputs.
 pub struct LocalShard<S: StateMachine + Default> {
     shard: Shard<S>,
-    writer: SegmentWriter<GlommioFiles>,
-    /// Turns staged but not yet durable (the disk is full), folded into one.
-    waiting: Option<Staged>,
+    writer: Rc<RefCell<SegmentWriter<GlommioFiles>>>,
+    /// The flush in flight, on its own task so the host takes inputs meanwhile.
+    flush: Option<glommio::Task<Flushed>>,
+    /// Turns staged but not yet durable, oldest first.
+    waiting: VecDeque<Staged>,
     /// While the disk is full: when to try the waiting flush again.
     retry_no_space_at: Option<Instant>,
     // Dropped last: waits for the snapshot files under way.
@@ -37,16 +55,18 @@ impl<S: StateMachine + Default> LocalShard<S> {
         let snapshot_writer = SnapshotWriter::start(name).map_err(|e| LogError::io(&snapshot_dir, e))?;
         Ok(LocalShard {
             shard,
-            writer: SegmentWriter::default(),
-            waiting: None,
+            writer: Rc::default(),
+            flush: None,
+            waiting: VecDeque::new(),
             retry_no_space_at: None,
             snapshot_writer,
         })
     }
 
     /// Stages a turn (see [`Shard::stage`]), after handing the shard the snapshot
-    /// files written since the last one.
-    pub fn stage(&mut self) -> Result<Staged, ShardError> {
+    /// files written since the last one, and starts its flush unless one is in flight.
+    /// Returns what turns became durable with it (nothing new needed writing).
+    pub fn stage(&mut self) -> Result<TurnStats, ShardError> {
         for (job, result) in self.snapshot_writer.finished() {
             self.shard.snapshot_written(job, result);
         }
@@ -55,50 +75,92 @@ impl<S: StateMachine + Default> LocalShard<S> {
         for write in self.shard.take_snapshot_writes() {
             self.snapshot_writer.submit(write.job, write.image);
         }
-        Ok(staged)
-    }
-
-    /// Makes a staged turn durable — one write and one fdatasync per flush job, for
-    /// every group — and acknowledges it. When the disk is full, the turn waits
-    /// (folded with the next ones) and the flush is tried again every
-    /// `NO_SPACE_RETRY`; nothing is lost and the shard stays up.
-    pub async fn make_durable(&mut self, staged: Staged) -> Result<TurnStats, ShardError> {
-        match &mut self.waiting {
-            Some(waiting) => waiting.absorb(staged),
-            None => self.waiting = Some(staged),
+        self.waiting.push_back(staged);
+        while self.waiting.len() > WAITING_TURNS_MAX {
+            let later = self.waiting.pop_back().expect("more than one waits");
+            self.waiting.back_mut().expect("more than one waits").absorb(later);
         }
-        let mut fdatasyncs = 0;
-        while !self.waiting.as_ref().is_some_and(|w| self.shard.is_durable(w)) {
-            if self.retry_no_space_at.is_some_and(|at| Instant::now() < at) {
-                return Ok(TurnStats { fdatasyncs, ..TurnStats::default() });
-            }
-            let Some(job) = self.shard.begin_flush()? else {
-                unreachable!("writes staged but no flush to make them durable");
-            };
-            let result = self.writer.execute(&job).await;
-            self.shard.finish_flush(job, result)?;
-            if let Some(reason) = self.shard.disk_full() {
-                if self.retry_no_space_at.is_none() {
-                    eprintln!("node {}: {reason}", self.shard.node());
-                }
-                self.retry_no_space_at = Some(Instant::now() + NO_SPACE_RETRY);
-                return Ok(TurnStats { fdatasyncs, ..TurnStats::default() });
-            }
-            if self.retry_no_space_at.take().is_some() {
-                eprintln!("node {}: disk space is back; writes resume", self.shard.node());
-            }
-            fdatasyncs += 1;
-        }
-        let staged = self.waiting.take().expect("checked in the loop");
-        let mut stats = self.shard.on_durable(staged);
-        stats.fdatasyncs = fdatasyncs;
+        let stats = self.acknowledge_durable();
+        self.start_flush()?;
         Ok(stats)
     }
 
-    /// One whole turn: stage, then make durable.
+    /// Waits for the flush in flight to end; never ends when none is. Cancel-safe:
+    /// the flush stays in flight when this future is dropped.
+    pub async fn flushed(&mut self) -> Flushed {
+        let Some(flush) = self.flush.as_mut() else { return std::future::pending().await };
+        let done = flush.await;
+        self.flush = None;
+        done
+    }
+
+    /// Records a flush's outcome (from [`flushed`](Self::flushed)), acknowledges the
+    /// turns it made durable and starts the next flush. When the disk is full, the
+    /// turns wait and the flush is tried again every `NO_SPACE_RETRY` (from `stage`
+    /// or `retry_flush`); nothing is lost and the shard stays up.
+    pub fn on_flushed(&mut self, (job, result): Flushed) -> Result<TurnStats, ShardError> {
+        self.shard.finish_flush(job, result)?;
+        if let Some(reason) = self.shard.disk_full() {
+            if self.retry_no_space_at.is_none() {
+                eprintln!("node {}: {reason}", self.shard.node());
+            }
+            self.retry_no_space_at = Some(Instant::now() + NO_SPACE_RETRY);
+            return Ok(TurnStats::default());
+        }
+        if self.retry_no_space_at.take().is_some() {
+            eprintln!("node {}: disk space is back; writes resume", self.shard.node());
+        }
+        let mut stats = self.acknowledge_durable();
+        stats.fdatasyncs = 1;
+        self.start_flush()?;
+        Ok(stats)
+    }
+
+    /// Tries a flush that waits for disk space again, when it is time.
+    pub fn retry_flush(&mut self) -> Result<(), ShardError> {
+        self.start_flush()
+    }
+
+    /// Whether no flush is in flight and nothing staged waits for one.
+    pub fn is_settled(&self) -> bool {
+        self.flush.is_none() && self.waiting.is_empty()
+    }
+
+    /// Starts the next flush if something is staged, none is in flight and the disk
+    /// is not known to be full.
+    fn start_flush(&mut self) -> Result<(), ShardError> {
+        if self.flush.is_some() || self.retry_no_space_at.is_some_and(|at| Instant::now() < at) {
+            return Ok(());
+        }
+        let Some(job) = self.shard.begin_flush()? else { return Ok(()) };
+        let writer = self.writer.clone();
+        self.flush = Some(glommio::spawn_local(async move {
+            // One flush at a time: nothing else borrows the writer meanwhile.
+            let result = writer.borrow_mut().execute(&job).await;
+            (job, result)
+        }));
+        Ok(())
+    }
+
+    /// Acknowledges, oldest first, every waiting turn whose writes are durable.
+    fn acknowledge_durable(&mut self) -> TurnStats {
+        let mut stats = TurnStats::default();
+        while self.waiting.front().is_some_and(|staged| self.shard.is_durable(staged)) {
+            let staged = self.waiting.pop_front().expect("checked");
+            stats.add(&self.shard.on_durable(staged));
+        }
+        stats
+    }
+
+    /// One whole turn, for tests and tools: stage, then wait until it is durable (or
+    /// the disk is full).
     pub async fn turn(&mut self) -> Result<TurnStats, ShardError> {
-        let staged = self.stage()?;
-        self.make_durable(staged).await
+        let mut stats = self.stage()?;
+        while self.flush.is_some() {
+            let flushed = self.flushed().await;
+            stats.add(&self.on_flushed(flushed)?);
+        }
+        Ok(stats)
     }
 }
 
