@@ -90,7 +90,7 @@ impl Router {
     pub async fn propose(&self, group: GroupId, command: Command) -> Result<Outcome, RequestError> {
         let (reply, answer) = flume::bounded(1);
         let started = Instant::now();
-        self.submit(group, ShardInput::Propose { group, command, reply })
+        self.submit(group, ShardInput::Propose { group, command, reply: reply.into() })
             .map_err(|s| RequestError::Refused(s.message().to_string()))?;
         let result = wait(answer).await;
         self.observe("write", started);
@@ -105,7 +105,7 @@ impl Router {
     ) -> Result<Bytes, RequestError> {
         let (reply, answer) = flume::bounded(1);
         let started = Instant::now();
-        self.submit(group, ShardInput::Read { group, query, reply, serializable })
+        self.submit(group, ShardInput::Read { group, query, reply: reply.into(), serializable })
             .map_err(|s| RequestError::Refused(s.message().to_string()))?;
         let result = wait(answer).await;
         self.observe(if serializable { "read_serializable" } else { "read" }, started);

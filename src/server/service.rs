@@ -579,7 +579,7 @@ impl Admin for Services {
         self.check_group(request.get_ref().group)?;
         serve_or_forward!(self, request, admin_client, snapshot_now, |req| {
             let (reply, answer) = flume::bounded(1);
-            let input = ShardInput::SnapshotNow { group: req.group, reply };
+            let input = ShardInput::SnapshotNow { group: req.group, reply: reply.into() };
             match self.router.shard_of(req.group).try_send(input) {
                 Err(_) => Err(RequestError::Refused("shard queue full or stopped; retry".into())),
                 // A large state takes a while to copy and write: a longer timeout.

@@ -197,7 +197,7 @@ fn handle(shard: &mut Shard<BuiltinState>, input: ShardInput, metrics: &Metrics)
         ShardInput::Propose { group, command, reply } => shard.propose(group, &command, reply),
         ShardInput::Read { group, query, reply, serializable: false } => shard.read(group, query, reply),
         ShardInput::Read { group, query, reply, serializable: true } => {
-            let _ = reply.try_send(shard.read_local(group, query));
+            reply.send(shard.read_local(group, query));
         }
         ShardInput::Status { reply } => {
             let _ = reply.try_send(shard.status());

@@ -29,6 +29,7 @@
 mod catch_up;
 pub mod driver;
 mod recovery;
+mod reply;
 mod requests;
 mod snapshots;
 mod status;
@@ -49,6 +50,7 @@ use crate::snapshot::store::FileWriteJob;
 use crate::snapshot::{Manifest, SnapshotError, SnapshotStore};
 use crate::state::StateMachine;
 
+pub use reply::Reply;
 pub use catch_up::{CatchUp, EntryRange, CATCH_UP_MIN_ENTRIES, CATCH_UP_READ_MAX_BYTES};
 pub use snapshots::{SnapshotWrite, SEALED_SEGMENTS_MAX};
 pub use status::GroupStatus;
@@ -66,8 +68,6 @@ pub enum ShardError {
     Restore { group: GroupId, index: Index, reason: String },
 }
 
-/// Where a client's answer goes.
-pub type Reply<T> = flume::Sender<Result<T, RequestError>>;
 
 /// A read, answered from the state machine once it is known to be up to date.
 pub type Query<S> = Box<dyn FnOnce(&S) -> Bytes + Send>;

@@ -14,36 +14,38 @@ const SNAPSHOT_REQUESTS_MAX: usize = 16;
 
 impl<S: StateMachine + Default> Shard<S> {
     /// Proposes a write; `reply` hears its outcome once it is committed and applied.
-    pub fn propose(&mut self, group: GroupId, command: &Command, reply: Reply<Outcome>) {
+    pub fn propose(&mut self, group: GroupId, command: &Command, reply: impl Into<Reply<Outcome>>) {
+        let reply = reply.into();
         if let Err(e) = self.check_disk_space() {
-            let _ = reply.try_send(Err(e));
+            reply.send(Err(e));
             return;
         }
-        let result = self.group_mut(group).and_then(|g| {
-            let proposed = g.raft.propose(command.encode())?;
-            g.writes.insert(proposed.index, (proposed.term, reply.clone()));
-            Ok(())
-        });
-        if let Err(e) = result {
-            let _ = reply.try_send(Err(e));
+        let g = match self.group_mut(group) {
+            Ok(g) => g,
+            Err(e) => return reply.send(Err(e)),
+        };
+        match g.raft.propose(command.encode()) {
+            Ok(proposed) => drop(g.writes.insert(proposed.index, (proposed.term, reply))),
+            Err(e) => reply.send(Err(e.into())),
         }
     }
 
     /// Proposes a membership change of one group; `reply` hears `Written { revision }`
     /// with the entry's index once it is applied (the leader then leaves a joint
     /// configuration on its own).
-    pub fn propose_conf_change(&mut self, group: GroupId, change: ConfChange, reply: Reply<Outcome>) {
+    pub fn propose_conf_change(&mut self, group: GroupId, change: ConfChange, reply: impl Into<Reply<Outcome>>) {
+        let reply = reply.into();
         if let Err(e) = self.check_disk_space() {
-            let _ = reply.try_send(Err(e));
+            reply.send(Err(e));
             return;
         }
-        let result = self.group_mut(group).and_then(|g| {
-            let proposed = g.raft.propose_conf_change(change)?;
-            g.writes.insert(proposed.index, (proposed.term, reply.clone()));
-            Ok(())
-        });
-        if let Err(e) = result {
-            let _ = reply.try_send(Err(e));
+        let g = match self.group_mut(group) {
+            Ok(g) => g,
+            Err(e) => return reply.send(Err(e)),
+        };
+        match g.raft.propose_conf_change(change) {
+            Ok(proposed) => drop(g.writes.insert(proposed.index, (proposed.term, reply))),
+            Err(e) => reply.send(Err(e.into())),
         }
     }
 
@@ -76,7 +78,8 @@ impl<S: StateMachine + Default> Shard<S> {
     /// Asks the group's leader for a snapshot covering everything applied so far (so
     /// every write acknowledged before the call); `reply` hears its manifest once the
     /// file is durable. The file can then be fetched over Flight.
-    pub fn snapshot_now(&mut self, group: GroupId, reply: Reply<Manifest>) {
+    pub fn snapshot_now(&mut self, group: GroupId, reply: impl Into<Reply<Manifest>>) {
+        let reply = reply.into();
         let result = self.group_mut(group).and_then(|g| {
             if g.raft.role() != Role::Leader {
                 return Err(RequestError::NotLeader { leader: g.raft.leader() });
@@ -86,21 +89,20 @@ impl<S: StateMachine + Default> Shard<S> {
         let applied = match result {
             Ok(applied) => applied,
             Err(e) => {
-                let _ = reply.try_send(Err(e));
+                reply.send(Err(e));
                 return;
             }
         };
         let base = self.log.borrow().snapshot_meta(group).index;
         if base > 0 && base >= applied {
-            let _ =
-                reply.try_send(self.snapshots.borrow().load(group, base).map(|(m, _)| m).map_err(|e| {
+            reply.send(self.snapshots.borrow().load(group, base).map(|(m, _)| m).map_err(|e| {
                     RequestError::Refused(format!("snapshot of group {group} at {base} unreadable: {e}"))
                 }));
             return;
         }
         let waiting = self.snapshot_requests.entry(group).or_default();
         if waiting.len() >= SNAPSHOT_REQUESTS_MAX {
-            let _ = reply.try_send(Err(RequestError::Refused("too many snapshot requests waiting; retry".into())));
+            reply.send(Err(RequestError::Refused("too many snapshot requests waiting; retry".into())));
             return;
         }
         waiting.push((applied, reply));
@@ -108,16 +110,17 @@ impl<S: StateMachine + Default> Shard<S> {
 
     /// A linearizable read: `query` runs once leadership is confirmed and the state
     /// machine has caught up with the read index.
-    pub fn read(&mut self, group: GroupId, query: Query<S>, reply: Reply<Bytes>) {
+    pub fn read(&mut self, group: GroupId, query: Query<S>, reply: impl Into<Reply<Bytes>>) {
+        let reply = reply.into();
         let ctx = self.next_read_ctx;
         self.next_read_ctx += 1;
-        let result = self.group_mut(group).and_then(|g| {
-            g.raft.read_index(ctx)?;
-            g.reads.insert(ctx, PendingRead { query, reply: reply.clone() });
-            Ok(())
-        });
-        if let Err(e) = result {
-            let _ = reply.try_send(Err(e));
+        let g = match self.group_mut(group) {
+            Ok(g) => g,
+            Err(e) => return reply.send(Err(e)),
+        };
+        match g.raft.read_index(ctx) {
+            Ok(()) => drop(g.reads.insert(ctx, PendingRead { query, reply })),
+            Err(e) => reply.send(Err(e.into())),
         }
     }
 
@@ -167,7 +170,7 @@ pub(super) fn apply<S: StateMachine>(g: &mut Group<S>, entry: Entry) -> (Option<
             Some(outcome) if at == index && term == entry_term => Ok(outcome.clone()),
             _ => Err(RequestError::Dropped),
         };
-        let _ = reply.try_send(answer);
+        reply.send(answer);
     }
     (identity, outcome)
 }
@@ -178,7 +181,7 @@ pub(super) fn serve_confirmed_reads<S: StateMachine>(g: &mut Group<S>) {
     while i < g.confirmed.len() {
         if g.confirmed[i].0 <= applied {
             let (_, pending) = g.confirmed.swap_remove(i);
-            let _ = pending.reply.try_send(Ok((pending.query)(&g.state)));
+            pending.reply.send(Ok((pending.query)(&g.state)));
         } else {
             i += 1;
         }
@@ -189,9 +192,9 @@ pub(super) fn serve_confirmed_reads<S: StateMachine>(g: &mut Group<S>) {
 /// their outcome is unknown to us.
 pub(super) fn fail_pending<S>(g: &mut Group<S>) {
     for (_, pending) in std::mem::take(&mut g.reads) {
-        let _ = pending.reply.try_send(Err(RequestError::NotLeader { leader: g.raft.leader() }));
+        pending.reply.send(Err(RequestError::NotLeader { leader: g.raft.leader() }));
     }
     for (_, (_, reply)) in std::mem::take(&mut g.writes) {
-        let _ = reply.try_send(Err(RequestError::Unknown));
+        reply.send(Err(RequestError::Unknown));
     }
 }

@@ -139,13 +139,12 @@ impl<S: StateMachine + Default> Shard<S> {
             };
             self.snapshot_failed_at.remove(&group);
             if let Some(waiting) = self.snapshot_requests.get_mut(&group) {
-                waiting.retain(|(covers, reply)| {
-                    let served = *covers <= meta.index;
-                    if served {
-                        let _ = reply.try_send(Ok(manifest.clone()));
-                    }
-                    !served
-                });
+                let (served, still): (Vec<_>, Vec<_>) =
+                    std::mem::take(waiting).into_iter().partition(|(covers, _)| *covers <= meta.index);
+                *waiting = still;
+                for (_, reply) in served {
+                    reply.send(Ok(manifest.clone()));
+                }
                 if waiting.is_empty() {
                     self.snapshot_requests.remove(&group);
                 }

@@ -391,7 +391,7 @@ pub async fn change_here(router: &Router, group: GroupId, change: ConfChange) ->
     let (reply, answer) = flume::bounded(1);
     router
         .shard_of(group)
-        .try_send(ShardInput::ConfChange { group, change, reply })
+        .try_send(ShardInput::ConfChange { group, change, reply: reply.into() })
         .map_err(|_| RequestError::Refused("shard queue full or stopped; retry".into()))?;
     match tokio::time::timeout(crate::server::router::REQUEST_TIMEOUT, answer.recv_async()).await {
         Ok(Ok(Ok(Outcome::Written { revision }))) => Ok(revision),
