@@ -31,6 +31,10 @@ pub enum RequestError {
     Dropped,
     #[error("not found: {0}")]
     NotFound(String),
+    /// The node cannot take the request now (a queue or window is full); nothing was
+    /// done. Retry after a pause.
+    #[error("overloaded: {0}")]
+    Overloaded(String),
     /// The node's disk is full: the write was not proposed (nothing will apply).
     #[error("disk full: {0}")]
     DiskFull(String),
@@ -40,6 +44,11 @@ impl From<ProposeError> for RequestError {
     fn from(e: ProposeError) -> Self {
         match e {
             ProposeError::NotLeader { leader_hint } => RequestError::NotLeader { leader: leader_hint },
+            // Leadership is moving: nothing was proposed; retry once it has moved.
+            ProposeError::TransferInProgress { .. } => RequestError::NotLeader { leader: None },
+            e @ (ProposeError::UncommittedFull { .. } | ProposeError::ReadQueueFull { .. }) => {
+                RequestError::Overloaded(e.to_string())
+            }
             other => RequestError::Refused(other.to_string()),
         }
     }

@@ -6,6 +6,7 @@
 //! not lead the key's group are forwarded to the leader once.
 
 mod bulk;
+mod calls;
 pub mod config;
 mod connections;
 mod identity;
@@ -14,6 +15,7 @@ mod metrics;
 mod restore;
 mod router;
 mod service;
+mod session;
 mod shard_thread;
 mod systemd;
 

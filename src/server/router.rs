@@ -80,18 +80,22 @@ impl Router {
         &self.shards
     }
 
-    fn submit(&self, group: GroupId, input: ShardInput) -> Result<(), Status> {
-        self.shard_of(group).try_send(input).map_err(|e| match e {
-            flume::TrySendError::Full(_) => Status::resource_exhausted("node overloaded: shard queue full; retry"),
-            flume::TrySendError::Disconnected(_) => Status::unavailable("node shutting down"),
-        })
+    /// Hands `input` to its shard; when the shard cannot take it, its reply hears why
+    /// (nothing was done).
+    pub fn submit(&self, group: GroupId, input: ShardInput) {
+        if let Err(e) = self.shard_of(group).try_send(input) {
+            let (input, why) = match e {
+                flume::TrySendError::Full(input) => (input, RequestError::Overloaded("shard queue full".into())),
+                flume::TrySendError::Disconnected(input) => (input, RequestError::NotLeader { leader: None }),
+            };
+            input.refuse(why);
+        }
     }
 
     pub async fn propose(&self, group: GroupId, command: Command) -> Result<Outcome, RequestError> {
         let (reply, answer) = flume::bounded(1);
         let started = Instant::now();
-        self.submit(group, ShardInput::Propose { group, command, reply: reply.into() })
-            .map_err(|s| RequestError::Refused(s.message().to_string()))?;
+        self.submit(group, ShardInput::Propose { group, command, reply: reply.into() });
         let result = wait(answer).await;
         self.observe("write", started);
         result
@@ -105,8 +109,7 @@ impl Router {
     ) -> Result<Bytes, RequestError> {
         let (reply, answer) = flume::bounded(1);
         let started = Instant::now();
-        self.submit(group, ShardInput::Read { group, query, reply: reply.into(), serializable })
-            .map_err(|s| RequestError::Refused(s.message().to_string()))?;
+        self.submit(group, ShardInput::Read { group, query, reply: reply.into(), serializable });
         let result = wait(answer).await;
         self.observe(if serializable { "read_serializable" } else { "read" }, started);
         result
@@ -183,6 +186,7 @@ pub fn status_of(e: RequestError) -> Status {
         ),
         RequestError::Dropped => Status::aborted("the write was dropped by a leader change; retry"),
         RequestError::NotFound(what) => Status::not_found(what),
+        RequestError::Overloaded(reason) => Status::resource_exhausted(format!("node overloaded ({reason}); retry")),
         RequestError::DiskFull(reason) => {
             Status::resource_exhausted(format!("the leader's disk is full; the write was not made: {reason}"))
         }

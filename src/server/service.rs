@@ -18,6 +18,7 @@ use crate::state::{BuiltinState, Command, Operation, Outcome, KEY_MAX_BYTES};
 use crate::transport::flight::{EntrySource, RecordSource};
 use crate::transport::wire::{decode_batch, SnapshotOffer};
 
+use super::calls::WriteCall;
 use super::bulk::{start_catch_up, start_snapshot_fetch, BulkTransfers};
 use super::members::changes::{change_here, Coordinator};
 use super::members::leaders::{balance, drain, transfer_here};
@@ -44,7 +45,7 @@ fn header(group: GroupId, leader: NodeId) -> Option<proto::ResponseHeader> {
     Some(proto::ResponseHeader { group, leader })
 }
 
-fn check_key(key: &[u8]) -> Result<(), Status> {
+pub(super) fn check_key(key: &[u8]) -> Result<(), Status> {
     if is_system_key(key) {
         return Err(Status::invalid_argument("keys starting with 0xFFFF are reserved for Quarry's own records"));
     }
@@ -62,6 +63,13 @@ impl Services {
             return Err(Status::invalid_argument(format!("value of {} bytes exceeds {max}", value.len())));
         }
         Ok(())
+    }
+
+    /// Carries out a write at this node (its group's leader) and answers it.
+    async fn write<C: WriteCall>(&self, call: &C) -> Result<C::Response, RequestError> {
+        let group = self.router.group_of(&call.routing_key());
+        let outcome = self.router.propose(group, call.command()).await?;
+        C::answer(proto::ResponseHeader { group, leader: self.router.node }, outcome)
     }
 
     /// Where to forward a request this node cannot serve, if anywhere.
@@ -126,7 +134,7 @@ fn write_outcome(outcome: Outcome) -> Result<Outcome, RequestError> {
 }
 
 /// A Get's answer through the shard: found, revision, value.
-fn encode_found(found: Option<&crate::state::Versioned>) -> Bytes {
+pub(super) fn encode_found(found: Option<&crate::state::Versioned>) -> Bytes {
     let mut out = BytesMut::new();
     match found {
         Some(v) => {
@@ -139,7 +147,7 @@ fn encode_found(found: Option<&crate::state::Versioned>) -> Bytes {
     out.freeze()
 }
 
-fn decode_found(mut data: Bytes) -> (bool, u64, Bytes) {
+pub(super) fn decode_found(mut data: Bytes) -> (bool, u64, Bytes) {
     if data.len() < 9 || data.get_u8() == 0 {
         return (false, 0, Bytes::new());
     }
@@ -149,21 +157,18 @@ fn decode_found(mut data: Bytes) -> (bool, u64, Bytes) {
 
 #[tonic::async_trait]
 impl Kv for Services {
+    type SessionStream = super::session::SessionStream;
+
+    async fn session(
+        &self,
+        request: Request<Streaming<proto::SessionRequest>>,
+    ) -> Result<Response<Self::SessionStream>, Status> {
+        Ok(Response::new(super::session::serve(self.router.clone(), request.into_inner())))
+    }
+
     async fn put(&self, request: Request<proto::PutRequest>) -> Result<Response<proto::PutResponse>, Status> {
-        check_key(&request.get_ref().key)?;
-        self.check_value(&request.get_ref().value)?;
-        serve_or_forward!(self, request, kv_client, put, |req| {
-            let group = self.router.group_of(&req.key);
-            let operation = Operation::Put { key: req.key.clone(), value: req.value.clone() };
-            let command = Command { client: req.client_id, sequence: req.sequence, operation };
-            match self.router.propose(group, command).await.and_then(write_outcome) {
-                Ok(Outcome::Written { revision }) => {
-                    Ok(proto::PutResponse { header: header(group, self.router.node), revision })
-                }
-                Ok(other) => Err(RequestError::Refused(format!("unexpected outcome {other:?}"))),
-                Err(e) => Err(e),
-            }
-        })
+        request.get_ref().check(self.router.max_value_bytes)?;
+        serve_or_forward!(self, request, kv_client, put, |req| self.write(&req).await)
     }
 
     async fn get(&self, request: Request<proto::GetRequest>) -> Result<Response<proto::GetResponse>, Status> {
@@ -182,22 +187,8 @@ impl Kv for Services {
     }
 
     async fn delete(&self, request: Request<proto::DeleteRequest>) -> Result<Response<proto::DeleteResponse>, Status> {
-        check_key(&request.get_ref().key)?;
-        serve_or_forward!(self, request, kv_client, delete, |req| {
-            let group = self.router.group_of(&req.key);
-            let command = Command {
-                client: req.client_id,
-                sequence: req.sequence,
-                operation: Operation::Delete { key: req.key.clone() },
-            };
-            match self.router.propose(group, command).await.and_then(write_outcome) {
-                Ok(Outcome::Deleted { existed }) => {
-                    Ok(proto::DeleteResponse { header: header(group, self.router.node), existed })
-                }
-                Ok(other) => Err(RequestError::Refused(format!("unexpected outcome {other:?}"))),
-                Err(e) => Err(e),
-            }
-        })
+        request.get_ref().check(self.router.max_value_bytes)?;
+        serve_or_forward!(self, request, kv_client, delete, |req| self.write(&req).await)
     }
 
     async fn range(&self, request: Request<proto::RangeRequest>) -> Result<Response<proto::RangeResponse>, Status> {
@@ -229,26 +220,8 @@ impl Kv for Services {
     }
 
     async fn cas(&self, request: Request<proto::CasRequest>) -> Result<Response<proto::CasResponse>, Status> {
-        check_key(&request.get_ref().key)?;
-        self.check_value(&request.get_ref().value)?;
-        serve_or_forward!(self, request, kv_client, cas, |req| {
-            let group = self.router.group_of(&req.key);
-            let operation = Operation::Cas {
-                key: req.key.clone(),
-                expected_revision: req.expected_revision,
-                value: req.value.clone(),
-            };
-            let command = Command { client: req.client_id, sequence: req.sequence, operation };
-            let h = header(group, self.router.node);
-            match self.router.propose(group, command).await.and_then(write_outcome) {
-                Ok(Outcome::Written { revision }) => Ok(proto::CasResponse { header: h, succeeded: true, revision }),
-                Ok(Outcome::CasFailed { current_revision }) => {
-                    Ok(proto::CasResponse { header: h, succeeded: false, revision: current_revision })
-                }
-                Ok(other) => Err(RequestError::Refused(format!("unexpected outcome {other:?}"))),
-                Err(e) => Err(e),
-            }
-        })
+        request.get_ref().check(self.router.max_value_bytes)?;
+        serve_or_forward!(self, request, kv_client, cas, |req| self.write(&req).await)
     }
 
     async fn batch(&self, request: Request<proto::BatchRequest>) -> Result<Response<proto::BatchResponse>, Status> {
@@ -360,21 +333,8 @@ impl Log for Services {
         &self,
         request: Request<proto::LogAppendRequest>,
     ) -> Result<Response<proto::LogAppendResponse>, Status> {
-        check_key(request.get_ref().log.as_bytes())?;
-        self.check_value(&request.get_ref().data)?;
-        serve_or_forward!(self, request, log_client, append, |req| {
-            let name = Bytes::from(req.log.clone().into_bytes());
-            let group = self.router.group_of(&name);
-            let operation = Operation::Append { log: name, data: req.data.clone() };
-            let command = Command { client: req.client_id, sequence: req.sequence, operation };
-            match self.router.propose(group, command).await.and_then(write_outcome) {
-                Ok(Outcome::Appended { log_index }) => {
-                    Ok(proto::LogAppendResponse { header: header(group, self.router.node), index: log_index })
-                }
-                Ok(other) => Err(RequestError::Refused(format!("unexpected outcome {other:?}"))),
-                Err(e) => Err(e),
-            }
-        })
+        request.get_ref().check(self.router.max_value_bytes)?;
+        serve_or_forward!(self, request, log_client, append, |req| self.write(&req).await)
     }
 
     async fn read(&self, request: Request<proto::LogReadRequest>) -> Result<Response<proto::LogReadResponse>, Status> {
@@ -390,10 +350,7 @@ impl EntrySource for Services {
             return Err(Status::invalid_argument(format!("group {group} does not exist")));
         }
         let (reply, answer) = flume::bounded(1);
-        self.router
-            .shard_of(group)
-            .try_send(ShardInput::ReadEntries { group, from, to, reply })
-            .map_err(|_| Status::resource_exhausted("shard busy; retry"))?;
+        self.router.submit(group, ShardInput::ReadEntries { group, from, to, reply });
         match tokio::time::timeout(REQUEST_TIMEOUT, answer.recv_async()).await {
             Ok(Ok(result)) => result.map_err(status_of),
             _ => Err(Status::unavailable("the shard did not answer")),
@@ -580,26 +537,24 @@ impl Admin for Services {
         serve_or_forward!(self, request, admin_client, snapshot_now, |req| {
             let (reply, answer) = flume::bounded(1);
             let input = ShardInput::SnapshotNow { group: req.group, reply: reply.into() };
-            match self.router.shard_of(req.group).try_send(input) {
-                Err(_) => Err(RequestError::Refused("shard queue full or stopped; retry".into())),
-                // A large state takes a while to copy and write: a longer timeout.
-                Ok(()) => match tokio::time::timeout(SNAPSHOT_NOW_TIMEOUT, answer.recv_async())
-                    .await
-                    .unwrap_or(Ok(Err(RequestError::Unknown)))
-                {
-                    Ok(Ok(m)) => Ok(proto::SnapshotNowResponse {
-                        leader: self.router.node,
-                        index: m.meta.index,
-                        term: m.meta.term,
-                        size: m.size,
-                        crc32: m.crc32,
-                        voters: m.meta.conf_state.voters.iter().copied().collect(),
-                        outgoing_voters: m.meta.conf_state.voters_outgoing.iter().copied().collect(),
-                        learners: m.meta.conf_state.learners.iter().copied().collect(),
-                    }),
-                    Ok(Err(e)) => Err(e),
-                    Err(_) => Err(RequestError::Unknown),
-                },
+            self.router.submit(req.group, input);
+            // A large state takes a while to copy and write: a longer timeout.
+            match tokio::time::timeout(SNAPSHOT_NOW_TIMEOUT, answer.recv_async())
+                .await
+                .unwrap_or(Ok(Err(RequestError::Unknown)))
+            {
+                Ok(Ok(m)) => Ok(proto::SnapshotNowResponse {
+                    leader: self.router.node,
+                    index: m.meta.index,
+                    term: m.meta.term,
+                    size: m.size,
+                    crc32: m.crc32,
+                    voters: m.meta.conf_state.voters.iter().copied().collect(),
+                    outgoing_voters: m.meta.conf_state.voters_outgoing.iter().copied().collect(),
+                    learners: m.meta.conf_state.learners.iter().copied().collect(),
+                }),
+                Ok(Err(e)) => Err(e),
+                Err(_) => Err(RequestError::Unknown),
             }
         })
     }

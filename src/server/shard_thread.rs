@@ -64,6 +64,21 @@ pub enum ShardInput {
     },
 }
 
+impl ShardInput {
+    /// Answers the input's caller with `why` instead of carrying it out.
+    pub fn refuse(self, why: RequestError) {
+        match self {
+            ShardInput::Peer { .. } => {} // Raft retransmits.
+            ShardInput::Propose { reply, .. } | ShardInput::ConfChange { reply, .. } => reply.send(Err(why)),
+            ShardInput::Read { reply, .. } => reply.send(Err(why)),
+            ShardInput::SnapshotNow { reply, .. } => reply.send(Err(why)),
+            ShardInput::Status { .. } => {} // The caller sees the channel close.
+            ShardInput::TransferLeader { reply, .. } => drop(reply.try_send(Err(why))),
+            ShardInput::ReadEntries { reply, .. } => drop(reply.try_send(Err(why))),
+        }
+    }
+}
+
 /// The exit status of a node whose shard failed (EX_SOFTWARE).
 pub const SHARD_FAILED_EXIT: i32 = 70;
 

@@ -389,10 +389,7 @@ impl Coordinator {
 /// Proposes `change` to the group's shard here; the index it applied at.
 pub async fn change_here(router: &Router, group: GroupId, change: ConfChange) -> Result<u64, RequestError> {
     let (reply, answer) = flume::bounded(1);
-    router
-        .shard_of(group)
-        .try_send(ShardInput::ConfChange { group, change, reply: reply.into() })
-        .map_err(|_| RequestError::Refused("shard queue full or stopped; retry".into()))?;
+    router.submit(group, ShardInput::ConfChange { group, change, reply: reply.into() });
     match tokio::time::timeout(crate::server::router::REQUEST_TIMEOUT, answer.recv_async()).await {
         Ok(Ok(Ok(Outcome::Written { revision }))) => Ok(revision),
         Ok(Ok(Ok(other))) => Err(RequestError::Refused(format!("unexpected outcome {other:?}"))),

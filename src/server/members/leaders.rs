@@ -38,10 +38,7 @@ pub async fn transfer(
 /// Starts a transfer at this node (the group's leader) and waits until `to` leads.
 pub async fn transfer_here(router: &Router, cluster_id: u64, group: GroupId, to: NodeId) -> Result<(), Status> {
     let (reply, answer) = flume::bounded(1);
-    router
-        .shard_of(group)
-        .try_send(ShardInput::TransferLeader { group, to, reply })
-        .map_err(|_| Status::unavailable("shard queue full or stopped; retry"))?;
+    router.submit(group, ShardInput::TransferLeader { group, to, reply });
     answer.recv_async().await.map_err(|_| Status::unavailable("shard stopped"))?.map_err(status_of)?;
     let deadline = Instant::now() + TRANSFER_DEADLINE;
     while Instant::now() < deadline {

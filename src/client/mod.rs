@@ -4,6 +4,8 @@
 //! meets a leaderless moment is retried (writes carry a client id and sequence, so a
 //! retry applies once).
 
+mod session;
+
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -17,11 +19,11 @@ use tonic::{Code, Status};
 use crate::group::group_of_key;
 use crate::proto::admin_client::AdminClient;
 use crate::proto::kv_client::KvClient;
-use crate::proto::log_client::LogClient;
 use crate::proto::{
-    CasRequest, DeleteRequest, GetRequest, KeyValue, LogAppendRequest, PutRequest, RangeRequest, ResponseHeader,
-    StatusRequest, StatusResponse,
+    session_answer, session_call, CasRequest, DeleteRequest, GetRequest, KeyValue, LogAppendRequest, PutRequest,
+    RangeRequest, ResponseHeader, StatusRequest, StatusResponse,
 };
+use session::SessionLink;
 use crate::raft::NodeId;
 
 /// A write session: the state machine remembers each client id's latest sequence
@@ -54,13 +56,26 @@ struct Routing {
     discovered: bool,
 }
 
-/// How long a call keeps retrying while the cluster has no leader for its group.
+/// How long a call keeps retrying while the cluster has no leader for its group (or
+/// is overloaded); past it, a write whose outcome is not known is reported unknown.
 pub const RETRY_DEADLINE: Duration = Duration::from_secs(10);
 const RETRY_PAUSE: Duration = Duration::from_millis(50);
+/// The longest pause between retries (pauses double from `RETRY_PAUSE`).
+const RETRY_PAUSE_MAX: Duration = Duration::from_millis(800);
+
+/// What a call may be retried after: no leader or a leader change (`Unavailable`,
+/// `Aborted`: a write whose outcome is unknown is retried with its client id and
+/// sequence, so it applies once) and an overloaded or full node (`ResourceExhausted`:
+/// nothing was done).
+fn retryable(code: Code) -> bool {
+    matches!(code, Code::Unavailable | Code::Aborted | Code::ResourceExhausted)
+}
 
 pub struct Client {
     endpoints: Vec<String>,
     channels: Vec<Channel>,
+    /// One session per endpoint, carrying every key call to that node.
+    sessions: Vec<SessionLink>,
     /// Idle session lanes (see [`Lane`]).
     lanes: Mutex<Vec<Lane>>,
     next: AtomicU64,
@@ -73,6 +88,23 @@ pub enum ClientError {
     Endpoint(String),
     #[error("{}: {}", .0.code(), .0.message())]
     Status(#[from] Status),
+    #[error("the node answered a different call: {0}")]
+    Unexpected(String),
+}
+
+fn unexpected(answer: session_answer::Result) -> ClientError {
+    ClientError::Unexpected(format!("{answer:?}"))
+}
+
+fn header_of(answer: &session_answer::Result) -> Option<&ResponseHeader> {
+    match answer {
+        session_answer::Result::Put(a) => a.header.as_ref(),
+        session_answer::Result::Get(a) => a.header.as_ref().filter(|h| h.leader != 0),
+        session_answer::Result::Delete(a) => a.header.as_ref(),
+        session_answer::Result::Cas(a) => a.header.as_ref(),
+        session_answer::Result::Append(a) => a.header.as_ref(),
+        session_answer::Result::Error(_) => None,
+    }
 }
 
 impl Client {
@@ -81,7 +113,7 @@ impl Client {
         if addrs.is_empty() {
             return Err(ClientError::Endpoint(String::new()));
         }
-        let channels = addrs
+        let channels: Vec<Channel> = addrs
             .iter()
             .map(|a| {
                 crate::transport::endpoint(a)
@@ -90,7 +122,15 @@ impl Client {
             })
             .collect::<Result<_, _>>()?;
         let routing = Mutex::new(Routing::default());
-        Ok(Client { endpoints: addrs.to_vec(), channels, lanes: Mutex::default(), next: AtomicU64::new(0), routing })
+        let sessions = channels.iter().cloned().map(SessionLink::new).collect();
+        Ok(Client {
+            endpoints: addrs.to_vec(),
+            channels,
+            sessions,
+            lanes: Mutex::default(),
+            next: AtomicU64::new(0),
+            routing,
+        })
     }
 
     /// A session lane for one write: an idle one, or a new one when every lane is
@@ -99,11 +139,6 @@ impl Client {
         let idle = self.lanes.lock().expect("lanes lock").pop();
         let lane = idle.unwrap_or_else(|| Lane { client_id: rand::rng().next_u64() | 1, next_sequence: 1 });
         LaneGuard { client: self, lane }
-    }
-
-    fn any_channel(&self) -> Channel {
-        let i = self.next.fetch_add(1, Ordering::Relaxed) as usize % self.channels.len();
-        self.channels[i].clone()
     }
 
     /// Learns node ids, the group count and current leaders from the nodes' status,
@@ -123,17 +158,22 @@ impl Client {
         *self.routing.lock().expect("routing lock") = learned;
     }
 
-    /// The channel to `key`'s group leader if known, else any node.
-    fn channel_for(&self, key: &[u8]) -> Channel {
+    /// The endpoint of `key`'s group leader if known, else any node.
+    fn endpoint_for(&self, key: &[u8]) -> usize {
         let routing = self.routing.lock().expect("routing lock");
         if routing.groups > 0 {
             let group = group_of_key(key, routing.groups);
             if let Some(i) = routing.leaders.get(&group).and_then(|leader| routing.endpoint_of_node.get(leader)) {
-                return self.channels[*i].clone();
+                return *i;
             }
         }
         drop(routing);
-        self.any_channel()
+        self.next.fetch_add(1, Ordering::Relaxed) as usize % self.channels.len()
+    }
+
+    /// The channel to `key`'s group leader if known, else any node.
+    fn channel_for(&self, key: &[u8]) -> Channel {
+        self.channels[self.endpoint_for(key)].clone()
     }
 
     /// Remembers the leader an answer named (or forgets a leader that failed us).
@@ -183,39 +223,71 @@ impl Client {
         }
     }
 
+    /// Sends `op` for `key` on the session with its leader (when known) until it is
+    /// answered, fails for good, or the retry deadline passes. A node that is not the
+    /// leader names it, and the call goes there at once.
+    async fn call(&self, key: &[u8], op: session_call::Op) -> Result<session_answer::Result, ClientError> {
+        self.discover().await;
+        let deadline = Instant::now() + RETRY_DEADLINE;
+        let mut pause = RETRY_PAUSE;
+        loop {
+            let endpoint = self.endpoint_for(key);
+            let attempt = self.sessions[endpoint].call(op.clone());
+            let (status, redirected) = match tokio::time::timeout_at(deadline.into(), attempt).await {
+                Ok(Ok(session_answer::Result::Error(error))) => {
+                    let redirected = error.leader != 0 && self.learn_leader(key, error.leader);
+                    (Status::new(Code::from(error.code), error.message), redirected)
+                }
+                Ok(Ok(answer)) => {
+                    self.learn(header_of(&answer), key, false);
+                    return Ok(answer);
+                }
+                Ok(Err(lost)) => (lost, false),
+                Err(_) => (Status::deadline_exceeded(format!(
+                    "outcome unknown: no answer within {RETRY_DEADLINE:?}; retrying with the same client_id and \
+                     sequence is safe"
+                )), false),
+            };
+            if !retryable(status.code()) || Instant::now() >= deadline {
+                return Err(ClientError::from(status));
+            }
+            if !redirected {
+                self.learn(None, key, true);
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(RETRY_PAUSE_MAX);
+            }
+        }
+    }
+
+    /// Remembers `leader` for `key`'s group; whether it is a node this client can reach.
+    fn learn_leader(&self, key: &[u8], leader: NodeId) -> bool {
+        let mut routing = self.routing.lock().expect("routing lock");
+        if routing.groups == 0 || !routing.endpoint_of_node.contains_key(&leader) {
+            return false;
+        }
+        let group = group_of_key(key, routing.groups);
+        routing.leaders.insert(group, leader);
+        true
+    }
+
     /// Writes `value` under `key`; returns the new revision.
     pub async fn put(&self, key: Bytes, value: Bytes) -> Result<u64, ClientError> {
         let lane = self.lane();
         let (client_id, sequence) = (lane.lane.client_id, lane.lane.next_sequence);
-        let request = PutRequest { key: key.clone(), value, client_id, sequence };
-        let response = self
-            .retry(
-                &key,
-                |r: &tonic::Response<crate::proto::PutResponse>| r.get_ref().header.as_ref(),
-                |ch| {
-                    let request = request.clone();
-                    async move { KvClient::new(ch).put(request).await }
-                },
-            )
-            .await?;
-        Ok(response.into_inner().revision)
+        let op = session_call::Op::Put(PutRequest { key: key.clone(), value, client_id, sequence });
+        match self.call(&key, op).await? {
+            session_answer::Result::Put(answer) => Ok(answer.revision),
+            other => Err(unexpected(other)),
+        }
     }
 
     /// The value and revision under `key`, read linearizably unless `serializable`.
     pub async fn get(&self, key: Bytes, serializable: bool) -> Result<Option<(Bytes, u64)>, ClientError> {
-        let request = GetRequest { key: key.clone(), serializable };
-        let response = self
-            .retry(
-                &key,
-                |r: &tonic::Response<crate::proto::GetResponse>| r.get_ref().header.as_ref().filter(|_| !serializable),
-                |ch| {
-                    let request = request.clone();
-                    async move { KvClient::new(ch).get(request).await }
-                },
-            )
-            .await?
-            .into_inner();
-        Ok(response.found.then_some((response.value, response.revision)))
+        let op = session_call::Op::Get(GetRequest { key: key.clone(), serializable });
+        match self.call(&key, op).await? {
+            session_answer::Result::Get(answer) => Ok(answer.found.then_some((answer.value, answer.revision))),
+            other => Err(unexpected(other)),
+        }
     }
 
     /// Keys in `[start, end)` (empty `end`: to the last key) across every group, in key
@@ -246,18 +318,11 @@ impl Client {
     pub async fn delete(&self, key: Bytes) -> Result<bool, ClientError> {
         let lane = self.lane();
         let (client_id, sequence) = (lane.lane.client_id, lane.lane.next_sequence);
-        let request = DeleteRequest { key: key.clone(), client_id, sequence };
-        let response = self
-            .retry(
-                &key,
-                |r: &tonic::Response<crate::proto::DeleteResponse>| r.get_ref().header.as_ref(),
-                |ch| {
-                    let request = request.clone();
-                    async move { KvClient::new(ch).delete(request).await }
-                },
-            )
-            .await?;
-        Ok(response.into_inner().existed)
+        let op = session_call::Op::Delete(DeleteRequest { key: key.clone(), client_id, sequence });
+        match self.call(&key, op).await? {
+            session_answer::Result::Delete(answer) => Ok(answer.existed),
+            other => Err(unexpected(other)),
+        }
     }
 
     /// Writes `value` under `key` if the key's revision is `expected_revision` (0: the
@@ -265,37 +330,23 @@ impl Client {
     pub async fn cas(&self, key: Bytes, expected_revision: u64, value: Bytes) -> Result<(bool, u64), ClientError> {
         let lane = self.lane();
         let (client_id, sequence) = (lane.lane.client_id, lane.lane.next_sequence);
-        let request = CasRequest { key: key.clone(), expected_revision, value, client_id, sequence };
-        let response = self
-            .retry(
-                &key,
-                |r: &tonic::Response<crate::proto::CasResponse>| r.get_ref().header.as_ref(),
-                |ch| {
-                    let request = request.clone();
-                    async move { KvClient::new(ch).cas(request).await }
-                },
-            )
-            .await?
-            .into_inner();
-        Ok((response.succeeded, response.revision))
+        let op =
+            session_call::Op::Cas(CasRequest { key: key.clone(), expected_revision, value, client_id, sequence });
+        match self.call(&key, op).await? {
+            session_answer::Result::Cas(answer) => Ok((answer.succeeded, answer.revision)),
+            other => Err(unexpected(other)),
+        }
     }
 
     /// Appends `data` to the named log; returns its 1-based position there.
     pub async fn append(&self, log: &str, data: Bytes) -> Result<u64, ClientError> {
         let lane = self.lane();
         let (client_id, sequence) = (lane.lane.client_id, lane.lane.next_sequence);
-        let request = LogAppendRequest { log: log.to_string(), data, client_id, sequence };
-        let response = self
-            .retry(
-                log.as_bytes(),
-                |r: &tonic::Response<crate::proto::LogAppendResponse>| r.get_ref().header.as_ref(),
-                |ch| {
-                    let request = request.clone();
-                    async move { LogClient::new(ch).append(request).await }
-                },
-            )
-            .await?;
-        Ok(response.into_inner().index)
+        let op = session_call::Op::Append(LogAppendRequest { log: log.to_string(), data, client_id, sequence });
+        match self.call(log.as_bytes(), op).await? {
+            session_answer::Result::Append(answer) => Ok(answer.index),
+            other => Err(unexpected(other)),
+        }
     }
 
     /// The status of the node at position `node` in the address list.
