@@ -1001,3 +1001,90 @@ async fn a_full_disk_refuses_writes_and_the_node_resumes_once_space_is_freed() {
     }
     drop(disk); // Unmounted before the cluster's directory is removed.
 }
+
+/// A key (of the form `session-N`) whose group `node` leads (`leads`) or does not.
+async fn key_led(cluster: &Cluster, node: usize, leads: bool) -> Bytes {
+    for i in 0..1000 {
+        let key = format!("session-{i}");
+        let group = u64::from(crc32fast::hash(key.as_bytes())) % GROUPS;
+        if (leader_of(cluster, node, group).await == Some(node)) == leads {
+            return Bytes::from(key);
+        }
+    }
+    panic!("no key whose group node {node} leads={leads}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_answers_every_call_by_id_and_refuses_bad_ones_without_stopping() {
+    use quarry::proto::{session_answer, session_call, SessionCall, SessionRequest};
+    let cluster = start_cluster();
+    wait_for_leaders(&cluster).await;
+    let (here, elsewhere) = (key_led(&cluster, 1, true).await, key_led(&cluster, 1, false).await);
+    let (calls, outgoing) = tokio::sync::mpsc::channel(4);
+    let mut kv = KvClient::new(channel(&cluster.addrs[0]).await);
+    let mut answers = kv.session(tokio_stream::wrappers::ReceiverStream::new(outgoing)).await.expect("session").into_inner();
+    let put = |key: &Bytes, value: &[u8], sequence| {
+        let value = Bytes::copy_from_slice(value);
+        Some(session_call::Op::Put(PutRequest { key: key.clone(), value, client_id: 77, sequence }))
+    };
+    let batch = vec![
+        SessionCall { id: 10, op: put(&here, b"one", 1) },
+        SessionCall { id: 11, op: put(&Bytes::new(), b"empty key", 2) },
+        SessionCall { id: 12, op: put(&here, &vec![0; (1 << 20) + 1], 3) },
+        SessionCall { id: 13, op: None },
+        SessionCall { id: 14, op: put(&elsewhere, b"elsewhere", 4) },
+    ];
+    calls.send(SessionRequest { calls: batch }).await.expect("sent");
+    let mut got = std::collections::BTreeMap::new();
+    let mut receive = async |got: &mut std::collections::BTreeMap<u64, session_answer::Result>, n| {
+        while got.len() < n {
+            let response = tokio::time::timeout(Duration::from_secs(30), answers.message())
+                .await
+                .expect("answers within 30 s")
+                .expect("stream healthy")
+                .expect("stream open");
+            for answer in response.answers {
+                let result = answer.result.expect("a result");
+                assert!(got.insert(answer.id, result).is_none(), "id {} answered twice", answer.id);
+            }
+        }
+    };
+    receive(&mut got, 5).await;
+    // Sent after the write's answer, a read sees it.
+    let get = Some(session_call::Op::Get(GetRequest { key: here.clone(), serializable: false }));
+    calls.send(SessionRequest { calls: vec![SessionCall { id: 15, op: get }] }).await.expect("sent");
+    receive(&mut got, 6).await;
+    assert!(matches!(&got[&10], session_answer::Result::Put(p) if p.revision > 0), "{:?}", got[&10]);
+    for id in [11, 12, 13] {
+        let session_answer::Result::Error(e) = &got[&id] else { panic!("call {id} accepted: {:?}", got[&id]) };
+        assert_eq!(e.code, Code::InvalidArgument as i32, "call {id}: {e:?}");
+    }
+    // Not the leader here: the answer names the leader (unless leadership moved here).
+    match &got[&14] {
+        session_answer::Result::Error(e) => {
+            assert_eq!(e.code, Code::Unavailable as i32, "{e:?}");
+            assert!(e.leader != 0 && e.leader != 1, "names another leader: {e:?}");
+        }
+        session_answer::Result::Put(_) => {}
+        other => panic!("unexpected {other:?}"),
+    }
+    match &got[&15] {
+        session_answer::Result::Get(g) => assert_eq!(g.value, Bytes::from("one")),
+        session_answer::Result::Error(e) => assert_eq!(e.code, Code::Unavailable as i32, "{e:?}"),
+        other => panic!("unexpected {other:?}"),
+    }
+
+    // Too many calls in one message: refused, and the session ends.
+    let flood = (0..1025).map(|id| SessionCall { id, op: put(&here, b"x", 1000 + id) }).collect();
+    calls.send(SessionRequest { calls: flood }).await.expect("sent");
+    let response = tokio::time::timeout(Duration::from_secs(30), answers.message())
+        .await
+        .expect("answer within 30 s")
+        .expect("stream healthy")
+        .expect("an answer");
+    let refused = matches!(&response.answers[..], [a] if matches!(&a.result,
+        Some(session_answer::Result::Error(e)) if e.code == Code::InvalidArgument as i32));
+    assert!(refused, "{response:?}");
+    // The node keeps serving.
+    put_through(&cluster.addrs[0], "after-session", "ok").await;
+}
