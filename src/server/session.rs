@@ -1,12 +1,17 @@
 //! Client sessions (`Kv.Session`): many calls in flight on one stream, answered as
 //! each commits, in batches. A call's answer is built by the completion the shard
-//! runs, straight into the session's answer queue — no channel or task per call — and
-//! the answer stream drains that queue into one message at a time.
+//! runs and put straight into the session's answer queue — no channel or task per
+//! call — and the shard wakes the session's answer stream once per turn, however
+//! many answers the turn gave it (each wake-up costs a syscall and a context switch).
 
+use std::cell::{Cell, RefCell};
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 
 use bytes::Bytes;
+use futures::task::AtomicWaker;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_stream::Stream;
 use tonic::{Status, Streaming};
@@ -31,13 +36,82 @@ const ANSWERS_PER_MESSAGE_MAX: usize = 1024;
 
 pub type SessionStream = Pin<Box<dyn Stream<Item = Result<SessionResponse, Status>> + Send>>;
 
-type Answers = flume::Sender<(SessionAnswer, OwnedSemaphorePermit)>;
+/// A session's answers waiting to leave. Each holds its call's place in the window
+/// until it has left, so the queue never holds more than the window.
+struct AnswerQueue {
+    answers: Mutex<Vec<(SessionAnswer, OwnedSemaphorePermit)>>,
+    window: Arc<Semaphore>,
+    /// The session reads no more calls (the caller closed its side, or broke it).
+    reading_done: AtomicBool,
+    waker: AtomicWaker,
+    /// A wake-up is already deferred to the end of the current shard turn.
+    wake_deferred: AtomicBool,
+}
 
-/// One call waiting for its answer; it holds a place in the session's window until
-/// the answer has left in a message.
+thread_local! {
+    /// Set on shard threads, which wake sessions at the end of each turn.
+    static DEFERS_WAKES: Cell<bool> = const { Cell::new(false) };
+    static DEFERRED: RefCell<Vec<Arc<AnswerQueue>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Marks this thread as a shard thread: it calls [`wake_deferred`] after each turn.
+pub fn defer_wakes_on_this_thread() {
+    DEFERS_WAKES.with(|d| d.set(true));
+}
+
+/// Wakes every session that got answers during this turn.
+pub fn wake_deferred() {
+    let queues = DEFERRED.with(|d| std::mem::take(&mut *d.borrow_mut()));
+    for queue in queues {
+        queue.wake_deferred.store(false, Ordering::Release);
+        queue.waker.wake();
+    }
+}
+
+impl AnswerQueue {
+    fn push(self: &Arc<Self>, answer: SessionAnswer, permit: OwnedSemaphorePermit) {
+        self.answers.lock().expect("answers lock").push((answer, permit));
+        self.wake();
+    }
+
+    fn wake(self: &Arc<Self>) {
+        if !DEFERS_WAKES.with(Cell::get) {
+            self.waker.wake();
+        } else if !self.wake_deferred.swap(true, Ordering::AcqRel) {
+            DEFERRED.with(|d| d.borrow_mut().push(self.clone()));
+        }
+    }
+
+    /// The next batch of answers; the end once reading is done and every call is
+    /// answered.
+    fn poll_next(&self, cx: &mut Context<'_>) -> Poll<Option<Result<SessionResponse, Status>>> {
+        for registered in [false, true] {
+            let answers: Vec<SessionAnswer> = {
+                let mut queued = self.answers.lock().expect("answers lock");
+                let n = queued.len().min(ANSWERS_PER_MESSAGE_MAX);
+                // The permits go back here, as the answers leave.
+                queued.drain(..n).map(|(answer, _permit)| answer).collect()
+            };
+            if !answers.is_empty() {
+                return Poll::Ready(Some(Ok(SessionResponse { answers })));
+            }
+            let all_answered = self.window.available_permits() == SESSION_CALLS_IN_FLIGHT_MAX;
+            if self.reading_done.load(Ordering::Acquire) && all_answered {
+                return Poll::Ready(None);
+            }
+            if !registered {
+                // Look again once registered, so an answer pushed meanwhile is not missed.
+                self.waker.register(cx.waker());
+            }
+        }
+        Poll::Pending
+    }
+}
+
+/// One call waiting for its answer, holding its place in the session's window.
 struct Pending {
     id: u64,
-    answers: Answers,
+    queue: Arc<AnswerQueue>,
     permit: OwnedSemaphorePermit,
 }
 
@@ -59,9 +133,7 @@ impl Pending {
     }
 
     fn finish(self, result: session_answer::Result) {
-        let answer = SessionAnswer { id: self.id, result: Some(result) };
-        // The window bounds the queue, so it has room; a closed session drops it.
-        let _ = self.answers.try_send((answer, self.permit));
+        self.queue.push(SessionAnswer { id: self.id, result: Some(result) }, self.permit);
     }
 }
 
@@ -72,37 +144,34 @@ fn error_of(status: &Status, leader: u64) -> proto::SessionError {
 /// Serves one session: reads calls until the caller closes its side, and streams the
 /// answers until the last call in flight is answered.
 pub fn serve(router: Router, mut calls: Streaming<proto::SessionRequest>) -> SessionStream {
-    let (answers, queued) = flume::bounded(SESSION_CALLS_IN_FLIGHT_MAX);
     let window = Arc::new(Semaphore::new(SESSION_CALLS_IN_FLIGHT_MAX));
-    let refusals = answers.clone();
+    let queue = Arc::new(AnswerQueue {
+        answers: Mutex::default(),
+        window: window.clone(),
+        reading_done: AtomicBool::new(false),
+        waker: AtomicWaker::new(),
+        wake_deferred: AtomicBool::new(false),
+    });
+    let reader_queue = queue.clone();
     tokio::spawn(async move {
-        loop {
-            let request = match calls.message().await {
-                Ok(Some(request)) => request,
-                Ok(None) | Err(_) => return, // Closed by the caller, or broken.
-            };
+        let queue = reader_queue;
+        while let Ok(Some(request)) = calls.message().await {
             if request.calls.len() > SESSION_CALLS_PER_MESSAGE_MAX {
                 let why = format!("{} calls in one message; at most {SESSION_CALLS_PER_MESSAGE_MAX}", request.calls.len());
-                let error = proto::SessionError { code: tonic::Code::InvalidArgument as i32, message: why, leader: 0 };
-                let answer = SessionAnswer { id: 0, result: Some(session_answer::Result::Error(error)) };
                 if let Ok(permit) = window.clone().acquire_owned().await {
-                    let _ = refusals.try_send((answer, permit));
+                    Pending { id: 0, queue: queue.clone(), permit }.answer(Err(Status::invalid_argument(why)));
                 }
-                return;
+                break;
             }
             for call in request.calls {
-                let Ok(permit) = window.clone().acquire_owned().await else { return };
-                start(&router, call, Pending { id: 0, answers: answers.clone(), permit });
+                let Ok(permit) = window.clone().acquire_owned().await else { break };
+                start(&router, call, Pending { id: 0, queue: queue.clone(), permit });
             }
         }
+        queue.reading_done.store(true, Ordering::Release);
+        queue.waker.wake();
     });
-    Box::pin(futures_lite::stream::unfold(queued, |queued| async move {
-        let (first, _permit) = queued.recv_async().await.ok()?;
-        let mut answers = Vec::with_capacity(queued.len().min(ANSWERS_PER_MESSAGE_MAX) + 1);
-        answers.push(first);
-        answers.extend(queued.try_iter().take(ANSWERS_PER_MESSAGE_MAX - 1).map(|(answer, _permit)| answer));
-        Some((Ok(SessionResponse { answers }), queued))
-    }))
+    Box::pin(futures::stream::poll_fn(move |cx| queue.poll_next(cx)))
 }
 
 /// Starts one call: checked, then handed to its group's shard with a completion that

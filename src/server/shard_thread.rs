@@ -108,6 +108,7 @@ pub fn spawn(
     glommio::LocalExecutorBuilder::default()
         .name(&thread_name)
         .spawn(move || async move {
+            super::session::defer_wakes_on_this_thread();
             let result = match LocalShard::<BuiltinState>::open(config) {
                 Ok(mut shard) => run(&mut shard, tick, inbox, outbound, &metrics).await,
                 Err(e) => Err(format!("cannot recover: {e}")),
@@ -173,6 +174,7 @@ async fn run(
         }
         stats.add(&shard.stage().map_err(failed)?);
         send(shard, &outbound);
+        super::session::wake_deferred();
         metrics.turn_seconds.observe(started.elapsed().as_secs_f64());
         record(metrics, &stats);
     }
