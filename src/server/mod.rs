@@ -40,8 +40,6 @@ pub const SHARD_THREAD_PREFIX: &str = "quarry-shard-";
 use router::Router;
 use service::Services;
 
-/// Batches of outgoing Raft messages queued from all shards to the network.
-const OUTBOUND_MAX: usize = 4096;
 /// Largest gRPC message accepted (peer batches carry many entries).
 const GRPC_MESSAGE_MAX_BYTES: usize = 64 << 20;
 /// How long requests in flight may finish after SIGTERM.
@@ -61,26 +59,30 @@ pub fn run(config: NodeConfig) -> Result<(), String> {
     // joining a running cluster) they start from what the log holds.
     let initialized = identity::check(&config)?;
     let founding = config.founding && !initialized;
-    let (outbound, outbound_rx) = flume::bounded(OUTBOUND_MAX);
     let metrics = metrics::Metrics::new();
+    let links = crate::transport::peer::PeerLinks::new(
+        config.node_id,
+        config.cluster_id,
+        config.listen.to_string(),
+        metrics.peer.clone(),
+    );
     let mut inboxes = Vec::with_capacity(config.shards);
     let mut threads = Vec::with_capacity(config.shards);
     for index in 0..config.shards {
         let (inbox, inbox_rx) = flume::bounded(shard_thread::INBOX_MAX);
         let shard_config = shard_config(&config, index, founding);
         let name = format!("{SHARD_THREAD_PREFIX}{index}");
-        let thread = shard_thread::spawn(name, shard_config, config.tick, inbox_rx, outbound.clone(), metrics.clone())
+        let thread = shard_thread::spawn(name, shard_config, config.tick, inbox_rx, links.clone(), metrics.clone())
             .map_err(|e| format!("cannot start shard {index}: {e}"))?;
         inboxes.push(inbox);
         threads.push(thread);
     }
-    drop(outbound);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .map_err(|e| format!("cannot start the network runtime: {e}"))?;
-    let served = runtime.block_on(serve(&config, initialized, inboxes, outbound_rx, metrics));
+    let served = runtime.block_on(serve(&config, initialized, inboxes, links, metrics));
     runtime.shutdown_timeout(Duration::from_secs(5));
     // Every inbox sender is gone with the runtime: the shards finish their turn and stop.
     for (index, thread) in threads.into_iter().enumerate() {
@@ -123,13 +125,12 @@ async fn serve(
     config: &NodeConfig,
     initialized: bool,
     inboxes: Vec<flume::Sender<shard_thread::ShardInput>>,
-    outbound: flume::Receiver<(crate::raft::NodeId, crate::transport::peer::Outgoing)>,
+    links: crate::transport::peer::PeerLinks,
     metrics: std::sync::Arc<metrics::Metrics>,
 ) -> Result<(), String> {
     if let Some(addr) = config.metrics_listen {
         metrics::serve(addr, metrics.clone(), inboxes.clone()).await?;
     }
-    let peer_counters = metrics.peer.clone();
     let shards = inboxes.clone();
     if !initialized {
         // Once every shard answers, its groups exist in its log.
@@ -138,13 +139,6 @@ async fn serve(
         }
         identity::write(&config.data_dir, config)?;
     }
-    let links = crate::transport::peer::start(
-        config.node_id,
-        config.cluster_id,
-        config.listen.to_string(),
-        outbound,
-        peer_counters,
-    );
     let founders = config.members.clone();
     let router = Router::new(config.node_id, config.groups, config.max_value_bytes, inboxes, founders, links, metrics);
     members::follow_registry(router.clone());

@@ -11,7 +11,7 @@ use crate::shard::driver::LocalShard;
 use crate::shard::{EntryRange, GroupStatus, Query, Reply, RequestError, Shard, ShardConfig, TurnStats};
 use crate::snapshot::Manifest;
 use crate::state::{BuiltinState, Command, Outcome};
-use crate::transport::peer::Outgoing;
+use crate::transport::peer::{Outgoing, PeerLinks};
 
 use super::metrics::Metrics;
 
@@ -92,16 +92,13 @@ pub fn fail_node(shard: &str, cause: &str) -> ! {
     std::process::exit(SHARD_FAILED_EXIT)
 }
 
-/// What leaves a shard for each destination node.
-pub type Outbound = flume::Sender<(NodeId, Outgoing)>;
-
 /// Starts the shard's thread. It runs until every sender of `inbox` is dropped.
 pub fn spawn(
     name: String,
     config: ShardConfig,
     tick: Duration,
     inbox: flume::Receiver<ShardInput>,
-    outbound: Outbound,
+    links: PeerLinks,
     metrics: Arc<Metrics>,
 ) -> std::io::Result<glommio::ExecutorJoinHandle<Result<(), String>>> {
     let thread_name = name.clone();
@@ -110,7 +107,7 @@ pub fn spawn(
         .spawn(move || async move {
             super::session::defer_wakes_on_this_thread();
             let result = match LocalShard::<BuiltinState>::open(config) {
-                Ok(mut shard) => run(&mut shard, tick, inbox, outbound, &metrics).await,
+                Ok(mut shard) => run(&mut shard, tick, inbox, links, &metrics).await,
                 Err(e) => Err(format!("cannot recover: {e}")),
             };
             if let Err(cause) = &result {
@@ -132,7 +129,7 @@ async fn run(
     shard: &mut LocalShard<BuiltinState>,
     tick: Duration,
     inbox: flume::Receiver<ShardInput>,
-    outbound: Outbound,
+    links: PeerLinks,
     metrics: &Metrics,
 ) -> Result<(), String> {
     let failed = |e: crate::shard::ShardError| format!("shard failed: {e}");
@@ -173,7 +170,7 @@ async fn run(
             next_tick = Instant::now() + tick;
         }
         stats.add(&shard.stage().map_err(failed)?);
-        send(shard, &outbound);
+        send(shard, &links);
         super::session::wake_deferred();
         metrics.turn_seconds.observe(started.elapsed().as_secs_f64());
         record(metrics, &stats);
@@ -190,15 +187,14 @@ fn record(metrics: &Metrics, stats: &TurnStats) {
     }
 }
 
-fn send(shard: &mut Shard<BuiltinState>, outbound: &Outbound) {
+/// Hands the turn's messages and catch-up invitations to the peers' queues.
+fn send(shard: &mut Shard<BuiltinState>, links: &PeerLinks) {
     let mut catch_up = shard.take_catch_up();
     for (to, messages) in shard.take_outbox() {
-        let output = Outgoing { messages, catch_up: catch_up.remove(&to).unwrap_or_default() };
-        // A full queue drops messages; Raft retransmits.
-        let _ = outbound.try_send((to, output));
+        links.send(to, Outgoing { messages, catch_up: catch_up.remove(&to).unwrap_or_default() });
     }
     for (to, catch_up) in catch_up {
-        let _ = outbound.try_send((to, Outgoing { messages: Vec::new(), catch_up }));
+        links.send(to, Outgoing { messages: Vec::new(), catch_up });
     }
 }
 

@@ -1,5 +1,8 @@
 //! Outbound peer streams: one long-lived gRPC stream to each other node, fed by a
-//! bounded queue, reconnecting with back-off when it breaks.
+//! bounded queue, reconnecting with back-off when it breaks. Shard threads encode
+//! their turn's messages for each peer into one batch and queue it themselves; the
+//! stream reads the queue directly, so a message passes one queue between its shard
+//! and the peer's socket.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -21,17 +24,6 @@ pub const BATCH_MESSAGES_MAX: usize = 4096;
 const BACKOFF_MIN: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
 
-/// Batches buffered between the queue and one connection.
-const STREAM_BUFFER: usize = 16;
-
-async fn pump(queue: flume::Receiver<proto::PeerBatch>, tx: tokio::sync::mpsc::Sender<proto::PeerBatch>) {
-    while let Ok(batch) = queue.recv_async().await {
-        if tx.send(batch).await.is_err() {
-            return;
-        }
-    }
-}
-
 /// What the peer transport counts, for `/metrics`.
 #[derive(Clone, Default)]
 pub struct PeerCounters {
@@ -43,10 +35,6 @@ pub struct PeerCounters {
     /// Log entries received in bulk over Flight to catch up.
     pub catch_up_entries: Counter,
 }
-
-/// Shard outputs merged into one round of batches, so a node pair's heartbeats from
-/// every shard coalesce. Bounds the work done before the queues see anything.
-const OUTPUTS_PER_ROUND_MAX: usize = 256;
 
 /// What a shard sends one peer in one turn.
 #[derive(Debug, Default)]
@@ -64,9 +52,14 @@ pub struct PeerLinks {
     /// This node's listen address, sent in every batch.
     address: String,
     queues: Arc<Mutex<BTreeMap<NodeId, flume::Sender<proto::PeerBatch>>>>,
+    counters: PeerCounters,
 }
 
 impl PeerLinks {
+    pub fn new(node: NodeId, cluster_id: u64, address: String, counters: PeerCounters) -> Self {
+        PeerLinks { node, cluster_id, address, queues: Arc::default(), counters }
+    }
+
     /// Starts streaming to `peer` over `channel`, unless it already is.
     pub fn connect(&self, peer: NodeId, channel: Channel) {
         let mut queues = self.queues.lock().expect("peer links lock");
@@ -90,69 +83,48 @@ impl PeerLinks {
     fn queue(&self, peer: NodeId) -> Option<flume::Sender<proto::PeerBatch>> {
         self.queues.lock().expect("peer links lock").get(&peer).cloned()
     }
-}
 
-/// Starts the dispatcher that routes shard output to the peers' queues; peers are
-/// added through the returned links.
-pub fn start(
-    node: NodeId,
-    cluster_id: u64,
-    address: String,
-    outbound: flume::Receiver<(NodeId, Outgoing)>,
-    counters: PeerCounters,
-) -> PeerLinks {
-    let links = PeerLinks { node, cluster_id, address, queues: Arc::default() };
-    let dispatcher_links = links.clone();
-    tokio::spawn(async move {
-        let links = dispatcher_links;
-        let mut round: BTreeMap<NodeId, Outgoing> = BTreeMap::new();
-        while let Ok(first) = outbound.recv_async().await {
-            for (to, output) in std::iter::once(first).chain(outbound.try_iter().take(OUTPUTS_PER_ROUND_MAX)) {
-                let merged = round.entry(to).or_default();
-                merged.messages.extend(output.messages);
-                merged.catch_up.extend(output.catch_up);
+    /// Queues what one shard turn sends `to`: its messages in batches of at most
+    /// `BATCH_MESSAGES_MAX`, catch-up invitations with the first. A peer without a
+    /// stream (no address yet) or with a full queue misses them; Raft retransmits.
+    pub fn send(&self, to: NodeId, output: Outgoing) {
+        let Some(queue) = self.queue(to) else { return };
+        let send = |messages: &[(GroupId, Message)], catch_up: &[CatchUp]| {
+            let mut batch = wire::encode_batch(self.cluster_id, self.node, to, messages, catch_up);
+            batch.from_address.clone_from(&self.address);
+            let coalesced = batch.heartbeats.as_ref().map_or(0, |h| h.groups.len())
+                + batch.heartbeat_responses.as_ref().map_or(0, |r| r.groups.len());
+            if queue.try_send(batch).is_ok() {
+                self.counters.batches_sent.inc();
+                self.counters.messages_sent.inc_by(messages.len() as u64);
+                self.counters.heartbeats_coalesced.inc_by(coalesced as u64);
+            } else {
+                self.counters.batches_dropped.inc();
             }
-            for (to, output) in std::mem::take(&mut round) {
-                let Some(queue) = links.queue(to) else { continue };
-                let send = |messages: &[(GroupId, Message)], catch_up: &[CatchUp]| {
-                    let mut batch = wire::encode_batch(cluster_id, node, to, messages, catch_up);
-                    batch.from_address.clone_from(&links.address);
-                    let coalesced = batch.heartbeats.as_ref().map_or(0, |h| h.groups.len())
-                        + batch.heartbeat_responses.as_ref().map_or(0, |r| r.groups.len());
-                    // A full queue to a slow peer drops the batch; Raft retransmits.
-                    if queue.try_send(batch).is_ok() {
-                        counters.batches_sent.inc();
-                        counters.messages_sent.inc_by(messages.len() as u64);
-                        counters.heartbeats_coalesced.inc_by(coalesced as u64);
-                    } else {
-                        counters.batches_dropped.inc();
-                    }
-                };
-                // Catch-up invitations ride with the first batch, or alone.
-                let mut catch_up = output.catch_up;
-                for chunk in output.messages.chunks(BATCH_MESSAGES_MAX) {
-                    send(chunk, &std::mem::take(&mut catch_up));
-                }
-                if !catch_up.is_empty() {
-                    send(&[], &catch_up);
-                }
-            }
+        };
+        let mut catch_up = output.catch_up;
+        for chunk in output.messages.chunks(BATCH_MESSAGES_MAX) {
+            send(chunk, &std::mem::take(&mut catch_up));
         }
-    });
-    links
+        if !catch_up.is_empty() {
+            send(&[], &catch_up);
+        }
+    }
 }
 
-/// Keeps one stream open to a peer, re-opening it after failures.
+/// Keeps one stream open to a peer, re-opening it after failures. The stream reads
+/// the peer's queue itself; a batch taken by a stream that then broke is lost, and
+/// Raft retransmits it.
 async fn sender(node: NodeId, cluster_id: u64, channel: Channel, queue: flume::Receiver<proto::PeerBatch>) {
     let mut backoff = BACKOFF_MIN;
     // The queue's sender is dropped when the peer leaves the cluster.
     while !queue.is_disconnected() {
         let mut client = PeerClient::new(channel.clone());
-        // Bridge the shared queue into this connection's stream; the pump stops when
-        // the connection does.
-        let (tx, rx) = tokio::sync::mpsc::channel(STREAM_BUFFER);
-        let pump = tokio::spawn(pump(queue.clone(), tx));
-        let result = client.stream(tokio_stream::wrappers::ReceiverStream::new(rx)).await;
+        let batches = futures_lite::stream::unfold(queue.clone(), |queue| async move {
+            let batch = queue.recv_async().await.ok()?;
+            Some((batch, queue))
+        });
+        let result = client.stream(batches).await;
         if let Ok(response) = result {
             backoff = BACKOFF_MIN;
             let mut answers = response.into_inner();
@@ -161,8 +133,12 @@ async fn sender(node: NodeId, cluster_id: u64, channel: Channel, queue: flume::R
                 eprintln!("node {node} (cluster {cluster_id}): peer stream refused: {}", status.message());
             }
         }
-        pump.abort();
+        // What was queued for a broken stream is stale by the time one reopens (a
+        // restarted peer would get a flood of old heartbeats and probes): drop it.
+        // Raft sends again what still matters.
+        drop(queue.drain());
         tokio::time::sleep(backoff).await;
+        drop(queue.drain());
         backoff = (backoff * 2).min(BACKOFF_MAX);
     }
 }
