@@ -170,6 +170,14 @@ fn bad_configuration_exits_with_code_2_and_one_line() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     assert!(stderr.contains("not in --initial-cluster"), "{stderr}");
+    let output = Command::new(env!("CARGO_BIN_EXE_quarryd"))
+        .args(["--node-id", "1", "--data-dir", "/nonexistent/q", "--initial-cluster", "1=127.0.0.1:1"])
+        .args(["--read-mode", "lease", "--election-ticks", "2", "--heartbeat-ticks", "1"])
+        .output()
+        .expect("quarryd runs");
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("--read-mode lease needs --election-ticks above 2"), "{stderr}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -211,7 +219,18 @@ async fn put_through(addr: &str, key: &'static str, value: &'static str) {
 /// Which node leads `group`, as node `via` sees it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_a_leader_loses_no_acknowledged_write_and_stays_linearizable() {
-    let mut cluster = start_cluster();
+    kill_a_leader_mid_run(&[]).await;
+}
+
+/// The same with linearizable reads served from the leader's lease: a new leader
+/// must not serve a read before the old one's lease has run out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_lease_reads_killing_a_leader_stays_linearizable() {
+    kill_a_leader_mid_run(&["--read-mode", "lease"]).await;
+}
+
+async fn kill_a_leader_mid_run(flags: &[&str]) {
+    let mut cluster = start_cluster_with(flags);
     wait_for_leaders(&cluster).await;
     let mut clients = Vec::new();
     for addr in &cluster.addrs {

@@ -66,6 +66,12 @@ pub struct Args {
     /// backlog until one closes [default: 4096].
     #[arg(long)]
     pub connections_max: Option<usize>,
+    /// How a leader confirms a linearizable read: `read-index` (a heartbeat round
+    /// acknowledged by a quorum, per read batch) or `lease` (no round trip while the
+    /// leader's lease holds; sound only while the members' clocks run at rates within
+    /// 2 ticks per election timeout of each other) [default: read-index].
+    #[arg(long, value_parser = ["read-index", "lease"])]
+    pub read_mode: Option<String>,
 }
 
 /// The same settings, from `/etc/quarry/quarry.toml` (or `--config`).
@@ -87,6 +93,7 @@ struct FileConfig {
     snapshot_distance: Option<u64>,
     segment_mib: Option<u64>,
     connections_max: Option<usize>,
+    read_mode: Option<String>,
 }
 
 /// A checked configuration.
@@ -109,11 +116,15 @@ pub struct NodeConfig {
     pub snapshot_distance: u64,
     pub segment_bytes: u64,
     pub connections_max: usize,
+    /// Linearizable reads from a leader lease instead of ReadIndex.
+    pub lease_reads: bool,
 }
 
 /// Groups a node may host; more would make startup and heartbeats unreasonable.
 pub const GROUPS_MAX: u64 = 65_536;
 pub const SHARDS_MAX: usize = 256;
+/// Ticks a leader lease is shortened by, for clock-rate differences between members.
+pub const LEASE_DRIFT_MARGIN_TICKS: u32 = 2;
 
 impl Args {
     /// Merges flags over the config file over defaults, and checks the result; the
@@ -174,6 +185,14 @@ impl Args {
         if max_value_bytes == 0 || max_value_bytes > 64 << 20 {
             return Err("--max-value-bytes must be in 1..=64 MiB".into());
         }
+        let lease_reads = match self.read_mode.or(file.read_mode).as_deref() {
+            None | Some("read-index") => false,
+            Some("lease") => true,
+            Some(other) => return Err(format!("read_mode must be read-index or lease, not {other:?}")),
+        };
+        if lease_reads && election_ticks <= LEASE_DRIFT_MARGIN_TICKS {
+            return Err(format!("--read-mode lease needs --election-ticks above {LEASE_DRIFT_MARGIN_TICKS}"));
+        }
         Ok(NodeConfig {
             node_id,
             data_dir,
@@ -191,6 +210,7 @@ impl Args {
             snapshot_distance: self.snapshot_distance.or(file.snapshot_distance).unwrap_or(10_000),
             segment_bytes: segment_mib << 20,
             connections_max,
+            lease_reads,
         })
     }
 }

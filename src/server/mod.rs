@@ -104,6 +104,10 @@ fn shard_config(config: &NodeConfig, index: usize, founding: bool) -> ShardConfi
     let mut raft = Config::new(config.node_id);
     raft.election_ticks = config.election_ticks;
     raft.heartbeat_ticks = config.heartbeat_ticks;
+    if config.lease_reads {
+        raft.read_only = crate::raft::ReadOnlyOption::LeaseBased;
+        raft.lease_drift_margin_ticks = config::LEASE_DRIFT_MARGIN_TICKS;
+    }
     raft.entry_max_bytes = config.max_value_bytes + KEY_MAX_BYTES as u64 + COMMAND_OVERHEAD_BYTES;
     raft.uncommitted_max_bytes = raft.uncommitted_max_bytes.max(raft.entry_max_bytes);
     raft.seed = config.node_id.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ index as u64;
