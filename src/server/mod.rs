@@ -157,6 +157,7 @@ async fn serve(
     systemd::announce_when_ready(shards);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = Server::builder()
+        .http2_adaptive_window(Some(true))
         .concurrency_limit_per_connection(REQUESTS_PER_CONNECTION_MAX)
         .max_concurrent_streams(STREAMS_PER_CONNECTION_MAX)
         .add_service(KvServer::new(services.clone()))

@@ -17,5 +17,5 @@ use tonic::transport::Endpoint;
 /// made: with TCP_NODELAY, so a small frame (a unary call's trailers, a heartbeat)
 /// leaves at once instead of waiting up to 40 ms for the peer's delayed ACK.
 pub fn endpoint(address: impl Display) -> Result<Endpoint, tonic::transport::Error> {
-    Ok(Endpoint::from_shared(format!("http://{address}"))?.tcp_nodelay(true))
+    Ok(Endpoint::from_shared(format!("http://{address}"))?.tcp_nodelay(true).http2_adaptive_window(true))
 }
