@@ -1041,7 +1041,8 @@ async fn a_session_answers_every_call_by_id_and_refuses_bad_ones_without_stoppin
     let (here, elsewhere) = (key_led(&cluster, 1, true).await, key_led(&cluster, 1, false).await);
     let (calls, outgoing) = tokio::sync::mpsc::channel(4);
     let mut kv = KvClient::new(channel(&cluster.addrs[0]).await);
-    let mut answers = kv.session(tokio_stream::wrappers::ReceiverStream::new(outgoing)).await.expect("session").into_inner();
+    let mut answers =
+        kv.session(tokio_stream::wrappers::ReceiverStream::new(outgoing)).await.expect("session").into_inner();
     let put = |key: &Bytes, value: &[u8], sequence| {
         let value = Bytes::copy_from_slice(value);
         Some(session_call::Op::Put(PutRequest { key: key.clone(), value, client_id: 77, sequence }))

@@ -23,8 +23,8 @@ use crate::proto::{
     session_answer, session_call, CasRequest, DeleteRequest, GetRequest, KeyValue, LogAppendRequest, PutRequest,
     RangeRequest, ResponseHeader, StatusRequest, StatusResponse,
 };
-use session::SessionLink;
 use crate::raft::NodeId;
+use session::SessionLink;
 
 /// A write session: the state machine remembers each client id's latest sequence
 /// and refuses older ones, so one id must never have two writes in flight. Each
@@ -243,10 +243,13 @@ impl Client {
                     return Ok(answer);
                 }
                 Ok(Err(lost)) => (lost, false),
-                Err(_) => (Status::deadline_exceeded(format!(
-                    "outcome unknown: no answer within {RETRY_DEADLINE:?}; retrying with the same client_id and \
+                Err(_) => (
+                    Status::deadline_exceeded(format!(
+                        "outcome unknown: no answer within {RETRY_DEADLINE:?}; retrying with the same client_id and \
                      sequence is safe"
-                )), false),
+                    )),
+                    false,
+                ),
             };
             if !retryable(status.code()) || Instant::now() >= deadline {
                 return Err(ClientError::from(status));
@@ -330,8 +333,7 @@ impl Client {
     pub async fn cas(&self, key: Bytes, expected_revision: u64, value: Bytes) -> Result<(bool, u64), ClientError> {
         let lane = self.lane();
         let (client_id, sequence) = (lane.lane.client_id, lane.lane.next_sequence);
-        let op =
-            session_call::Op::Cas(CasRequest { key: key.clone(), expected_revision, value, client_id, sequence });
+        let op = session_call::Op::Cas(CasRequest { key: key.clone(), expected_revision, value, client_id, sequence });
         match self.call(&key, op).await? {
             session_answer::Result::Cas(answer) => Ok((answer.succeeded, answer.revision)),
             other => Err(unexpected(other)),

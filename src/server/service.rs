@@ -18,8 +18,8 @@ use crate::state::{BuiltinState, Command, Operation, Outcome, KEY_MAX_BYTES};
 use crate::transport::flight::{EntrySource, RecordSource};
 use crate::transport::wire::{decode_batch, SnapshotOffer};
 
-use super::calls::WriteCall;
 use super::bulk::{start_catch_up, start_snapshot_fetch, BulkTransfers};
+use super::calls::WriteCall;
 use super::members::changes::{change_here, Coordinator};
 use super::members::leaders::{balance, drain, transfer_here};
 use super::members::view::group_view;

@@ -157,7 +157,8 @@ pub fn serve(router: Router, mut calls: Streaming<proto::SessionRequest>) -> Ses
         let queue = reader_queue;
         while let Ok(Some(request)) = calls.message().await {
             if request.calls.len() > SESSION_CALLS_PER_MESSAGE_MAX {
-                let why = format!("{} calls in one message; at most {SESSION_CALLS_PER_MESSAGE_MAX}", request.calls.len());
+                let why =
+                    format!("{} calls in one message; at most {SESSION_CALLS_PER_MESSAGE_MAX}", request.calls.len());
                 if let Ok(permit) = window.clone().acquire_owned().await {
                     Pending { id: 0, queue: queue.clone(), permit }.answer(Err(Status::invalid_argument(why)));
                 }

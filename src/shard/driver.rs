@@ -8,10 +8,8 @@
 //! waits behind a sync it is not part of; turns are acknowledged in order as their
 //! writes become durable. The simulator drives the same `Shard` the same way.
 
-use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::ops::{Deref, DerefMut};
-use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use super::{Shard, ShardConfig, ShardError, Staged, TurnStats};
@@ -29,12 +27,18 @@ const NO_SPACE_RETRY: Duration = Duration::from_millis(250);
 /// cumulative), so a long wait for disk space grows no queue.
 const WAITING_TURNS_MAX: usize = 2;
 
-pub type Flushed = (FlushJob, Result<(), LogError>);
+/// A flush that ended: the writer comes back with the job and its outcome.
+pub struct Flushed {
+    writer: SegmentWriter<GlommioFiles>,
+    job: FlushJob,
+    result: Result<(), LogError>,
+}
 
 /// A shard with its I/O: dereferences to the [`Shard`] for inputs and outputs.
 pub struct LocalShard<S: StateMachine + Default> {
     shard: Shard<S>,
-    writer: Rc<RefCell<SegmentWriter<GlommioFiles>>>,
+    /// The log's writer; the flush in flight holds it.
+    writer: Option<SegmentWriter<GlommioFiles>>,
     /// The flush in flight, on its own task so the host takes inputs meanwhile.
     flush: Option<glommio::Task<Flushed>>,
     /// Turns staged but not yet durable, oldest first.
@@ -55,7 +59,7 @@ impl<S: StateMachine + Default> LocalShard<S> {
         let snapshot_writer = SnapshotWriter::start(name).map_err(|e| LogError::io(&snapshot_dir, e))?;
         Ok(LocalShard {
             shard,
-            writer: Rc::default(),
+            writer: Some(SegmentWriter::default()),
             flush: None,
             waiting: VecDeque::new(),
             retry_no_space_at: None,
@@ -98,7 +102,8 @@ impl<S: StateMachine + Default> LocalShard<S> {
     /// turns it made durable and starts the next flush. When the disk is full, the
     /// turns wait and the flush is tried again every `NO_SPACE_RETRY` (from `stage`
     /// or `retry_flush`); nothing is lost and the shard stays up.
-    pub fn on_flushed(&mut self, (job, result): Flushed) -> Result<TurnStats, ShardError> {
+    pub fn on_flushed(&mut self, Flushed { writer, job, result }: Flushed) -> Result<TurnStats, ShardError> {
+        self.writer = Some(writer);
         self.shard.finish_flush(job, result)?;
         if let Some(reason) = self.shard.disk_full() {
             if self.retry_no_space_at.is_none() {
@@ -133,11 +138,10 @@ impl<S: StateMachine + Default> LocalShard<S> {
             return Ok(());
         }
         let Some(job) = self.shard.begin_flush()? else { return Ok(()) };
-        let writer = self.writer.clone();
+        let mut writer = self.writer.take().expect("no flush in flight holds the writer");
         self.flush = Some(glommio::spawn_local(async move {
-            // One flush at a time: nothing else borrows the writer meanwhile.
-            let result = writer.borrow_mut().execute(&job).await;
-            (job, result)
+            let result = writer.execute(&job).await;
+            Flushed { writer, job, result }
         }));
         Ok(())
     }

@@ -50,8 +50,8 @@ use crate::snapshot::store::FileWriteJob;
 use crate::snapshot::{Manifest, SnapshotError, SnapshotStore};
 use crate::state::StateMachine;
 
-pub use reply::Reply;
 pub use catch_up::{CatchUp, EntryRange, CATCH_UP_MIN_ENTRIES, CATCH_UP_READ_MAX_BYTES};
+pub use reply::Reply;
 pub use snapshots::{SnapshotWrite, SEALED_SEGMENTS_MAX};
 pub use status::GroupStatus;
 pub use turn::{Staged, TraceEvent, TurnStats};
@@ -67,7 +67,6 @@ pub enum ShardError {
     #[error("group {group}: cannot restore its snapshot at index {index}: {reason}")]
     Restore { group: GroupId, index: Index, reason: String },
 }
-
 
 /// A read, answered from the state machine once it is known to be up to date.
 pub type Query<S> = Box<dyn FnOnce(&S) -> Bytes + Send>;

@@ -95,9 +95,13 @@ impl<S: StateMachine + Default> Shard<S> {
         };
         let base = self.log.borrow().snapshot_meta(group).index;
         if base > 0 && base >= applied {
-            reply.send(self.snapshots.borrow().load(group, base).map(|(m, _)| m).map_err(|e| {
-                    RequestError::Refused(format!("snapshot of group {group} at {base} unreadable: {e}"))
-                }));
+            reply.send(
+                self.snapshots
+                    .borrow()
+                    .load(group, base)
+                    .map(|(m, _)| m)
+                    .map_err(|e| RequestError::Refused(format!("snapshot of group {group} at {base} unreadable: {e}"))),
+            );
             return;
         }
         let waiting = self.snapshot_requests.entry(group).or_default();
