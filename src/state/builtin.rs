@@ -1,7 +1,7 @@
 //! The built-in state machine: an ordered key-value map with a revision per key, named
 //! append-only logs, and the client sessions that make retried writes apply once.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::ops::Bound;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
@@ -29,15 +29,30 @@ struct Session {
     last_index: Index,
 }
 
-#[derive(Debug, Default, PartialEq, Eq)]
+#[derive(Debug, Default)]
 pub struct BuiltinState {
     applied: Index,
     kv: BTreeMap<Bytes, Versioned>,
     logs: BTreeMap<Bytes, Vec<Bytes>>,
-    sessions: BTreeMap<u64, Session>,
-    /// (last index, client), to find the session to evict.
-    sessions_by_age: BTreeMap<(Index, u64), ()>,
+    /// By client id. A hash map: one lookup per write, and only snapshots need an
+    /// order (they sort).
+    sessions: HashMap<u64, Session>,
+    /// (index, client) of every write remembered, in applied order, to find the
+    /// session to evict: an entry whose client wrote again since is stale, skipped when
+    /// it reaches the front and dropped when stale entries outnumber live ones (so the
+    /// queue holds at most `2 * SESSIONS_MAX` entries).
+    sessions_by_age: VecDeque<(Index, u64)>,
 }
+
+/// Equal states: the same data and sessions (the eviction queue's stale entries
+/// depend on history, not on the state).
+impl PartialEq for BuiltinState {
+    fn eq(&self, other: &Self) -> bool {
+        self.applied == other.applied && self.kv == other.kv && self.logs == other.logs && self.sessions == other.sessions
+    }
+}
+
+impl Eq for BuiltinState {}
 
 impl BuiltinState {
     pub fn get(&self, key: &[u8]) -> Option<&Versioned> {
@@ -117,15 +132,31 @@ impl BuiltinState {
     }
 
     fn remember(&mut self, index: Index, client: u64, sequence: u64, outcome: &Outcome) {
-        if let Some(old) = self.sessions.get(&client) {
-            self.sessions_by_age.remove(&(old.last_index, client));
-        } else if self.sessions.len() >= SESSIONS_MAX {
-            let (&(last_index, evicted), _) = self.sessions_by_age.iter().next().expect("sessions are full");
-            self.sessions_by_age.remove(&(last_index, evicted));
-            self.sessions.remove(&evicted);
+        if !self.sessions.contains_key(&client) && self.sessions.len() >= SESSIONS_MAX {
+            self.evict_oldest_session();
         }
         self.sessions.insert(client, Session { sequence, outcome: outcome.clone(), last_index: index });
-        self.sessions_by_age.insert((index, client), ());
+        self.sessions_by_age.push_back((index, client));
+        if self.sessions_by_age.len() > 2 * SESSIONS_MAX {
+            let ages = std::mem::take(&mut self.sessions_by_age);
+            self.sessions_by_age = ages.into_iter().filter(|&age| self.is_latest(age)).collect();
+        }
+    }
+
+    /// Whether `(index, client)` is the client's latest remembered write.
+    fn is_latest(&self, (index, client): (Index, u64)) -> bool {
+        self.sessions.get(&client).is_some_and(|s| s.last_index == index)
+    }
+
+    /// Forgets the session whose latest write was applied longest ago.
+    fn evict_oldest_session(&mut self) {
+        while let Some(age) = self.sessions_by_age.pop_front() {
+            if self.is_latest(age) {
+                self.sessions.remove(&age.1);
+                return;
+            }
+        }
+        unreachable!("every session has its latest write in the queue");
     }
 }
 
@@ -178,7 +209,10 @@ impl StateMachine for BuiltinState {
             entries.iter().for_each(|e| put_bytes(&mut out, e));
         }
         out.put_u64_le(self.sessions.len() as u64);
-        for (client, s) in &self.sessions {
+        // In client order, so every replica writes the same bytes.
+        let mut sessions: Vec<_> = self.sessions.iter().collect();
+        sessions.sort_unstable_by_key(|(client, _)| **client);
+        for (client, s) in sessions {
             out.put_u64_le(*client);
             out.put_u64_le(s.sequence);
             out.put_u64_le(s.last_index);
@@ -206,8 +240,10 @@ impl StateMachine for BuiltinState {
             let last_index = get_u64(&mut data)?;
             let outcome = Outcome::decode(get_bytes(&mut data)?).ok_or(StateError::Corrupt("session outcome"))?;
             restored.sessions.insert(client, Session { sequence, outcome, last_index });
-            restored.sessions_by_age.insert((last_index, client), ());
         }
+        let mut ages: Vec<_> = restored.sessions.iter().map(|(client, s)| (s.last_index, *client)).collect();
+        ages.sort_unstable();
+        restored.sessions_by_age = ages.into();
         if !data.is_empty() {
             return Err(StateError::Corrupt("trailing bytes"));
         }
@@ -302,6 +338,31 @@ mod tests {
         }
         assert_eq!(s.sessions.len(), SESSIONS_MAX);
         assert!(!s.sessions.contains_key(&1), "the session applied longest ago goes first");
+    }
+
+    #[test]
+    fn eviction_follows_each_client_s_latest_write_and_survives_a_snapshot() {
+        let max = SESSIONS_MAX as u64;
+        let write = |s: &mut BuiltinState, index: u64, client: u64| {
+            s.apply(index, &cmd(client, index, Operation::Delete { key: b("k") }));
+        };
+        let mut live = BuiltinState::default();
+        for client in 1..=max {
+            write(&mut live, client, client);
+        }
+        // Client 1 writes again and again: client 2's write is now the oldest latest one.
+        for index in max + 1..=4 * max {
+            write(&mut live, index, 1);
+        }
+        assert!(live.sessions_by_age.len() <= 2 * SESSIONS_MAX, "stale queue entries are dropped");
+        let mut restored = BuiltinState::default();
+        restored.restore(live.snapshot()).unwrap();
+        for s in [&mut live, &mut restored] {
+            write(s, 4 * max + 1, max + 1);
+            assert!(!s.sessions.contains_key(&2) && s.sessions.contains_key(&1) && s.sessions.contains_key(&3));
+        }
+        assert_eq!(live, restored);
+        assert_eq!(live.snapshot(), restored.snapshot(), "replicas write the same bytes");
     }
 
     #[test]
