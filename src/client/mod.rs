@@ -377,3 +377,18 @@ impl Client {
         self.channels.len()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn leaderless_moments_overload_and_unknown_outcomes_are_retried_refusals_are_not() {
+        for code in [Code::Unavailable, Code::Aborted, Code::ResourceExhausted] {
+            assert!(retryable(code), "{code:?}");
+        }
+        for code in [Code::InvalidArgument, Code::FailedPrecondition, Code::NotFound, Code::Internal] {
+            assert!(!retryable(code), "{code:?}");
+        }
+    }
+}

@@ -192,3 +192,44 @@ pub fn status_of(e: RequestError) -> Status {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_request_error_has_one_code_and_overload_is_retryable_not_a_refusal() {
+        use tonic::Code;
+        let code = |e: RequestError| status_of(e).code();
+        assert_eq!(code(RequestError::Overloaded("shard queue full".into())), Code::ResourceExhausted);
+        assert_eq!(code(RequestError::DiskFull("no space".into())), Code::ResourceExhausted);
+        assert_eq!(code(RequestError::NotLeader { leader: Some(2) }), Code::Unavailable);
+        assert_eq!(code(RequestError::NotLeader { leader: None }), Code::Unavailable);
+        assert_eq!(code(RequestError::Unknown), Code::Unavailable);
+        assert_eq!(code(RequestError::Dropped), Code::Aborted);
+        assert_eq!(code(RequestError::Refused("bad".into())), Code::FailedPrecondition);
+        // The core's own back-pressure is overload too, and a transfer under way means
+        // "no leader yet", both retried by clients.
+        let full = crate::raft::ProposeError::UncommittedFull { max_bytes: 1 };
+        assert!(matches!(RequestError::from(full), RequestError::Overloaded(_)));
+        let moving = crate::raft::ProposeError::TransferInProgress { to: 3 };
+        assert_eq!(RequestError::from(moving), RequestError::NotLeader { leader: None });
+    }
+
+    #[test]
+    fn a_request_the_shard_cannot_take_is_answered_overloaded_not_dropped() {
+        // A shard whose inbox holds nothing: every request finds it full.
+        let (inbox, _shard) = flume::bounded(0);
+        let links = PeerLinks::new(1, 1, "127.0.0.1:1".into(), Default::default());
+        let router = Router::new(1, 8, 1 << 20, vec![inbox], BTreeMap::new(), links, Metrics::new());
+        let (reply, answer) = flume::bounded(1);
+        let operation = crate::state::Operation::Delete { key: "k".into() };
+        let command = Command { client: 1, sequence: 1, operation };
+        router.submit(0, ShardInput::Propose { group: 0, command, reply: reply.into() });
+        assert_eq!(answer.try_recv(), Ok(Err(RequestError::Overloaded("shard queue full".into()))));
+        assert_eq!(
+            status_of(RequestError::Overloaded("shard queue full".into())).code(),
+            tonic::Code::ResourceExhausted
+        );
+    }
+}

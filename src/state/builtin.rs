@@ -54,7 +54,10 @@ pub struct BuiltinState {
 /// depend on history, not on the state).
 impl PartialEq for BuiltinState {
     fn eq(&self, other: &Self) -> bool {
-        self.applied == other.applied && self.kv == other.kv && self.logs == other.logs && self.sessions == other.sessions
+        self.applied == other.applied
+            && self.kv == other.kv
+            && self.logs == other.logs
+            && self.sessions == other.sessions
     }
 }
 
