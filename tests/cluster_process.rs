@@ -260,6 +260,21 @@ async fn kill_a_leader_mid_run(flags: &[&str]) {
         acknowledged
     });
 
+    // The same through the Rust client's sessions, which retry a write whose outcome
+    // is unknown with the same client id and sequence.
+    let session_client = quarry::client::Client::new(&cluster.addrs).expect("client");
+    let session_writer = tokio::spawn(async move {
+        let mut acknowledged = Vec::new();
+        for i in 0..400 {
+            let (key, value) = (Bytes::from(format!("session-ack-{i}")), Bytes::from(format!("{i}")));
+            if session_client.put(key, value).await.is_ok() {
+                acknowledged.push(i);
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        acknowledged
+    });
+
     // Kill -9 the leader of the first key's group mid-stream, then bring it back.
     tokio::time::sleep(Duration::from_secs(1)).await;
     let group = u64::from(crc32fast::hash(b"lin-0")) % GROUPS;
@@ -271,13 +286,17 @@ async fn kill_a_leader_mid_run(flags: &[&str]) {
     let history = lin.await.expect("clients");
     let acknowledged = writer.await.expect("writer");
     assert!(acknowledged.len() > 100, "only {} writes acknowledged", acknowledged.len());
+    let session_acknowledged = session_writer.await.expect("session writer");
+    assert!(session_acknowledged.len() > 300, "sessions retry: only {} acknowledged", session_acknowledged.len());
     let completed = history.iter().filter(|o| o.ret != u64::MAX).count();
     assert!(completed > 50, "only {completed} operations completed");
     let unknown = history.len() - completed;
     eprintln!(
-        "killed node {victim}: {} operations ({completed} answered, {unknown} unknown), {} of 400 writes acknowledged",
+        "killed node {victim}: {} operations ({completed} answered, {unknown} unknown), {} of 400 writes acknowledged \
+         ({} of 400 through sessions)",
         history.len(),
-        acknowledged.len()
+        acknowledged.len(),
+        session_acknowledged.len()
     );
     match quarry::sim::linearizability::check(&history) {
         quarry::sim::linearizability::Verdict::Linearizable => {}
@@ -286,10 +305,12 @@ async fn kill_a_leader_mid_run(flags: &[&str]) {
 
     // Every acknowledged write is on every node, the restarted one included.
     wait_for_leaders(&cluster).await;
+    let keys = acknowledged.iter().map(|i| (format!("ack-{i}"), *i));
+    let keys: Vec<_> = keys.chain(session_acknowledged.iter().map(|i| (format!("session-ack-{i}"), *i))).collect();
     for (n, addr) in cluster.addrs.iter().enumerate() {
         let kv = KvClient::new(channel(addr).await);
-        for &i in &acknowledged {
-            let get = GetRequest { key: Bytes::from(format!("ack-{i}")), serializable: true };
+        for (key, i) in &keys {
+            let get = GetRequest { key: Bytes::from(key.clone()), serializable: true };
             let deadline = Instant::now() + Duration::from_secs(30);
             loop {
                 let mut c = kv.clone();
@@ -299,7 +320,7 @@ async fn kill_a_leader_mid_run(flags: &[&str]) {
                         break;
                     }
                 }
-                assert!(Instant::now() < deadline, "acknowledged ack-{i} never appeared on node {}", n + 1);
+                assert!(Instant::now() < deadline, "acknowledged {key} never appeared on node {}", n + 1);
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
