@@ -151,8 +151,9 @@ async fn run(
         let mut stats = TurnStats::default();
         match woken {
             Woken::Input(Err(_)) => {
-                // Every sender is gone: finish the flush in flight and shut down.
-                while !shard.is_settled() {
+                // Every sender is gone: finish the flushes under way and shut down
+                // (not waiting for disk space: what waits for it was never acknowledged).
+                while shard.flush_in_flight() {
                     let flushed = shard.flushed().await;
                     shard.on_flushed(flushed).map_err(failed)?;
                 }

@@ -126,9 +126,9 @@ impl<S: StateMachine + Default> LocalShard<S> {
         self.start_flush()
     }
 
-    /// Whether no flush is in flight and nothing staged waits for one.
-    pub fn is_settled(&self) -> bool {
-        self.flush.is_none() && self.waiting.is_empty()
+    /// Whether a flush is in flight (one that waits for disk space is not).
+    pub fn flush_in_flight(&self) -> bool {
+        self.flush.is_some()
     }
 
     /// Starts the next flush if something is staged, none is in flight and the disk
@@ -160,7 +160,7 @@ impl<S: StateMachine + Default> LocalShard<S> {
     /// the disk is full).
     pub async fn turn(&mut self) -> Result<TurnStats, ShardError> {
         let mut stats = self.stage()?;
-        while self.flush.is_some() {
+        while self.flush_in_flight() {
             let flushed = self.flushed().await;
             stats.add(&self.on_flushed(flushed)?);
         }
