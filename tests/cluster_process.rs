@@ -756,9 +756,11 @@ async fn a_node_far_behind_catches_up_with_a_bulk_log_pull_over_flight() {
     let bulk = counter(&cluster.metrics[2], "quarry_peer_catch_up_entries_total").await;
     eprintln!("node 3 caught up in {:.2} s, {bulk} entries in bulk", restarted.elapsed().as_secs_f64());
     // Appends keep flowing beside the bulk pull (the leader does not pause them), so
-    // only part of the gap comes in bulk — how much depends on how fast appends run —
-    // but without the pull it would be none.
-    assert!(bulk >= ENTRIES / 8, "only {bulk} of ~{ENTRIES} entries came in bulk");
+    // only part of the gap comes in bulk — how much depends on how fast appends run
+    // (10,000 to 80,000 here) — but without the pull it would be none. An offer is made
+    // only for a lag beyond CATCH_UP_MIN_ENTRIES, so one pulled offer brings more.
+    let one_offer = quarry::shard::CATCH_UP_MIN_ENTRIES;
+    assert!(bulk > one_offer, "only {bulk} of ~{ENTRIES} entries came in bulk");
     assert_eq!(counter(&cluster.metrics[2], "quarry_snapshots_installed_total").await, 0);
     let (on1, on3) = (all_pairs(&cluster.addrs[0]).await, all_pairs(&cluster.addrs[2]).await);
     assert!(on1 == on3, "node 3's state differs from node 1's ({} vs {} keys)", on3.len(), on1.len());
