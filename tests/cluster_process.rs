@@ -757,7 +757,7 @@ async fn a_node_far_behind_catches_up_with_a_bulk_log_pull_over_flight() {
     eprintln!("node 3 caught up in {:.2} s, {bulk} entries in bulk", restarted.elapsed().as_secs_f64());
     // Appends keep flowing beside the bulk pull (the leader does not pause them), so
     // only part of the gap comes in bulk — how much depends on how fast appends run
-    // (10,000 to 80,000 here) — but without the pull it would be none. An offer is made
+    // (60,000 to 80,000 here) — but without the pull it would be none. An offer is made
     // only for a lag beyond CATCH_UP_MIN_ENTRIES, so one pulled offer brings more.
     let one_offer = quarry::shard::CATCH_UP_MIN_ENTRIES;
     assert!(bulk > one_offer, "only {bulk} of ~{ENTRIES} entries came in bulk");

@@ -33,9 +33,10 @@ pub struct EntryRange {
 }
 
 impl<S: StateMachine + Default> Shard<S> {
-    /// For every group led here, invites each follower lagging the commit index by
-    /// more than `CATCH_UP_MIN_ENTRIES` (while the log still holds what it lacks) to
-    /// pull the entries in bulk; at most once per `CATCH_UP_REOFFER_TICKS`.
+    /// For every group led here, invites each follower heard from lately and lagging
+    /// the commit index by more than `CATCH_UP_MIN_ENTRIES` (while the log still holds
+    /// what it lacks) to pull the entries in bulk; at most once per
+    /// `CATCH_UP_REOFFER_TICKS`.
     pub(super) fn invite_far_behind_followers(&mut self) {
         for (&group, g) in &self.groups {
             if g.raft.role() != Role::Leader {
@@ -45,7 +46,12 @@ impl<S: StateMachine + Default> Shard<S> {
             let conf = g.raft.conf_state();
             let members = conf.voters.iter().chain(&conf.voters_outgoing).chain(&conf.learners);
             for &peer in members.filter(|&&p| p != self.node) {
-                let Some(matched) = g.raft.progress(peer).map(|p| p.matched) else { continue };
+                // Only a follower heard from lately: an invitation to one that is down
+                // is lost (the peer transport drops what was queued for a broken
+                // stream) and would hold back the next for `CATCH_UP_REOFFER_TICKS`
+                // after it returns.
+                let Some(progress) = g.raft.progress(peer).filter(|p| p.recent_active) else { continue };
+                let matched = progress.matched;
                 if matched + CATCH_UP_MIN_ENTRIES >= committed || matched + 1 < first {
                     continue;
                 }
