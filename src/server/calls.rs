@@ -22,7 +22,7 @@ pub trait WriteCall {
     fn answer(header: ResponseHeader, outcome: Outcome) -> Result<Self::Response, RequestError>;
 }
 
-fn check_value(value: &[u8], max: u64) -> Result<(), Status> {
+pub(super) fn check_value(value: &[u8], max: u64) -> Result<(), Status> {
     if value.len() as u64 > max {
         return Err(Status::invalid_argument(format!("value of {} bytes exceeds {max}", value.len())));
     }

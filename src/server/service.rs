@@ -19,7 +19,7 @@ use crate::transport::flight::{EntrySource, RecordSource};
 use crate::transport::wire::{decode_batch, SnapshotOffer};
 
 use super::bulk::{start_catch_up, start_snapshot_fetch, BulkTransfers};
-use super::calls::WriteCall;
+use super::calls::{check_value, WriteCall};
 use super::members::changes::{change_here, Coordinator};
 use super::members::leaders::{balance, drain, transfer_here};
 use super::members::view::group_view;
@@ -57,14 +57,6 @@ pub(super) fn check_key(key: &[u8]) -> Result<(), Status> {
 }
 
 impl Services {
-    fn check_value(&self, value: &[u8]) -> Result<(), Status> {
-        let max = self.router.max_value_bytes;
-        if value.len() as u64 > max {
-            return Err(Status::invalid_argument(format!("value of {} bytes exceeds {max}", value.len())));
-        }
-        Ok(())
-    }
-
     /// Carries out a write at this node (its group's leader) and answers it.
     async fn write<C: WriteCall>(&self, call: &C) -> Result<C::Response, RequestError> {
         let group = self.router.group_of(&call.routing_key());
@@ -302,7 +294,7 @@ impl Services {
                 };
             check_key(&key)?;
             if let Operation::Put { value, .. } | Operation::Cas { value, .. } = &operation {
-                self.check_value(value)?;
+                check_value(value, self.router.max_value_bytes)?;
             }
             let g = self.router.group_of(&key);
             if *group.get_or_insert(g) != g {
