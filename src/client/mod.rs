@@ -1,8 +1,9 @@
 //! A Rust client for Quarry. It learns which node leads each group (from the nodes'
 //! status and from the leader named in every answer) and sends a key's calls straight
-//! there; when it does not know, any node forwards the call to the leader. A call that
-//! meets a leaderless moment is retried (writes carry a client id and sequence, so a
-//! retry applies once).
+//! there, on one session per node; a node that does not lead the group answers with
+//! the leader's id and the call goes there. A call that meets a leaderless moment, an
+//! overloaded node or a broken session is retried (writes carry a client id and
+//! sequence, so a retry applies once).
 
 mod session;
 
@@ -210,7 +211,7 @@ impl Client {
         let deadline = Instant::now() + RETRY_DEADLINE;
         loop {
             match call(self.channel_for(key)).await {
-                Err(s) if matches!(s.code(), Code::Unavailable | Code::Aborted) && Instant::now() < deadline => {
+                Err(s) if retryable(s.code()) && Instant::now() < deadline => {
                     self.learn(None, key, true);
                     tokio::time::sleep(RETRY_PAUSE).await;
                 }
