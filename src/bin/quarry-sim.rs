@@ -72,7 +72,7 @@ fn main() -> ExitCode {
          {} crashes ({} mid-flush; {} writes torn, {} lost), {} partitions, {} membership changes, \
          {} transfers, {} snapshots taken, {} installed, {} messages ({} dropped), worst recovery {} ticks; \
          storage faults: {} (bit flips and lost pages; {} restarts abstained, {} damaged logs refused), \
-         {} failed fdatasyncs, {} full disks ({} flushes waited for space)",
+         {} failed fdatasyncs, {} full disks ({} flushes waited for space), {} group sleeps, {} liveness wakes",
         args.seeds,
         args.start,
         end,
@@ -99,6 +99,8 @@ fn main() -> ExitCode {
         totals.fdatasync_failures,
         totals.disks_full,
         totals.flushes_without_space,
+        totals.groups_slept,
+        totals.liveness_wakes,
     );
     println!("{} passed, {} failed", args.seeds - failures, failures);
     if failures == 0 {
@@ -131,4 +133,6 @@ fn add(totals: &mut Report, r: &Report) {
     totals.fdatasync_failures += r.fdatasync_failures;
     totals.disks_full += r.disks_full;
     totals.flushes_without_space += r.flushes_without_space;
+    totals.groups_slept += r.groups_slept;
+    totals.liveness_wakes += r.liveness_wakes;
 }

@@ -49,6 +49,9 @@ pub struct Config {
     pub pending_reads_max: usize,
     /// Ticks a follower may stay in snapshot state before the leader retries.
     pub snapshot_retry_ticks: u32,
+    /// Idle groups sleep (`quiesce.rs`); the host must then skip sleeping nodes'
+    /// ticks, report the ticks they slept through and watch node-level liveness.
+    pub quiesce: bool,
     /// Index the host's state machine has applied up to when the node starts.
     pub applied: u64,
 }
@@ -72,6 +75,7 @@ impl Config {
             apply_batch_max_bytes: 16 << 20,
             pending_reads_max: 4096,
             snapshot_retry_ticks: 50,
+            quiesce: false,
             applied: 0,
         }
     }

@@ -31,7 +31,9 @@ impl<S: Storage> RaftNode<S> {
         }
         if self.heartbeat_elapsed >= self.config.heartbeat_ticks {
             self.heartbeat_elapsed = 0;
-            self.broadcast_heartbeat();
+            if !self.maybe_quiesce() {
+                self.broadcast_heartbeat();
+            }
         }
     }
 
@@ -136,6 +138,7 @@ impl<S: Storage> RaftNode<S> {
 
     /// Clears what belongs to the previous role.
     fn reset_role_state(&mut self) {
+        self.quiesced = false;
         self.reset_timers();
         self.votes.clear();
         self.log_conf = None;

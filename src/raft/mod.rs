@@ -52,6 +52,7 @@ mod error;
 mod log;
 mod node;
 mod progress;
+mod quiesce;
 mod quorum;
 mod read_index;
 mod reads;

@@ -84,6 +84,8 @@ pub struct RaftNode<S: Storage> {
     pub(super) log_conf: Option<(Index, ConfState)>,
     /// Set while this replica may lack entries it acknowledged (`recovery.rs`).
     pub(super) abstention: Option<Abstention>,
+    /// Asleep: not ticked, no heartbeats, no election timer (`quiesce.rs`).
+    pub(super) quiesced: bool,
     #[cfg(test)]
     pub(crate) broken_commit_rule: bool,
     #[cfg(test)]
@@ -131,6 +133,7 @@ impl<S: Storage> RaftNode<S> {
             self_vote_ready: None,
             log_conf: None,
             abstention: None,
+            quiesced: false,
             #[cfg(test)]
             broken_commit_rule: false,
             #[cfg(test)]
@@ -198,6 +201,7 @@ impl<S: Storage> RaftNode<S> {
     /// Proposes application data. The entry is appended to the leader's log; the host
     /// learns its fate from the committed entries (see [`Proposed`]).
     pub fn propose(&mut self, data: Bytes) -> Result<Proposed, ProposeError> {
+        self.wake_leader();
         let size_bytes = data.len() as u64;
         if size_bytes > self.config.entry_max_bytes {
             return Err(ProposeError::TooLarge { size_bytes, max_bytes: self.config.entry_max_bytes });
@@ -209,6 +213,7 @@ impl<S: Storage> RaftNode<S> {
     /// Proposes a membership change. Only one may be pending at a time; a change of
     /// voters enters a joint configuration that the leader leaves on its own.
     pub fn propose_conf_change(&mut self, change: ConfChange) -> Result<Proposed, ProposeError> {
+        self.wake_leader();
         self.check_can_propose(0)?;
         if self.pending_conf_index > self.log.applying {
             return Err(ProposeError::ConfChangeInProgress { pending_index: self.pending_conf_index });
@@ -247,6 +252,9 @@ impl<S: Storage> RaftNode<S> {
     /// Advances the logical clock by one tick.
     pub fn tick(&mut self) {
         self.ticks += 1;
+        if self.quiesced {
+            return; // Asleep: the timers are frozen (`quiesce.rs`).
+        }
         match self.role {
             Role::Leader => self.tick_leader(),
             _ => {
@@ -259,6 +267,9 @@ impl<S: Storage> RaftNode<S> {
     /// Processes a message from a peer.
     pub fn step(&mut self, m: Message) -> Result<(), StepError> {
         self.validate(&m)?;
+        if self.quiesced && self.wakes_on(&m) {
+            self.wake();
+        }
         if !self.step_term(&m) {
             return Ok(());
         }
@@ -276,7 +287,22 @@ impl<S: Storage> RaftNode<S> {
             },
         }
         self.maybe_end_abstention();
+        if self.quiesced && self.role == Role::Leader && !self.quiescable() {
+            self.wake();
+        }
         Ok(())
+    }
+
+    /// A request for the leader wakes it; one sent to a follower (refused) does not,
+    /// or the follower would wait for heartbeats its sleeping leader never sends.
+    pub(super) fn wake_leader(&mut self) {
+        if self.role == Role::Leader {
+            self.wake();
+        }
+    }
+
+    pub(super) fn in_flight_is_empty(&self) -> bool {
+        self.in_flight.is_empty()
     }
 
     /// Guards at the trust boundary: a peer's message must be well-formed.

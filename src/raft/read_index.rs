@@ -32,6 +32,10 @@ impl ReadIndexQueue {
         self.pending.len() >= self.max
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.pending.is_empty()
+    }
+
     pub fn round_needed(&self) -> bool {
         self.round_needed
     }

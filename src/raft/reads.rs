@@ -14,6 +14,7 @@ impl<S: Storage> RaftNode<S> {
     /// index. If leadership is lost first, the request is dropped (the Ready's soft
     /// state shows the change) and the host should fail or retry it.
     pub fn read_index(&mut self, ctx: ReadCtx) -> Result<(), ProposeError> {
+        self.wake_leader();
         if self.role != Role::Leader {
             return Err(ProposeError::NotLeader { leader_hint: self.leader });
         }
@@ -37,6 +38,11 @@ impl<S: Storage> RaftNode<S> {
 
     /// Sends a heartbeat round to every member; it carries each follower's safe commit.
     pub(super) fn broadcast_heartbeat(&mut self) {
+        self.broadcast_heartbeat_marked(false);
+    }
+
+    /// A heartbeat round; `quiesce` marks the leader's last before it sleeps.
+    pub(super) fn broadcast_heartbeat_marked(&mut self, quiesce: bool) {
         let round = self.rounds.send(self.ticks);
         self.reads.on_round_sent();
         let committed = self.log.committed;
@@ -47,7 +53,7 @@ impl<S: Storage> RaftNode<S> {
             .map(|(&id, pr)| (id, pr.matched.min(committed)))
             .collect();
         for (to, commit) in peers {
-            self.send(to, MessageKind::Heartbeat { commit, round });
+            self.send(to, MessageKind::Heartbeat { commit, round, quiesce });
         }
         // With no other voter the round is acknowledged by ourselves alone.
         self.on_round_acked();

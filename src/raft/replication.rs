@@ -33,13 +33,16 @@ impl<S: Storage> RaftNode<S> {
                 self.hear_from_leader(m.from);
                 self.on_append(m.from, prev_index, prev_term, &entries, commit);
             }
-            MessageKind::Heartbeat { commit, round } => {
+            MessageKind::Heartbeat { commit, round, quiesce } => {
                 self.hear_from_leader(m.from);
                 // The leader's idea of what we match may predate entries we lost.
                 if self.abstention.is_none() {
                     self.log.commit_to(commit.min(self.log.last_index()));
                 }
                 self.send(m.from, MessageKind::HeartbeatResponse { round });
+                if quiesce {
+                    self.follow_into_quiescence(m.from, commit);
+                }
             }
             MessageKind::Snapshot { snapshot } => {
                 self.hear_from_leader(m.from);
@@ -268,6 +271,7 @@ impl<S: Storage> RaftNode<S> {
     /// Hands leadership to `to`: bring it up to date, then tell it to campaign now.
     /// Proposals are refused until the transfer completes or times out.
     pub fn transfer_leader(&mut self, to: NodeId) -> Result<(), ProposeError> {
+        self.wake_leader();
         if self.role != Role::Leader {
             return Err(ProposeError::NotLeader { leader_hint: self.leader });
         }

@@ -455,7 +455,7 @@ fn malformed_messages_are_refused_and_change_nothing() {
                 commit: 0,
             },
         ),
-        (2, MessageKind::Heartbeat { commit: 0, round: 1 }),
+        (2, MessageKind::Heartbeat { commit: 0, round: 1, quiesce: false }),
     ];
     for (from, kind) in cases {
         let m = Message { from, to: 2, term: 5, kind };

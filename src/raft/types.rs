@@ -178,6 +178,8 @@ pub enum MessageKind {
     Heartbeat {
         commit: Index,
         round: u64,
+        /// The leader's last heartbeat before it sleeps (`quiesce.rs`).
+        quiesce: bool,
     },
     HeartbeatResponse {
         round: u64,

@@ -104,6 +104,7 @@ fn shard_config(config: &NodeConfig, index: usize, founding: bool) -> ShardConfi
     let mut raft = Config::new(config.node_id);
     raft.election_ticks = config.election_ticks;
     raft.heartbeat_ticks = config.heartbeat_ticks;
+    raft.quiesce = true;
     if config.lease_reads {
         raft.read_only = crate::raft::ReadOnlyOption::LeaseBased;
         raft.lease_drift_margin_ticks = config::LEASE_DRIFT_MARGIN_TICKS;

@@ -134,6 +134,7 @@ async fn run(
 ) -> Result<(), String> {
     let failed = |e: crate::shard::ShardError| format!("shard failed: {e}");
     let mut next_tick = Instant::now() + tick;
+    let mut liveness_checked = Instant::now();
     loop {
         let wait = next_tick.saturating_duration_since(Instant::now());
         let woken = futures_lite::future::or(
@@ -167,6 +168,11 @@ async fn run(
             handle(shard, input, metrics);
         }
         if Instant::now() >= next_tick {
+            let now = Instant::now();
+            for peer in links.heard_since(liveness_checked) {
+                shard.heard_from(peer);
+            }
+            liveness_checked = now;
             shard.tick();
             next_tick = Instant::now() + tick;
         }

@@ -38,7 +38,9 @@ impl<S: StateMachine + Default> Shard<S> {
     /// what it lacks) to pull the entries in bulk; at most once per
     /// `CATCH_UP_REOFFER_TICKS`.
     pub(super) fn invite_far_behind_followers(&mut self) {
-        for (&group, g) in &self.groups {
+        // A sleeping leader's followers all hold its whole log: only awake ones.
+        for &group in &self.awake {
+            let Some(g) = self.groups.get(&group) else { continue };
             if g.raft.role() != Role::Leader {
                 continue;
             }

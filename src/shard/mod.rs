@@ -28,6 +28,7 @@
 
 mod catch_up;
 pub mod driver;
+mod quiescence;
 mod recovery;
 mod reply;
 mod requests;
@@ -87,6 +88,10 @@ struct Group<S> {
     confirmed: Vec<(Index, PendingRead<S>)>,
     /// The term and vote last written to the log.
     written_vote: (Term, Option<NodeId>),
+    /// The shard tick the group's Raft clock has reached (behind while it sleeps).
+    clock: u64,
+    /// Listed in `Shard::touched` for the next turn.
+    touched: bool,
 }
 
 /// Static description of a shard's groups.
@@ -117,6 +122,15 @@ pub struct Shard<S: StateMachine + Default> {
     /// Snapshots asked for now, per group: the applied index each must cover.
     snapshot_requests: BTreeMap<GroupId, Vec<(Index, Reply<Manifest>)>>,
     ticks: u64,
+    /// Groups that are (or may be) awake: the ones a tick visits (`quiescence.rs`).
+    awake: BTreeSet<GroupId>,
+    /// Groups given an input or a tick since the last turn: the ones a turn visits.
+    touched: Vec<GroupId>,
+    /// The shard tick each peer node was last heard from, and last sent anything.
+    last_heard: BTreeMap<NodeId, u64>,
+    last_sent: BTreeMap<NodeId, u64>,
+    election_ticks: u32,
+    heartbeat_ticks: u32,
     next_read_ctx: ReadCtx,
     snapshots: Rc<RefCell<SnapshotStore>>,
     /// Snapshot files for the host to write, and the groups whose file is being written.
@@ -142,6 +156,10 @@ pub struct Shard<S: StateMachine + Default> {
     pub fdatasyncs: u64,
     pub snapshots_taken: u64,
     pub snapshots_installed: u64,
+    /// Times a group was found asleep by a tick, and sleeping followers woken because
+    /// their leader's node went silent.
+    pub groups_slept: u64,
+    pub liveness_wakes: u64,
 }
 
 /// Images for the Raft core to send, read from the snapshot files.
@@ -198,6 +216,8 @@ impl<S: StateMachine + Default> Shard<S> {
                 reads: BTreeMap::new(),
                 confirmed: Vec::new(),
                 written_vote: (hard_state.term, hard_state.vote),
+                clock: 0,
+                touched: true,
             };
             groups.insert(group, group_state);
         }
@@ -215,10 +235,17 @@ impl<S: StateMachine + Default> Shard<S> {
                 }
             }
         }
+        let all: Vec<GroupId> = groups.keys().copied().collect();
         Ok(Shard {
             node: config.node,
             log,
+            awake: all.iter().copied().collect(),
+            touched: all,
             groups,
+            last_heard: BTreeMap::new(),
+            last_sent: BTreeMap::new(),
+            election_ticks: config.raft.election_ticks,
+            heartbeat_ticks: config.raft.heartbeat_ticks,
             outbox: BTreeMap::new(),
             catch_up: BTreeMap::new(),
             catch_up_offered: BTreeMap::new(),
@@ -238,6 +265,8 @@ impl<S: StateMachine + Default> Shard<S> {
             fdatasyncs: 0,
             snapshots_taken: 0,
             snapshots_installed: 0,
+            groups_slept: 0,
+            liveness_wakes: 0,
         })
     }
 
@@ -281,28 +310,37 @@ impl<S: StateMachine + Default> Shard<S> {
         }
     }
 
+    /// The group a request is for, roused for it (`quiescence.rs`).
     fn group_mut(&mut self, group: GroupId) -> Result<&mut Group<S>, RequestError> {
-        self.groups.get_mut(&group).ok_or(RequestError::UnknownGroup(group))
+        self.rouse(group).ok_or(RequestError::UnknownGroup(group))
     }
 
     pub fn step(&mut self, group: GroupId, message: Message) -> Result<(), StepError> {
-        match self.groups.get_mut(&group) {
+        self.heard_from(message.from);
+        match self.rouse(group) {
             Some(g) => g.raft.step(message),
             None => Ok(()), // A group this node does not host: nothing to do.
         }
     }
 
+    /// Ticks the awake groups (sleeping ones cost nothing) and sends beacons to peers
+    /// that would otherwise hear nothing.
     pub fn tick(&mut self) {
-        self.groups.values_mut().for_each(|g| g.raft.tick());
+        self.ticks += 1;
+        self.tick_awake_groups();
+        self.wake_followers_of_silent_leaders();
         if self.disk_full().is_some() {
             self.hand_off_leadership();
         }
-        self.ticks += 1;
         self.invite_far_behind_followers();
+        self.queue_beacons();
     }
 
-    /// Messages for peers, batched per destination node.
+    /// Messages for peers, batched per destination node. An entry with no messages
+    /// is a beacon: the host sends it as an empty batch, which tells the peer this
+    /// node is alive (`quiescence.rs`).
     pub fn take_outbox(&mut self) -> BTreeMap<NodeId, Vec<(GroupId, Message)>> {
+        self.note_sent();
         std::mem::take(&mut self.outbox)
     }
 

@@ -60,7 +60,10 @@ impl<S: StateMachine + Default> Shard<S> {
     /// refuses writes, and its groups stay writable through another leader.
     pub(super) fn hand_off_leadership(&mut self) {
         let me = self.node;
-        for g in self.groups.values_mut().filter(|g| g.raft.role() == Role::Leader) {
+        let led: Vec<GroupId> =
+            self.groups.iter().filter(|(_, g)| g.raft.role() == Role::Leader).map(|(&group, _)| group).collect();
+        for group in led {
+            let Some(g) = self.rouse(group) else { continue };
             let raft = &g.raft;
             let best = raft
                 .conf_state()

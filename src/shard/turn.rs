@@ -78,7 +78,9 @@ impl<S: StateMachine + Default> Shard<S> {
         let mut new_votes = Vec::new();
         let (taken_before, installed_before) = (self.snapshots_taken, self.snapshots_installed);
         self.finish_snapshot_writes()?;
-        for (&group, g) in self.groups.iter_mut() {
+        for group in std::mem::take(&mut self.touched) {
+            let Some(g) = self.groups.get_mut(&group) else { continue };
+            g.touched = false;
             while g.raft.has_ready() {
                 let ready = g.raft.ready();
                 if ready.soft_state.is_some_and(|s| s.role != Role::Leader) {
@@ -198,7 +200,7 @@ impl<S: StateMachine + Default> Shard<S> {
             for m in persisted_messages {
                 self.outbox.entry(m.to).or_default().push((group, m));
             }
-            self.groups.get_mut(&group).expect("group exists").raft.advance(number);
+            self.rouse(group).expect("group exists").raft.advance(number);
         }
         stats
     }
@@ -326,7 +328,7 @@ mod tests {
         let mut shard = Shard::<BuiltinState>::open(config(dir.path())).expect("recovers");
         assert!(shard.raft(0).expect("hosted").is_abstaining());
         assert!(marker.exists(), "the decision is durable before anything is written");
-        let heartbeat = MessageKind::Heartbeat { commit: 1, round: 1 };
+        let heartbeat = MessageKind::Heartbeat { commit: 1, round: 1, quiesce: false };
         shard.step(0, Message { from: 2, to: 1, term: 5, kind: heartbeat }).expect("valid");
         let staged = shard.stage().expect("stages");
         make_durable(&mut shard, &mut SegmentWriter::new(FaultyDisk::default()), staged);
@@ -347,7 +349,7 @@ mod tests {
         assert_eq!(shard.log.borrow().recovered_damage(), None, "new flushes overwrote the damage");
         assert!(shard.raft(0).expect("hosted").is_abstaining(), "the marker keeps the group abstaining");
 
-        let heartbeat = MessageKind::Heartbeat { commit: 1, round: 2 };
+        let heartbeat = MessageKind::Heartbeat { commit: 1, round: 2, quiesce: false };
         shard.step(0, Message { from: 2, to: 1, term: 6, kind: heartbeat }).expect("valid");
         shard.tick();
         let staged = shard.stage().expect("stages");

@@ -21,11 +21,32 @@ pub struct NetworkProfile {
 /// Messages in flight at once; beyond it the network drops (a bounded switch queue).
 pub const IN_FLIGHT_MAX: usize = 100_000;
 
+/// What travels between simulated nodes: a group's Raft message, or a beacon (the
+/// empty batch a shard sends a peer it has told nothing lately).
+#[derive(Clone, Debug)]
+pub enum Packet {
+    Raft(GroupId, Message),
+    Beacon { from: NodeId, to: NodeId },
+}
+
+impl Packet {
+    fn link(&self) -> (NodeId, NodeId) {
+        match self {
+            Packet::Raft(_, m) => (m.from, m.to),
+            Packet::Beacon { from, to } => (*from, *to),
+        }
+    }
+
+    pub fn to(&self) -> NodeId {
+        self.link().1
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct Network {
     /// (delivery time, sequence) → message of a group; the sequence keeps delivery
     /// deterministic.
-    in_flight: BTreeMap<(u64, u64), (GroupId, Message)>,
+    in_flight: BTreeMap<(u64, u64), Packet>,
     sequence: u64,
     /// Directed links that drop everything: (from, to).
     blocked: BTreeSet<(NodeId, NodeId)>,
@@ -34,39 +55,39 @@ pub struct Network {
 }
 
 impl Network {
-    pub fn send(&mut self, group: GroupId, m: Message, now: u64, profile: &NetworkProfile, rng: &mut ChaCha8Rng) {
+    pub fn send(&mut self, packet: Packet, now: u64, profile: &NetworkProfile, rng: &mut ChaCha8Rng) {
         self.sent += 1;
         let lost = rng.random_range(0..1000) < profile.drop_per_mille;
-        if lost || self.blocked.contains(&(m.from, m.to)) || self.in_flight.len() >= IN_FLIGHT_MAX {
+        if lost || self.blocked.contains(&packet.link()) || self.in_flight.len() >= IN_FLIGHT_MAX {
             self.dropped += 1;
             return;
         }
         if rng.random_range(0..1000) < profile.duplicate_per_mille {
             let delay = rng.random_range(1..=profile.delay_max_units);
-            self.enqueue(now + delay, group, m.clone());
+            self.enqueue(now + delay, packet.clone());
         }
         let delay = rng.random_range(1..=profile.delay_max_units);
-        self.enqueue(now + delay, group, m);
+        self.enqueue(now + delay, packet);
     }
 
-    fn enqueue(&mut self, at: u64, group: GroupId, m: Message) {
+    fn enqueue(&mut self, at: u64, packet: Packet) {
         self.sequence += 1;
-        self.in_flight.insert((at, self.sequence), (group, m));
+        self.in_flight.insert((at, self.sequence), packet);
     }
 
-    /// The next message due at or before `now`, unless a partition now blocks it.
-    pub fn next_due(&mut self, now: u64) -> Option<(GroupId, Message)> {
+    /// The next packet due at or before `now`, unless a partition now blocks it.
+    pub fn next_due(&mut self, now: u64) -> Option<Packet> {
         loop {
             let (&key, _) = self.in_flight.iter().next()?;
             if key.0 > now {
                 return None;
             }
-            let (group, m) = self.in_flight.remove(&key).expect("key just seen");
-            if self.blocked.contains(&(m.from, m.to)) {
+            let packet = self.in_flight.remove(&key).expect("key just seen");
+            if self.blocked.contains(&packet.link()) {
                 self.dropped += 1;
                 continue;
             }
-            return Some((group, m));
+            return Some(packet);
         }
     }
 

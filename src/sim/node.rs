@@ -64,6 +64,9 @@ pub struct SimNode {
     pub fdatasync_failing: bool,
     /// Flushes that found the disk full (and waited for space).
     pub flushes_without_space: u64,
+    /// The shard's sleep counters, summed over the node's lives.
+    pub groups_slept: u64,
+    pub liveness_wakes: u64,
 }
 
 /// Completed flushes remembered per node.
@@ -90,6 +93,8 @@ impl SimNode {
             fail_next_fdatasync: false,
             fdatasync_failing: false,
             flushes_without_space: 0,
+            groups_slept: 0,
+            liveness_wakes: 0,
         }
     }
 
@@ -169,6 +174,7 @@ impl SimNode {
     /// A power cut: everything in memory goes, and the disk keeps only what was synced
     /// (plus whatever of the unsynced writes happens to have reached it).
     pub fn crash(&mut self, rng: &mut ChaCha8Rng) -> Result<CrashDamage, String> {
+        self.count_sleeps();
         self.shard = None;
         self.fdatasync_failing = false;
         self.unsynced.clear();
@@ -177,6 +183,14 @@ impl SimNode {
         self.snapshot_writes.clear();
         self.writer.forget_active();
         self.writer.files_mut().crash(rng).map_err(|e| format!("simulated disk: {e}"))
+    }
+
+    /// Adds the running shard's sleep counters to the node's (and resets them).
+    pub fn count_sleeps(&mut self) {
+        if let Some(shard) = &mut self.shard {
+            self.groups_slept += std::mem::take(&mut shard.groups_slept);
+            self.liveness_wakes += std::mem::take(&mut shard.liveness_wakes);
+        }
     }
 
     /// Starts the next flush if none is under way: its writes go to the (volatile)

@@ -18,7 +18,7 @@ use crate::state::{BuiltinState, Command, Operation as Op, Outcome as Answer, St
 
 use super::invariants::{Invariants, Replica};
 use super::linearizability::{self, Key, OpKind, Operation, Outcome, Value, Verdict};
-use super::network::{Network, NetworkProfile};
+use super::network::{Network, NetworkProfile, Packet};
 use super::node::SimNode;
 
 mod storage_faults;
@@ -65,6 +65,9 @@ pub struct Profile {
     pub snapshot_distance: u64,
     pub clients: usize,
     pub keys: u8,
+    /// Idle groups sleep (drawn from its own stream, so that adding it left every
+    /// other draw of a seed as it was).
+    pub quiesce: bool,
 }
 
 impl Profile {
@@ -92,6 +95,7 @@ impl Profile {
             snapshot_distance: rng.random_range(10..=80),
             clients: rng.random_range(2..=5),
             keys: rng.random_range(1..=4),
+            quiesce: false,
         }
     }
 }
@@ -124,6 +128,9 @@ pub struct Report {
     /// Periods of a full disk, and flushes that waited for space in them.
     pub disks_full: u64,
     pub flushes_without_space: u64,
+    /// Groups found asleep by a tick, and sleeping followers woken by node liveness.
+    pub groups_slept: u64,
+    pub liveness_wakes: u64,
     pub messages_sent: u64,
     pub messages_dropped: u64,
     pub recovery_ticks: u64,
@@ -323,7 +330,8 @@ fn read_query(key: Key) -> crate::shard::Query<BuiltinState> {
 impl Simulation {
     fn new(seed: u64, sabotage: Sabotage) -> std::io::Result<Simulation> {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
-        let profile = Profile::draw(&mut rng);
+        let mut profile = Profile::draw(&mut rng);
+        profile.quiesce = ChaCha8Rng::seed_from_u64(seed ^ 0x5149_4553_4345_4e54).random_ratio(3, 4);
         let dir = SimDir::new(seed)?;
         let voters: Vec<NodeId> = (1..=profile.voters as NodeId).collect();
         // One spare node, outside the configuration, for membership changes.
@@ -409,21 +417,31 @@ impl Simulation {
         self.report.snapshots_taken =
             self.nodes.iter().filter_map(|n| n.shard.as_ref()).map(|s| s.snapshots_taken).sum();
         self.report.flushes_without_space = self.nodes.iter().map(|n| n.flushes_without_space).sum();
+        for node in &mut self.nodes {
+            node.count_sleeps();
+        }
+        self.report.groups_slept = self.nodes.iter().map(|n| n.groups_slept).sum();
+        self.report.liveness_wakes = self.nodes.iter().map(|n| n.liveness_wakes).sum();
         self.check_history()
     }
 
     /// Everything that happens at the current time unit: deliveries, completed disk
     /// writes, ticks.
     fn step_time(&mut self) -> Result<(), String> {
-        while let Some((group, m)) = self.network.next_due(self.now) {
-            let i = (m.to - 1) as usize;
+        while let Some(packet) = self.network.next_due(self.now) {
+            let i = (packet.to() - 1) as usize;
             let Some(shard) = self.nodes[i].shard.as_mut() else {
                 continue;
             };
             if trace_on() {
-                eprintln!("t={} group {group} deliver {m:?}", self.now);
+                eprintln!("t={} deliver {packet:?}", self.now);
             }
-            shard.step(group, m).map_err(|e| format!("the core refused a message: {e}"))?;
+            match packet {
+                Packet::Raft(group, m) => {
+                    shard.step(group, m).map_err(|e| format!("the core refused a message: {e}"))?;
+                }
+                Packet::Beacon { from, .. } => shard.heard_from(from),
+            }
             self.node_turn(i)?;
         }
         while let Some((&key, _)) = self.events.iter().next() {
@@ -589,11 +607,18 @@ impl Simulation {
         let shard = self.nodes[i].shard.as_mut().expect("running");
         let _ = shard.take_catch_up(); // No bulk transfer here: appends and snapshots do.
         let outbox = shard.take_outbox();
-        for (group, m) in outbox.into_values().flatten() {
-            let durable = self.nodes[i].durable[&group];
-            let invariants = self.invariants.get_mut(&group).expect("group checked");
-            invariants.on_send(durable, &m).map_err(|e| in_group(group, e))?;
-            self.network.send(group, m, self.now, &self.profile.network, &mut self.rng);
+        let from = self.nodes[i].id;
+        for (to, messages) in outbox {
+            if messages.is_empty() {
+                let beacon = Packet::Beacon { from, to };
+                self.network.send(beacon, self.now, &self.profile.network, &mut self.rng);
+            }
+            for (group, m) in messages {
+                let durable = self.nodes[i].durable[&group];
+                let invariants = self.invariants.get_mut(&group).expect("group checked");
+                invariants.on_send(durable, &m).map_err(|e| in_group(group, e))?;
+                self.network.send(Packet::Raft(group, m), self.now, &self.profile.network, &mut self.rng);
+            }
         }
         Ok(())
     }
@@ -1152,6 +1177,7 @@ fn shard_config(profile: &Profile, root: &Path, id: NodeId, voters: &[NodeId]) -
     raft.pre_vote = profile.pre_vote;
     raft.check_quorum = profile.check_quorum;
     raft.read_only = if profile.lease_reads { ReadOnlyOption::LeaseBased } else { ReadOnlyOption::Safe };
+    raft.quiesce = profile.quiesce;
     raft.append_max_bytes = 512;
     raft.inflight_max_msgs = 4;
     raft.inflight_max_bytes = 2048;

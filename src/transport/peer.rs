@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use prometheus_client::metrics::counter::Counter;
 use tonic::transport::Channel;
@@ -52,12 +52,15 @@ pub struct PeerLinks {
     /// This node's listen address, sent in every batch.
     address: String,
     queues: Arc<Mutex<BTreeMap<NodeId, flume::Sender<proto::PeerBatch>>>>,
+    /// When a batch last arrived from each peer: node-level liveness, which wakes
+    /// sleeping groups whose leader's node went silent (`shard::quiescence`).
+    heard: Arc<Mutex<BTreeMap<NodeId, Instant>>>,
     counters: PeerCounters,
 }
 
 impl PeerLinks {
     pub fn new(node: NodeId, cluster_id: u64, address: String, counters: PeerCounters) -> Self {
-        PeerLinks { node, cluster_id, address, queues: Arc::default(), counters }
+        PeerLinks { node, cluster_id, address, queues: Arc::default(), heard: Arc::default(), counters }
     }
 
     /// Starts streaming to `peer` over `channel`, unless it already is.
@@ -80,13 +83,25 @@ impl PeerLinks {
         self.queues.lock().expect("peer links lock").keys().copied().collect()
     }
 
+    /// A batch (possibly an empty beacon) arrived from `peer`.
+    pub fn heard_from(&self, peer: NodeId) {
+        self.heard.lock().expect("peer liveness lock").insert(peer, Instant::now());
+    }
+
+    /// The peers heard from at or after `since`.
+    pub fn heard_since(&self, since: Instant) -> Vec<NodeId> {
+        let heard = self.heard.lock().expect("peer liveness lock");
+        heard.iter().filter(|&(_, &at)| at >= since).map(|(&peer, _)| peer).collect()
+    }
+
     fn queue(&self, peer: NodeId) -> Option<flume::Sender<proto::PeerBatch>> {
         self.queues.lock().expect("peer links lock").get(&peer).cloned()
     }
 
     /// Queues what one shard turn sends `to`: its messages in batches of at most
-    /// `BATCH_MESSAGES_MAX`, catch-up invitations with the first. A peer without a
-    /// stream (no address yet) or with a full queue misses them; Raft retransmits.
+    /// `BATCH_MESSAGES_MAX`, catch-up invitations with the first; nothing at all is
+    /// sent as an empty batch (a liveness beacon). A peer without a stream (no
+    /// address yet) or with a full queue misses them; Raft retransmits.
     pub fn send(&self, to: NodeId, output: Outgoing) {
         let Some(queue) = self.queue(to) else { return };
         let send = |messages: &[(GroupId, Message)], catch_up: &[CatchUp]| {
@@ -106,7 +121,7 @@ impl PeerLinks {
         for chunk in output.messages.chunks(BATCH_MESSAGES_MAX) {
             send(chunk, &std::mem::take(&mut catch_up));
         }
-        if !catch_up.is_empty() {
+        if output.messages.is_empty() {
             send(&[], &catch_up);
         }
     }

@@ -37,8 +37,8 @@ pub fn encode_message(group: GroupId, m: &Message) -> proto::RaftMessage {
             index: *index,
             reject: reject.map(|h| proto::RejectHint { index: h.index, term: h.term }),
         }),
-        MessageKind::Heartbeat { commit, round } => {
-            Kind::Heartbeat(proto::MsgHeartbeat { commit: *commit, round: *round })
+        MessageKind::Heartbeat { commit, round, quiesce } => {
+            Kind::Heartbeat(proto::MsgHeartbeat { commit: *commit, round: *round, quiesce: *quiesce })
         }
         MessageKind::HeartbeatResponse { round } => {
             Kind::HeartbeatResponse(proto::MsgHeartbeatResponse { round: *round })
@@ -77,7 +77,7 @@ pub fn decode_message(m: proto::RaftMessage) -> Result<(GroupId, Message), WireE
             index: r.index,
             reject: r.reject.map(|h| RejectHint { index: h.index, term: h.term }),
         },
-        Kind::Heartbeat(h) => MessageKind::Heartbeat { commit: h.commit, round: h.round },
+        Kind::Heartbeat(h) => MessageKind::Heartbeat { commit: h.commit, round: h.round, quiesce: h.quiesce },
         Kind::HeartbeatResponse(h) => MessageKind::HeartbeatResponse { round: h.round },
         Kind::Snapshot(_) => return Err(WireError("a snapshot offer must be fetched, not stepped")),
         Kind::TimeoutNow(_) => MessageKind::TimeoutNow,
@@ -110,7 +110,8 @@ pub fn encode_batch(
     for (group, m) in messages {
         let between_the_batch_nodes = m.from == from && m.to == to;
         match m.kind {
-            MessageKind::Heartbeat { commit, round } if between_the_batch_nodes => {
+            // The last heartbeat before a group sleeps is rare: it travels whole.
+            MessageKind::Heartbeat { commit, round, quiesce: false } if between_the_batch_nodes => {
                 heartbeats.groups.push(*group);
                 heartbeats.terms.push(m.term);
                 heartbeats.commits.push(commit);
@@ -142,7 +143,7 @@ pub fn decode_batch(batch: proto::PeerBatch) -> Vec<Result<(GroupId, Message), W
             decoded.push(Err(WireError("coalesced heartbeat columns of different lengths")));
         } else {
             for i in 0..n {
-                let kind = MessageKind::Heartbeat { commit: h.commits[i], round: h.rounds[i] };
+                let kind = MessageKind::Heartbeat { commit: h.commits[i], round: h.rounds[i], quiesce: false };
                 decoded.push(Ok((h.groups[i], Message { from, to, term: h.terms[i], kind })));
             }
         }
@@ -335,7 +336,8 @@ mod tests {
             MessageKind::Append { prev_index: 4, prev_term: 1, entries, commit: 4 },
             MessageKind::AppendResponse { index: 4, reject: Some(RejectHint { index: 2, term: 1 }) },
             MessageKind::AppendResponse { index: 8, reject: None },
-            MessageKind::Heartbeat { commit: 3, round: 17 },
+            MessageKind::Heartbeat { commit: 3, round: 17, quiesce: false },
+            MessageKind::Heartbeat { commit: 3, round: 18, quiesce: true },
             MessageKind::HeartbeatResponse { round: 17 },
             MessageKind::Snapshot { snapshot: Box::new(snapshot) },
             MessageKind::TimeoutNow,
@@ -369,7 +371,7 @@ mod tests {
         let mut messages: Vec<(GroupId, Message)> = not_offers.map(|m| (3, m)).collect();
         for group in 0..100 {
             let kind = if group % 2 == 0 {
-                MessageKind::Heartbeat { commit: group * 7, round: group + 1 }
+                MessageKind::Heartbeat { commit: group * 7, round: group + 1, quiesce: false }
             } else {
                 MessageKind::HeartbeatResponse { round: group }
             };
@@ -391,7 +393,7 @@ mod tests {
 
     #[test]
     fn malformed_coalesced_columns_are_refused_and_the_rest_survives() {
-        let heartbeat = Message { from: 1, to: 2, term: 1, kind: MessageKind::Heartbeat { commit: 0, round: 1 } };
+        let heartbeat = Message { from: 1, to: 2, term: 1, kind: MessageKind::Heartbeat { commit: 0, round: 1, quiesce: false } };
         let append = samples().swap_remove(4);
         let mut batch = encode_batch(9, 1, 2, &[(0, heartbeat), (1, append.clone())], &[]);
         batch.heartbeats.as_mut().unwrap().rounds.clear();
