@@ -63,8 +63,7 @@ impl<S: Storage> RaftNode<S> {
             && self.log.unstable_snapshot().is_none();
         settled
             && self.progress.iter().all(|(&id, pr)| {
-                id == self.id
-                    || (pr.matched == last && pr.state == ProgressState::Replicate && pr.inflights.is_empty())
+                id == self.id || (pr.matched == last && pr.state == ProgressState::Replicate && pr.inflights.is_empty())
             })
     }
 

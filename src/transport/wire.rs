@@ -393,7 +393,8 @@ mod tests {
 
     #[test]
     fn malformed_coalesced_columns_are_refused_and_the_rest_survives() {
-        let heartbeat = Message { from: 1, to: 2, term: 1, kind: MessageKind::Heartbeat { commit: 0, round: 1, quiesce: false } };
+        let heartbeat =
+            Message { from: 1, to: 2, term: 1, kind: MessageKind::Heartbeat { commit: 0, round: 1, quiesce: false } };
         let append = samples().swap_remove(4);
         let mut batch = encode_batch(9, 1, 2, &[(0, heartbeat), (1, append.clone())], &[]);
         batch.heartbeats.as_mut().unwrap().rounds.clear();
