@@ -105,7 +105,7 @@ impl<S: Storage> RaftNode<S> {
             (Role::Follower, MessageKind::Heartbeat { quiesce: true, .. }) => self.leader != Some(m.from),
             (Role::Leader, MessageKind::HeartbeatResponse { .. }) => false,
             (Role::Leader, MessageKind::AppendResponse { index, reject: None }) => {
-                !self.progress.get(&m.from).is_some_and(|pr| *index <= pr.matched)
+                self.progress.get(&m.from).is_none_or(|pr| *index > pr.matched)
             }
             _ => true,
         }

@@ -282,7 +282,7 @@ mod tests {
         assert!(cluster.beacons - beacons >= 100, "each node tells each peer it is alive");
         assert!(cluster.all_asleep());
         let slept: u64 = (1..=NODES).map(|id| cluster.shard(id).groups_slept).sum();
-        assert_eq!(slept, GROUPS * u64::from(NODES), "each replica fell asleep once and was left alone");
+        assert_eq!(slept, GROUPS * NODES, "each replica fell asleep once and was left alone");
     }
 
     #[test]
