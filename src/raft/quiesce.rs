@@ -111,9 +111,11 @@ impl<S: Storage> RaftNode<S> {
         }
     }
 
-    /// Resumes ticking. A leader's followers must prove themselves again before the
-    /// next check-quorum (the marks from before the sleep say nothing about now).
-    pub(super) fn wake(&mut self) {
+    /// Resumes ticking (the host wakes a sleeping leader whose follower restarted,
+    /// so that heartbeats reach it). A leader's followers must prove themselves again
+    /// before the next check-quorum (the marks from before the sleep say nothing
+    /// about now).
+    pub fn wake(&mut self) {
         if !self.quiesced {
             return;
         }

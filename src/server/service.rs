@@ -615,7 +615,7 @@ impl Peer for Services {
                     return;
                 }
                 router.learn_peer(batch.from_node, &batch.from_address);
-                router.links.heard_from(batch.from_node);
+                router.links.heard_from(batch.from_node, batch.incarnation);
                 let (offers, messages) =
                     batch.messages.into_iter().partition(|m| matches!(m.kind, Some(raft_message::Kind::Snapshot(_))));
                 batch.messages = messages;

@@ -169,8 +169,8 @@ async fn run(
         }
         if Instant::now() >= next_tick {
             let now = Instant::now();
-            for peer in links.heard_since(liveness_checked) {
-                shard.heard_from(peer);
+            for (peer, incarnation) in links.heard_since(liveness_checked) {
+                shard.heard_from(peer, incarnation);
             }
             liveness_checked = now;
             shard.tick();

@@ -129,6 +129,8 @@ pub struct Shard<S: StateMachine + Default> {
     /// The shard tick each peer node was last heard from, and last sent anything.
     last_heard: BTreeMap<NodeId, u64>,
     last_sent: BTreeMap<NodeId, u64>,
+    /// Each peer node's life as last heard: a new one means it restarted.
+    incarnations: BTreeMap<NodeId, u64>,
     election_ticks: u32,
     heartbeat_ticks: u32,
     next_read_ctx: ReadCtx,
@@ -244,6 +246,7 @@ impl<S: StateMachine + Default> Shard<S> {
             groups,
             last_heard: BTreeMap::new(),
             last_sent: BTreeMap::new(),
+            incarnations: BTreeMap::new(),
             election_ticks: config.raft.election_ticks,
             heartbeat_ticks: config.raft.heartbeat_ticks,
             outbox: BTreeMap::new(),
@@ -316,7 +319,9 @@ impl<S: StateMachine + Default> Shard<S> {
     }
 
     pub fn step(&mut self, group: GroupId, message: Message) -> Result<(), StepError> {
-        self.heard_from(message.from);
+        if message.from != self.node {
+            self.last_heard.insert(message.from, self.ticks);
+        }
         match self.rouse(group) {
             Some(g) => g.raft.step(message),
             None => Ok(()), // A group this node does not host: nothing to do.

@@ -10,17 +10,56 @@
 //! Liveness: every message from a node says it is alive, and so does an empty batch
 //! (a beacon): a shard that has sent a peer nothing for a heartbeat interval puts an
 //! empty entry for it in the outbox, which the host sends as an empty batch and the
-//! peer's host reports with [`Shard::heard_from`].
+//! peer's host reports with [`Shard::heard_from`], with the sender's incarnation (a
+//! number drawn at each start). A new incarnation means the peer restarted and knows
+//! no leader: the groups led here that it belongs to wake, so that their heartbeats
+//! reach it (a restarted node that may not campaign — it abstains after losing
+//! entries, or is a learner — would otherwise never hear of its sleeping leader), and
+//! the sleeping followers of its former leaders wake to elect another.
 
 use super::{Group, GroupId, Shard};
 use crate::raft::NodeId;
 use crate::state::StateMachine;
 
 impl<S: StateMachine + Default> Shard<S> {
-    /// The host heard from `node` (a batch, possibly empty, arrived from it).
-    pub fn heard_from(&mut self, node: NodeId) {
-        if node != self.node {
-            self.last_heard.insert(node, self.ticks);
+    /// The host heard from `node` (a batch, possibly empty, arrived from it), in
+    /// its life `incarnation` (0: unknown).
+    pub fn heard_from(&mut self, node: NodeId, incarnation: u64) {
+        if node == self.node {
+            return;
+        }
+        self.last_heard.insert(node, self.ticks);
+        if incarnation == 0 {
+            return;
+        }
+        let previous = self.incarnations.insert(node, incarnation);
+        if previous.is_some_and(|p| p != incarnation) {
+            self.wake_groups_of_restarted(node);
+        }
+    }
+
+    /// `node` restarted: wake the sleeping groups it belongs to that are led here,
+    /// and the sleeping followers of the groups it led.
+    fn wake_groups_of_restarted(&mut self, node: NodeId) {
+        let me = self.node;
+        let sleeping: Vec<(GroupId, bool)> = self
+            .groups
+            .iter()
+            .filter(|(_, g)| g.raft.is_quiesced())
+            .filter_map(|(&group, g)| {
+                let led_here = g.raft.leader() == Some(me) && g.raft.conf_state().members().contains(&node);
+                let led_there = g.raft.leader() == Some(node);
+                (led_here || led_there).then_some((group, led_here))
+            })
+            .collect();
+        for (group, led_here) in sleeping {
+            let Some(g) = self.rouse(group) else { continue };
+            if led_here {
+                g.raft.wake();
+            } else {
+                g.raft.leader_unreachable();
+                self.liveness_wakes += 1;
+            }
         }
     }
 
@@ -130,6 +169,8 @@ mod tests {
         shard: Option<Shard<BuiltinState>>,
         writer: SegmentWriter<FaultyDisk>,
         config: ShardConfig,
+        /// Bumped at each restart, as quarryd draws a new one.
+        incarnation: u64,
     }
 
     /// Three shards wired together in memory; a node that is `down` neither ticks nor
@@ -167,7 +208,7 @@ mod tests {
                 .map(|id| {
                     let config = config(dir.path(), id, read_only);
                     let shard = Some(Shard::open(config.clone()).expect("opens"));
-                    Node { shard, writer: SegmentWriter::new(FaultyDisk::default()), config }
+                    Node { shard, writer: SegmentWriter::new(FaultyDisk::default()), config, incarnation: 1 }
                 })
                 .collect();
             Cluster { nodes, down: vec![false; NODES as usize], raft_messages: 0, beacons: 0, _dir: dir }
@@ -199,9 +240,10 @@ mod tests {
                     continue;
                 }
                 delivered = true;
+                let incarnation = self.nodes[from as usize - 1].incarnation;
+                self.shard(to).heard_from(from, incarnation);
                 if messages.is_empty() {
                     self.beacons += 1;
-                    self.shard(to).heard_from(from);
                 }
                 for (group, m) in messages {
                     self.raft_messages += 1;
@@ -238,6 +280,14 @@ mod tests {
                 }
                 self.settle();
             }
+        }
+
+        /// Restarts node `id` from its disk.
+        fn restart(&mut self, id: NodeId) {
+            let node = &mut self.nodes[id as usize - 1];
+            node.shard = None;
+            node.shard = Some(Shard::open(node.config.clone()).expect("recovers"));
+            node.incarnation += 1;
         }
 
         fn leader(&mut self, group: GroupId) -> Option<NodeId> {
@@ -334,14 +384,30 @@ mod tests {
         let leader = cluster.leader(group).expect("a leader");
         let term = cluster.shard(leader).raft(group).expect("hosted").term();
         let follower = (1..=NODES).find(|&id| id != leader).expect("a follower");
-        let node = &mut cluster.nodes[follower as usize - 1];
-        node.shard = None;
-        node.shard = Some(Shard::open(node.config.clone()).expect("recovers"));
+        cluster.restart(follower);
         assert_eq!(cluster.shard(follower).leader(group), None, "a restarted node knows no leader");
         cluster.tick(60);
         assert_eq!(cluster.shard(follower).leader(group), Some(leader), "it found the leader");
         assert_eq!(cluster.shard(leader).raft(group).expect("hosted").term(), term, "without an election");
         cluster.until_asleep();
+    }
+
+    /// A restarted node that may not campaign (it abstains after losing entries) sends
+    /// no pre-vote to wake its sleeping leaders: its new incarnation does.
+    #[test]
+    fn a_restarted_follower_that_may_not_campaign_still_finds_its_leaders() {
+        let mut cluster = Cluster::new(ReadOnlyOption::Safe);
+        cluster.until_asleep();
+        let follower = (1..=NODES).find(|&id| (0..GROUPS).any(|g| cluster.leader(g) != Some(id))).expect("a follower");
+        cluster.restart(follower);
+        cluster.shard(follower).rafts_mut().for_each(|raft| raft.abstain());
+        cluster.tick(60);
+        for group in 0..GROUPS {
+            let leader = cluster.leader(group).expect("a leader");
+            if leader != follower {
+                assert_eq!(cluster.shard(follower).leader(group), Some(leader), "group {group}: leader found");
+            }
+        }
     }
 
     #[test]

@@ -21,24 +21,20 @@ pub struct NetworkProfile {
 /// Messages in flight at once; beyond it the network drops (a bounded switch queue).
 pub const IN_FLIGHT_MAX: usize = 100_000;
 
-/// What travels between simulated nodes: a group's Raft message, or a beacon (the
-/// empty batch a shard sends a peer it has told nothing lately).
+/// What travels between simulated nodes: a group's Raft message, or none (a beacon,
+/// the empty batch a shard sends a peer it has told nothing lately), stamped with the
+/// sender's incarnation as quarryd stamps its batches.
 #[derive(Clone, Debug)]
-pub enum Packet {
-    Raft(GroupId, Message),
-    Beacon { from: NodeId, to: NodeId },
+pub struct Packet {
+    pub from: NodeId,
+    pub to: NodeId,
+    pub incarnation: u64,
+    pub raft: Option<(GroupId, Message)>,
 }
 
 impl Packet {
     fn link(&self) -> (NodeId, NodeId) {
-        match self {
-            Packet::Raft(_, m) => (m.from, m.to),
-            Packet::Beacon { from, to } => (*from, *to),
-        }
-    }
-
-    pub fn to(&self) -> NodeId {
-        self.link().1
+        (self.from, self.to)
     }
 }
 

@@ -429,18 +429,16 @@ impl Simulation {
     /// writes, ticks.
     fn step_time(&mut self) -> Result<(), String> {
         while let Some(packet) = self.network.next_due(self.now) {
-            let i = (packet.to() - 1) as usize;
+            let i = (packet.to - 1) as usize;
             let Some(shard) = self.nodes[i].shard.as_mut() else {
                 continue;
             };
             if trace_on() {
                 eprintln!("t={} deliver {packet:?}", self.now);
             }
-            match packet {
-                Packet::Raft(group, m) => {
-                    shard.step(group, m).map_err(|e| format!("the core refused a message: {e}"))?;
-                }
-                Packet::Beacon { from, .. } => shard.heard_from(from),
+            shard.heard_from(packet.from, packet.incarnation);
+            if let Some((group, m)) = packet.raft {
+                shard.step(group, m).map_err(|e| format!("the core refused a message: {e}"))?;
             }
             self.node_turn(i)?;
         }
@@ -607,17 +605,18 @@ impl Simulation {
         let shard = self.nodes[i].shard.as_mut().expect("running");
         let _ = shard.take_catch_up(); // No bulk transfer here: appends and snapshots do.
         let outbox = shard.take_outbox();
-        let from = self.nodes[i].id;
+        let (from, incarnation) = (self.nodes[i].id, self.nodes[i].incarnation);
         for (to, messages) in outbox {
             if messages.is_empty() {
-                let beacon = Packet::Beacon { from, to };
+                let beacon = Packet { from, to, incarnation, raft: None };
                 self.network.send(beacon, self.now, &self.profile.network, &mut self.rng);
             }
             for (group, m) in messages {
                 let durable = self.nodes[i].durable[&group];
                 let invariants = self.invariants.get_mut(&group).expect("group checked");
                 invariants.on_send(durable, &m).map_err(|e| in_group(group, e))?;
-                self.network.send(Packet::Raft(group, m), self.now, &self.profile.network, &mut self.rng);
+                let packet = Packet { from, to, incarnation, raft: Some((group, m)) };
+                self.network.send(packet, self.now, &self.profile.network, &mut self.rng);
             }
         }
         Ok(())

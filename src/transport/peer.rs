@@ -52,15 +52,19 @@ pub struct PeerLinks {
     /// This node's listen address, sent in every batch.
     address: String,
     queues: Arc<Mutex<BTreeMap<NodeId, flume::Sender<proto::PeerBatch>>>>,
-    /// When a batch last arrived from each peer: node-level liveness, which wakes
-    /// sleeping groups whose leader's node went silent (`shard::quiescence`).
-    heard: Arc<Mutex<BTreeMap<NodeId, Instant>>>,
+    /// This node's life, drawn at start and sent in every batch.
+    incarnation: u64,
+    /// When a batch last arrived from each peer, and in which of its lives: node-level
+    /// liveness, which wakes sleeping groups (`shard::quiescence`).
+    heard: Arc<Mutex<BTreeMap<NodeId, (Instant, u64)>>>,
     counters: PeerCounters,
 }
 
 impl PeerLinks {
     pub fn new(node: NodeId, cluster_id: u64, address: String, counters: PeerCounters) -> Self {
-        PeerLinks { node, cluster_id, address, queues: Arc::default(), heard: Arc::default(), counters }
+        // Never 0, which a receiver reads as "unknown".
+        let incarnation = rand::random::<u64>().max(1);
+        PeerLinks { node, cluster_id, address, queues: Arc::default(), incarnation, heard: Arc::default(), counters }
     }
 
     /// Starts streaming to `peer` over `channel`, unless it already is.
@@ -83,15 +87,15 @@ impl PeerLinks {
         self.queues.lock().expect("peer links lock").keys().copied().collect()
     }
 
-    /// A batch (possibly an empty beacon) arrived from `peer`.
-    pub fn heard_from(&self, peer: NodeId) {
-        self.heard.lock().expect("peer liveness lock").insert(peer, Instant::now());
+    /// A batch (possibly an empty beacon) arrived from `peer` in its life `incarnation`.
+    pub fn heard_from(&self, peer: NodeId, incarnation: u64) {
+        self.heard.lock().expect("peer liveness lock").insert(peer, (Instant::now(), incarnation));
     }
 
-    /// The peers heard from at or after `since`.
-    pub fn heard_since(&self, since: Instant) -> Vec<NodeId> {
+    /// The peers heard from at or after `since`, with the life they were heard in.
+    pub fn heard_since(&self, since: Instant) -> Vec<(NodeId, u64)> {
         let heard = self.heard.lock().expect("peer liveness lock");
-        heard.iter().filter(|&(_, &at)| at >= since).map(|(&peer, _)| peer).collect()
+        heard.iter().filter(|&(_, &(at, _))| at >= since).map(|(&peer, &(_, life))| (peer, life)).collect()
     }
 
     fn queue(&self, peer: NodeId) -> Option<flume::Sender<proto::PeerBatch>> {
@@ -107,6 +111,7 @@ impl PeerLinks {
         let send = |messages: &[(GroupId, Message)], catch_up: &[CatchUp]| {
             let mut batch = wire::encode_batch(self.cluster_id, self.node, to, messages, catch_up);
             batch.from_address.clone_from(&self.address);
+            batch.incarnation = self.incarnation;
             let coalesced = batch.heartbeats.as_ref().map_or(0, |h| h.groups.len())
                 + batch.heartbeat_responses.as_ref().map_or(0, |r| r.groups.len());
             if queue.try_send(batch).is_ok() {
