@@ -66,10 +66,24 @@ async fn a_three_node_cluster_serves_writes_and_linearizable_reads_from_every_no
     .kvs;
     assert_eq!(kvs.len(), 111);
     assert!(kvs.windows(2).all(|w| w[0].key < w[1].key), "range answers in key order");
-    let limited = quarry::proto::RangeRequest { limit: 5, ..range };
+    let limited = quarry::proto::RangeRequest { limit: 5, ..range.clone() };
     let page = clients[1].clone().range(limited).await.expect("range").into_inner();
     assert_eq!((page.kvs.len(), page.more), (5, true));
     assert_eq!(page.kvs[0].key, Bytes::from("key-10"));
+    // A start past the end is refused, on the serving node and at every group's
+    // leader (it once panicked the shard threads of every node that served it).
+    for serializable in [false, true] {
+        let reversed = quarry::proto::RangeRequest {
+            start: Bytes::from("z"),
+            end: Bytes::from("a"),
+            serializable,
+            ..range.clone()
+        };
+        let refused = clients[2].clone().range(reversed).await.expect_err("a reversed range is refused");
+        assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
+    }
+    let after = clients[2].clone().range(range.clone()).await.expect("still serving").into_inner();
+    assert_eq!(after.kvs.len(), 111);
 
     // A range begun after a write is acknowledged sees it, whichever node serves the
     // range and whoever leads the key's group.

@@ -18,6 +18,11 @@ use super::recovery::Abstention;
 use super::storage::Storage;
 use super::types::*;
 
+/// The highest term a message may carry: at an election every millisecond, no
+/// cluster reaches it in a hundred million years, and term arithmetic (`term + 1`)
+/// cannot overflow below it. A forged message beyond it is refused as malformed.
+pub const TERM_MAX: Term = 1 << 48;
+
 /// Readies the host may hold unacknowledged at once; past it `has_ready` answers false
 /// until the host catches up.
 pub const READIES_IN_FLIGHT_MAX: usize = 64;
@@ -313,6 +318,9 @@ impl<S: Storage> RaftNode<S> {
         let malformed = |reason| Err(StepError::Malformed { from: m.from, reason });
         if m.from == self.id || m.from == 0 {
             return malformed("bad sender id");
+        }
+        if m.term > TERM_MAX {
+            return malformed("term beyond any term an election can reach");
         }
         if let MessageKind::Append { prev_index, entries, .. } = &m.kind {
             let contiguous = entries.iter().enumerate().all(|(i, e)| e.index == prev_index + 1 + i as u64);

@@ -461,6 +461,11 @@ fn malformed_messages_are_refused_and_change_nothing() {
         let m = Message { from, to: 2, term: 5, kind };
         assert!(node.step(m).is_err());
     }
+    // A forged term at the top of the range would overflow the next election's `+ 1`.
+    for term in [u64::MAX, TERM_MAX + 1] {
+        let vote = MessageKind::Vote { last_index: 9, last_term: 1, transfer: false };
+        assert!(node.step(Message { from: 3, to: 2, term, kind: vote }).is_err());
+    }
     let wrong_recipient = Message { from: 1, to: 3, term: 5, kind: MessageKind::TimeoutNow };
     assert!(matches!(node.step(wrong_recipient), Err(StepError::WrongRecipient { .. })));
     assert_eq!(node.hard_state(), before);

@@ -186,6 +186,9 @@ impl Kv for Services {
     async fn range(&self, request: Request<proto::RangeRequest>) -> Result<Response<proto::RangeResponse>, Status> {
         let already_forwarded = forwarded(&request);
         let req = request.into_inner();
+        if !req.end.is_empty() && req.start > req.end {
+            return Err(Status::invalid_argument("range start is past its end"));
+        }
         let limit = req.limit.clamp(1, RANGE_LIMIT_MAX);
         let groups = match req.group {
             Some(g) if g >= self.router.groups => {

@@ -75,8 +75,12 @@ impl BuiltinState {
         self.keys.retain(|key| !key.starts_with(prefix));
     }
 
-    /// Keys in `[start, end)` (`end` empty: to the end), at most `limit`.
+    /// Keys in `[start, end)` (`end` empty: to the end), at most `limit`; none when
+    /// `start` is past `end` (which `BTreeSet::range` would panic on).
     pub fn range(&self, start: &[u8], end: &[u8], limit: usize) -> Vec<(Bytes, Versioned)> {
+        if !end.is_empty() && start > end {
+            return Vec::new();
+        }
         let upper = if end.is_empty() { Bound::Unbounded } else { Bound::Excluded(end) };
         self.keys
             .range::<[u8], _>((Bound::Included(start), upper))
@@ -410,5 +414,7 @@ mod tests {
         let keys = |r: Vec<(Bytes, Versioned)>| r.into_iter().map(|(k, _)| k).collect::<Vec<_>>();
         assert_eq!(keys(s.range(b"b", b"d", 10)), vec![b("b"), b("c")]);
         assert_eq!(keys(s.range(b"b", b"", 2)), vec![b("b"), b("c")]);
+        assert!(s.range(b"z", b"a", 10).is_empty(), "a start past the end is an empty range, not a panic");
+        assert!(s.range(b"b", b"b", 10).is_empty());
     }
 }
