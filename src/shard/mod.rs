@@ -188,6 +188,9 @@ impl<S: StateMachine + Default> Shard<S> {
         }
         let abstain = marker.exists();
         let damaged = log.borrow().recovered_damage().is_some();
+        if damaged {
+            recovery::clamp_commit_to_log(&mut log.borrow_mut(), &config.groups)?;
+        }
         let snapshots = Rc::new(RefCell::new(SnapshotStore::open(&config.snapshot_dir)?));
         let images: Rc<dyn SnapshotImages> = Rc::new(StoredImages(snapshots.clone()));
         let mut groups = BTreeMap::new();

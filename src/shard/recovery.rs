@@ -10,8 +10,8 @@ use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use super::Shard;
-use crate::log::LogError;
+use super::{GroupId, Shard};
+use crate::log::{LogError, LogStore, ShardLog};
 use crate::state::StateMachine;
 
 const MARKER_FILE: &str = "ABSTAINING";
@@ -28,6 +28,24 @@ pub(super) fn persist_marker(path: &Path, reason: &str) -> Result<(), LogError> 
     file.sync_all().map_err(io)?;
     let dir = path.parent().unwrap_or(Path::new("."));
     fs::File::open(dir).and_then(|d| d.sync_all()).map_err(|e| LogError::io(dir, e))
+}
+
+/// After damage was cut from the last flush, a group's commit index may lie beyond
+/// its log: the cut can take a snapshot marker whose entries' segment was released
+/// once the marker was durable (the simulator's seed 128147: commit 2, log empty).
+/// The commit index need not be durable — the leader tells it again — so it is
+/// lowered to what the log holds; the group abstains until caught up (what it lost
+/// may include entries it acknowledged).
+pub(super) fn clamp_commit_to_log(log: &mut ShardLog, groups: &[GroupId]) -> Result<(), LogError> {
+    for &group in groups {
+        let mut hard_state = log.hard_state(group);
+        let last = log.last_index(group);
+        if hard_state.commit > last {
+            hard_state.commit = last;
+            log.set_hard_state(group, hard_state)?;
+        }
+    }
+    Ok(())
 }
 
 impl<S: StateMachine + Default> Shard<S> {

@@ -332,6 +332,9 @@ impl Simulation {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let mut profile = Profile::draw(&mut rng);
         profile.quiesce = ChaCha8Rng::seed_from_u64(seed ^ 0x5149_4553_4345_4e54).random_ratio(3, 4);
+        if let Some(forced) = std::env::var_os("SIM_QUIESCE") {
+            profile.quiesce = forced == "1";
+        }
         let dir = SimDir::new(seed)?;
         let voters: Vec<NodeId> = (1..=profile.voters as NodeId).collect();
         // One spare node, outside the configuration, for membership changes.
