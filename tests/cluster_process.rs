@@ -192,6 +192,61 @@ fn bad_configuration_exits_with_code_2_and_one_line() {
     assert_eq!(output.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("--read-mode lease needs --election-ticks above 2"), "{stderr}");
+    let output = Command::new(env!("CARGO_BIN_EXE_quarryd"))
+        .args(["--node-id", "1", "--data-dir", "/nonexistent/q", "--initial-cluster", "1=127.0.0.1:1"])
+        .args(["--shards", "1", "--network-threads", "256", "--pin-threads", "on"])
+        .output()
+        .expect("quarryd runs");
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("--pin-threads on needs a CPU for each of 1 shards and 256 network threads"), "{stderr}");
+}
+
+/// CPUs in a `/proc` list such as `0-3,8`.
+fn cpu_list(list: &str) -> Vec<usize> {
+    let mut cpus = Vec::new();
+    for part in list.trim().split(',').filter(|p| !p.is_empty()) {
+        let (first, last) = part.split_once('-').unwrap_or((part, part));
+        cpus.extend(first.parse::<usize>().expect("cpu")..=last.parse::<usize>().expect("cpu"));
+    }
+    cpus
+}
+
+/// Each thread of process `pid` (or this process): its name and the CPUs it may use.
+fn thread_cpus(pid: &str) -> Vec<(String, Vec<usize>)> {
+    let mut threads = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).expect("tasks").flatten() {
+        let status = std::fs::read_to_string(task.path().join("status")).unwrap_or_default();
+        let field = |name: &str| status.lines().find_map(|l| l.strip_prefix(name)).map(str::trim).map(String::from);
+        if let (Some(name), Some(cpus)) = (field("Name:"), field("Cpus_allowed_list:")) {
+            threads.push((name, cpu_list(&cpus)));
+        }
+    }
+    threads
+}
+
+/// `--pin-threads on`: each shard thread on a CPU of its own, the network threads on
+/// the CPUs after (skipped where this process may use fewer than two CPUs).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pinned_threads_run_on_the_cpus_they_were_given() {
+    let allowed = thread_cpus("self").into_iter().next().expect("a thread").1;
+    if allowed.len() < 2 {
+        eprintln!("skipped: this process may use {allowed:?}, pinning needs two CPUs");
+        return;
+    }
+    let cluster = start_cluster_with(&["--shards", "1", "--network-threads", "1", "--pin-threads", "on"]);
+    wait_for_leaders(&cluster).await;
+    put_through(&cluster.addrs[0], "pinned", "yes").await;
+    let threads = thread_cpus(&cluster.children[0].id().to_string());
+    // glommio names its helper threads after the executor too.
+    let shard: Vec<_> = threads.iter().filter(|(name, _)| name.starts_with("quarry-shard-0")).collect();
+    assert!(!shard.is_empty(), "the shard thread: {threads:?}");
+    assert!(shard.iter().all(|(_, cpus)| cpus == &vec![allowed[0]]), "the shard has the first CPU: {threads:?}");
+    let network: Vec<_> = threads.iter().filter(|(name, _)| name.starts_with("tokio-r")).collect();
+    assert!(!network.is_empty(), "network threads: {threads:?}");
+    assert!(network.iter().all(|(_, cpus)| cpus == &vec![allowed[1]]), "network threads on the next CPU: {network:?}");
+    let stderr = std::fs::read_to_string(cluster.dir.path().join("node1.log")).expect("node 1's stderr");
+    assert!(stderr.contains(&format!("shards pinned to CPUs [{}]", allowed[0])), "{stderr}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

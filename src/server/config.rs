@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use clap::Parser;
 
+use super::placement::{allowed_cpus, PinThreads, Placement};
 use crate::raft::NodeId;
 
 #[derive(Parser, Debug, Clone, Default)]
@@ -72,6 +73,15 @@ pub struct Args {
     /// 2 ticks per election timeout of each other) [default: read-index].
     #[arg(long, value_parser = ["read-index", "lease"])]
     pub read_mode: Option<String>,
+    /// Threads serving the network (gRPC, Flight, peer streams) [default: the CPUs
+    /// left after the shards, at least 2].
+    #[arg(long)]
+    pub network_threads: Option<usize>,
+    /// Pin each shard thread to a CPU of its own and the network threads to the CPUs
+    /// after them: `auto` does when the CPUs this process may use cover every thread,
+    /// `on` refuses to start otherwise [default: auto].
+    #[arg(long, value_parser = ["auto", "on", "off"])]
+    pub pin_threads: Option<String>,
 }
 
 /// The same settings, from `/etc/quarry/quarry.toml` (or `--config`).
@@ -94,6 +104,8 @@ struct FileConfig {
     segment_mib: Option<u64>,
     connections_max: Option<usize>,
     read_mode: Option<String>,
+    network_threads: Option<usize>,
+    pin_threads: Option<String>,
 }
 
 /// A checked configuration.
@@ -118,11 +130,15 @@ pub struct NodeConfig {
     pub connections_max: usize,
     /// Linearizable reads from a leader lease instead of ReadIndex.
     pub lease_reads: bool,
+    pub network_threads: usize,
+    /// The CPUs of the shard and network threads (`placement.rs`).
+    pub placement: Placement,
 }
 
 /// Groups a node may host; more would make startup and heartbeats unreasonable.
 pub const GROUPS_MAX: u64 = 65_536;
 pub const SHARDS_MAX: usize = 256;
+pub const NETWORK_THREADS_MAX: usize = 256;
 /// Ticks a leader lease is shortened by, for clock-rate differences between members.
 pub const LEASE_DRIFT_MARGIN_TICKS: u32 = 2;
 
@@ -193,6 +209,15 @@ impl Args {
         if lease_reads && election_ticks <= LEASE_DRIFT_MARGIN_TICKS {
             return Err(format!("--read-mode lease needs --election-ticks above {LEASE_DRIFT_MARGIN_TICKS}"));
         }
+        let shards = shards.min(groups as usize);
+        let network_threads =
+            self.network_threads.or(file.network_threads).unwrap_or(cores.saturating_sub(shards).max(2));
+        if network_threads == 0 || network_threads > NETWORK_THREADS_MAX {
+            return Err(format!("--network-threads must be in 1..={NETWORK_THREADS_MAX}"));
+        }
+        let pin: PinThreads = self.pin_threads.or(file.pin_threads).as_deref().unwrap_or("auto").parse()?;
+        let allowed = allowed_cpus().map_err(|e| format!("cannot read this process's CPU affinity: {e}"))?;
+        let placement = Placement::plan(&allowed, shards, network_threads, pin)?;
         Ok(NodeConfig {
             node_id,
             data_dir,
@@ -202,7 +227,7 @@ impl Args {
             metrics_listen: self.metrics_listen.or(file.metrics_listen),
             cluster_id: self.cluster_id.or(file.cluster_id).unwrap_or(1),
             groups,
-            shards: shards.min(groups as usize),
+            shards,
             tick: Duration::from_millis(tick_ms),
             election_ticks,
             heartbeat_ticks,
@@ -211,6 +236,8 @@ impl Args {
             segment_bytes: segment_mib << 20,
             connections_max,
             lease_reads,
+            network_threads,
+            placement,
         })
     }
 }

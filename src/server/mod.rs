@@ -12,6 +12,7 @@ mod connections;
 mod identity;
 mod members;
 mod metrics;
+mod placement;
 mod restore;
 mod router;
 mod service;
@@ -72,13 +73,23 @@ pub fn run(config: NodeConfig) -> Result<(), String> {
         let (inbox, inbox_rx) = flume::bounded(shard_thread::INBOX_MAX);
         let shard_config = shard_config(&config, index, founding);
         let name = format!("{SHARD_THREAD_PREFIX}{index}");
-        let thread = shard_thread::spawn(name, shard_config, config.tick, inbox_rx, links.clone(), metrics.clone())
-            .map_err(|e| format!("cannot start shard {index}: {e}"))?;
+        let cpu = config.placement.shard_cpus.as_ref().map(|cpus| cpus[index]);
+        let thread =
+            shard_thread::spawn(name, shard_config, config.tick, cpu, inbox_rx, links.clone(), metrics.clone())
+                .map_err(|e| format!("cannot start shard {index}: {e}"))?;
         inboxes.push(inbox);
         threads.push(thread);
     }
+    let network_cpus = config.placement.network_cpus.clone();
     let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(config.network_threads)
+        .on_thread_start(move || {
+            if let Some(cpus) = &network_cpus {
+                if let Err(e) = placement::pin_current_thread(cpus) {
+                    eprintln!("quarryd: cannot pin a network thread to CPUs {cpus:?}: {e}");
+                }
+            }
+        })
         .enable_all()
         .build()
         .map_err(|e| format!("cannot start the network runtime: {e}"))?;
@@ -154,7 +165,14 @@ async fn serve(
     let flight = FlightEndpoint::new((0..config.shards).map(|i| snapshot_dir(&config.data_dir, i)).collect())
         .with_records(std::sync::Arc::new(services.clone()))
         .with_entries(std::sync::Arc::new(services.clone()));
-    eprintln!("quarryd: node {} serving on {}", config.node_id, config.listen);
+    eprintln!(
+        "quarryd: node {} serving on {} ({} shards, {} network threads; {})",
+        config.node_id,
+        config.listen,
+        config.shards,
+        config.network_threads,
+        config.placement.describe()
+    );
     systemd::announce_when_ready(shards);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = Server::builder()

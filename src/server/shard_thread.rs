@@ -92,17 +92,20 @@ pub fn fail_node(shard: &str, cause: &str) -> ! {
     std::process::exit(SHARD_FAILED_EXIT)
 }
 
-/// Starts the shard's thread. It runs until every sender of `inbox` is dropped.
+/// Starts the shard's thread (on `cpu` alone, if given). It runs until every sender of
+/// `inbox` is dropped.
 pub fn spawn(
     name: String,
     config: ShardConfig,
     tick: Duration,
+    cpu: Option<usize>,
     inbox: flume::Receiver<ShardInput>,
     links: PeerLinks,
     metrics: Arc<Metrics>,
 ) -> std::io::Result<glommio::ExecutorJoinHandle<Result<(), String>>> {
     let thread_name = name.clone();
-    glommio::LocalExecutorBuilder::default()
+    let placement = cpu.map_or(glommio::Placement::Unbound, glommio::Placement::Fixed);
+    glommio::LocalExecutorBuilder::new(placement)
         .name(&thread_name)
         .spawn(move || async move {
             super::session::defer_wakes_on_this_thread();
