@@ -49,6 +49,8 @@ mod confchange;
 mod config;
 mod election;
 mod error;
+#[cfg(test)]
+mod hostile_tests;
 mod log;
 mod node;
 mod progress;
@@ -67,7 +69,7 @@ mod types;
 pub use confchange::apply_conf_change;
 pub use config::{Config, ReadOnlyOption};
 pub use error::{ConfigError, ProposeError, StorageError};
-pub use node::{Proposed, RaftNode, StepError, READIES_IN_FLIGHT_MAX, TERM_MAX};
+pub use node::{Proposed, RaftNode, StepError, INDEX_MAX, READIES_IN_FLIGHT_MAX, TERM_MAX};
 pub use progress::{Progress, ProgressState};
 pub use ready::Ready;
 pub use storage::{bootstrap_state, limit_size, MemStorage, Storage};

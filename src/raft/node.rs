@@ -19,9 +19,41 @@ use super::storage::Storage;
 use super::types::*;
 
 /// The highest term a message may carry: at an election every millisecond, no
-/// cluster reaches it in a hundred million years, and term arithmetic (`term + 1`)
+/// cluster reaches it in nine thousand years, and term arithmetic (`term + 1`)
 /// cannot overflow below it. A forged message beyond it is refused as malformed.
 pub const TERM_MAX: Term = 1 << 48;
+
+/// The highest log index a message may carry: no log reaches it, and index
+/// arithmetic (`index + 1`, `prev_index + entries`) cannot overflow below it.
+pub const INDEX_MAX: Index = 1 << 62;
+
+/// Whether every index and term `kind` carries is one a real log could hold.
+fn within_reach(kind: &MessageKind) -> bool {
+    let index = |i: &Index| *i <= INDEX_MAX;
+    let term = |t: &Term| *t <= TERM_MAX;
+    match kind {
+        MessageKind::PreVote { last_index, last_term } | MessageKind::Vote { last_index, last_term, .. } => {
+            index(last_index) && term(last_term)
+        }
+        MessageKind::Append { prev_index, prev_term, entries, commit } => {
+            index(prev_index)
+                && term(prev_term)
+                && index(commit)
+                && entries.len() as u64 <= INDEX_MAX - prev_index
+                && entries.iter().all(|e| index(&e.index) && term(&e.term))
+        }
+        MessageKind::AppendResponse { index: i, reject } => {
+            index(i) && reject.as_ref().is_none_or(|h| index(&h.index) && term(&h.term))
+        }
+        MessageKind::Heartbeat { commit, .. } | MessageKind::CommitAnswer { commit, .. } => index(commit),
+        MessageKind::CommitQuery { last_index, .. } => index(last_index),
+        MessageKind::Snapshot { snapshot } => index(&snapshot.meta.index) && term(&snapshot.meta.term),
+        MessageKind::PreVoteResponse { .. }
+        | MessageKind::VoteResponse { .. }
+        | MessageKind::HeartbeatResponse { .. }
+        | MessageKind::TimeoutNow => true,
+    }
+}
 
 /// Readies the host may hold unacknowledged at once; past it `has_ready` answers false
 /// until the host catches up.
@@ -42,6 +74,8 @@ pub enum StepError {
     WrongRecipient { to: NodeId, id: NodeId },
     #[error("malformed message from {from}: {reason}")]
     Malformed { from: NodeId, reason: &'static str },
+    #[error("node {from} acts as leader of term {term}, which this node leads (election safety broken, or forged)")]
+    SecondLeader { from: NodeId, term: Term },
 }
 
 pub struct RaftNode<S: Storage> {
@@ -286,7 +320,7 @@ impl<S: Storage> RaftNode<S> {
             }
             MessageKind::CommitAnswer { nonce, commit } => self.on_commit_answer(nonce, commit),
             _ => match self.role {
-                Role::Leader => self.step_leader(m),
+                Role::Leader => self.step_leader(m)?,
                 Role::Candidate | Role::PreCandidate => self.step_candidate(m),
                 Role::Follower => self.step_follower(m),
             },
@@ -321,6 +355,9 @@ impl<S: Storage> RaftNode<S> {
         }
         if m.term > TERM_MAX {
             return malformed("term beyond any term an election can reach");
+        }
+        if !within_reach(&m.kind) {
+            return malformed("index or term beyond any a log can reach");
         }
         if let MessageKind::Append { prev_index, entries, .. } = &m.kind {
             let contiguous = entries.iter().enumerate().all(|(i, e)| e.index == prev_index + 1 + i as u64);

@@ -7,24 +7,27 @@ use super::progress::ProgressState;
 use super::quorum::joint_value;
 use super::storage::Storage;
 use super::types::*;
-use super::RaftNode;
+use super::{RaftNode, StepError};
 
 impl<S: Storage> RaftNode<S> {
-    pub(super) fn step_leader(&mut self, m: Message) {
+    pub(super) fn step_leader(&mut self, m: Message) -> Result<(), StepError> {
+        if let MessageKind::Append { .. } | MessageKind::Heartbeat { .. } | MessageKind::Snapshot { .. } = m.kind {
+            // Two leaders in one term: Raft's election safety is broken, or the message
+            // is forged. Refused, and loud: the host reports it (the simulator fails).
+            return Err(StepError::SecondLeader { from: m.from, term: m.term });
+        }
         if let Some(pr) = self.progress.get_mut(&m.from) {
             pr.recent_active = true;
         } else {
-            return; // Not a member (removed, or not yet added): nothing to track.
+            return Ok(()); // Not a member (removed, or not yet added): nothing to track.
         }
         match m.kind {
             MessageKind::AppendResponse { index, reject: Some(hint) } => self.on_append_rejected(m.from, index, hint),
             MessageKind::AppendResponse { index, reject: None } => self.on_append_accepted(m.from, index),
             MessageKind::HeartbeatResponse { round } => self.on_heartbeat_response(m.from, round),
-            MessageKind::Append { .. } | MessageKind::Heartbeat { .. } | MessageKind::Snapshot { .. } => {
-                panic!("election safety: node {} leads term {} but {} sent {:?}", self.id, self.term, m.from, m.kind)
-            }
             _ => {}
         }
+        Ok(())
     }
 
     pub(super) fn step_follower(&mut self, m: Message) {

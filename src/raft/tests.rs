@@ -762,7 +762,9 @@ fn hostile_commit_queries_and_answers_change_nothing_unsafe() {
     let mut net = Net::with_empty_logs(3);
     net.campaign(1);
     let (term, last) = (net.node(1).term(), net.node(1).last_index());
-    let huge = Message { from: 2, to: 1, term, kind: MessageKind::CommitQuery { nonce: 1, last_index: u64::MAX } };
+    let beyond = Message { from: 2, to: 1, term, kind: MessageKind::CommitQuery { nonce: 1, last_index: u64::MAX } };
+    assert!(net.node(1).step(beyond).is_err(), "an index no log reaches is malformed");
+    let huge = Message { from: 2, to: 1, term, kind: MessageKind::CommitQuery { nonce: 1, last_index: INDEX_MAX } };
     net.node(1).step(huge).unwrap();
     let ready = net.node(1).ready();
     assert!(ready
@@ -789,7 +791,9 @@ fn hostile_commit_queries_and_answers_change_nothing_unsafe() {
         })
         .expect("the abstaining follower asks");
     follower.advance(ready.number);
-    let forged = MessageKind::CommitAnswer { nonce, commit: u64::MAX };
+    let beyond = MessageKind::CommitAnswer { nonce, commit: u64::MAX };
+    assert!(follower.step(Message { from: 1, to: 2, term, kind: beyond }).is_err(), "malformed");
+    let forged = MessageKind::CommitAnswer { nonce, commit: INDEX_MAX };
     follower.step(Message { from: 1, to: 2, term, kind: forged }).unwrap();
     assert!(follower.is_abstaining(), "a commit index it can never reach keeps it abstaining, nothing worse");
 }

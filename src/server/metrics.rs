@@ -46,6 +46,8 @@ pub struct Metrics {
     pub snapshots_taken: Counter,
     pub snapshots_installed: Counter,
     pub log_entries: Counter,
+    /// Peer messages the Raft core refused (malformed, or a second leader).
+    pub peer_messages_refused: Counter,
     process_cpu_seconds: Gauge<f64, AtomicU64>,
     pub request_seconds: Family<MethodLabel, Histogram>,
     pub peer: PeerCounters,
@@ -77,6 +79,12 @@ impl Metrics {
         let (snapshots_taken, snapshots_installed) = (Counter::default(), Counter::default());
         let log_entries = Counter::default();
         registry.register("log_entries", "Raft entries written to the shard logs", log_entries.clone());
+        let peer_messages_refused = Counter::default();
+        registry.register(
+            "peer_messages_refused",
+            "Peer messages the Raft core refused: malformed, or from a second leader of a term",
+            peer_messages_refused.clone(),
+        );
         let process_cpu_seconds = Gauge::<f64, AtomicU64>::default();
         registry.register(
             "process_cpu_seconds",
@@ -121,6 +129,7 @@ impl Metrics {
             snapshots_taken,
             snapshots_installed,
             log_entries,
+            peer_messages_refused,
             process_cpu_seconds,
             request_seconds,
             peer,

@@ -214,8 +214,16 @@ fn handle(shard: &mut Shard<BuiltinState>, input: ShardInput, metrics: &Metrics)
     }
     match input {
         ShardInput::Peer { group, message } => {
-            // The transport validated the message; the core refuses anything else.
-            let _ = shard.step(group, message);
+            // The transport validated the message's shape; the core refuses what does
+            // not fit. The first refusal is logged with its cause, the rest counted.
+            if let Err(refused) = shard.step(group, message) {
+                if metrics.peer_messages_refused.inc() == 0 {
+                    eprintln!(
+                        "quarryd: group {group}: refused a peer message: {refused} (further refusals are counted \
+                         in quarry_peer_messages_refused_total)"
+                    );
+                }
+            }
         }
         ShardInput::Propose { group, command, reply } => shard.propose(group, &command, reply),
         ShardInput::Read { group, query, reply, serializable: false } => shard.read(group, query, reply),

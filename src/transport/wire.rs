@@ -419,4 +419,29 @@ mod tests {
         assert_eq!(decode_message(bad_entry), Err(WireError("entry without a payload")));
         assert!(proto::RaftMessage::decode(&b"\xff\xff\xff"[..]).is_err());
     }
+
+    proptest::proptest! {
+        /// Any bytes a peer sends decode to messages or to errors, never a panic;
+        /// a real batch with bytes flipped or cut short too.
+        #[test]
+        fn any_bytes_decode_without_panicking(
+            noise in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512),
+            flips in proptest::collection::vec((0usize..4096, proptest::prelude::any::<u8>()), 0..8),
+            cut in 0usize..4096,
+        ) {
+            if let Ok(batch) = proto::PeerBatch::decode(&noise[..]) {
+                let _ = decode_batch(batch);
+            }
+            let messages: Vec<(GroupId, Message)> = samples().into_iter().map(|m| (3, m)).collect();
+            let mut bytes = encode_batch(1, 1, 2, &messages, &[]).encode_to_vec();
+            for (at, xor) in flips {
+                let len = bytes.len();
+                bytes[at % len] ^= xor;
+            }
+            bytes.truncate(cut.max(1));
+            if let Ok(batch) = proto::PeerBatch::decode(&bytes[..]) {
+                let _ = decode_batch(batch);
+            }
+        }
+    }
 }
