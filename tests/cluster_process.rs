@@ -249,6 +249,87 @@ async fn pinned_threads_run_on_the_cpus_they_were_given() {
     assert!(stderr.contains(&format!("shards pinned to CPUs [{}]", allowed[0])), "{stderr}");
 }
 
+/// Values up to `--max-value-bytes` (8 MiB here, beyond tonic's 4 MiB default) go
+/// through sessions and unary calls both ways; a message past the client limit is
+/// refused with the node still serving; a range over large values is cut by bytes and
+/// pages through everything with `more`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_values_are_served_and_message_and_range_sizes_are_bounded() {
+    let cluster = start_cluster_with(&["--max-value-bytes", "8388608"]);
+    wait_for_leaders(&cluster).await;
+    let client = quarry::client::Client::new(&cluster.addrs).expect("client");
+    let big = |i: u8| Bytes::from(vec![i; 6 << 20]);
+    for i in 0..4u8 {
+        client.put(Bytes::from(format!("big-{i}")), big(i)).await.expect("a 6 MiB put on the session");
+    }
+    let gets = (0..4u8).map(|i| client.get(Bytes::from(format!("big-{i}")), false));
+    for (i, got) in futures::future::join_all(gets).await.into_iter().enumerate() {
+        let (value, _) = got.expect("get").expect("found");
+        assert!(value == big(i as u8), "big-{i} came back whole");
+    }
+    let mut kv = KvClient::new(channel(&cluster.addrs[0]).await).max_decoding_message_size(64 << 20);
+    let huge =
+        PutRequest { key: Bytes::from("huge"), value: Bytes::from(vec![0; 20 << 20]), client_id: 0, sequence: 0 };
+    let refused = kv.put(huge).await.expect_err("20 MiB is past what a client may send");
+    assert!(
+        matches!(refused.code(), Code::OutOfRange | Code::ResourceExhausted | Code::InvalidArgument),
+        "{refused:?}"
+    );
+    put_through(&cluster.addrs[0], "after-huge", "still serving").await;
+
+    let (mut seen, mut pages) = (Vec::new(), 0);
+    let mut start = Bytes::from("big-");
+    loop {
+        pages += 1;
+        let page = quarry::proto::RangeRequest {
+            start: start.clone(),
+            end: Bytes::from("big."),
+            limit: 100,
+            serializable: true,
+            group: None,
+        };
+        let answer = kv.range(page).await.expect("range").into_inner();
+        let bytes: usize = answer.kvs.iter().map(|kv| kv.value.len()).sum();
+        assert!(bytes < 24 << 20, "24 MiB in one answer: not cut by bytes");
+        seen.extend(answer.kvs.iter().map(|kv| kv.key.clone()));
+        match answer.kvs.last() {
+            Some(last) if answer.more => start = Bytes::from([&last.key[..], b"\0"].concat()),
+            _ => break,
+        }
+    }
+    let expected: Vec<Bytes> = (0..4).map(|i| Bytes::from(format!("big-{i}"))).collect();
+    assert_eq!(seen, expected, "paging with `more` sees every key once, in order");
+    assert!(pages > 1, "the 24 MiB range came in pages");
+}
+
+/// A node that accepts connections but never answers (SIGSTOPped) costs the Rust
+/// client one timeout, not a hang: discovery asks every node at once with a deadline,
+/// each attempt has one, and keepalives close the dead connection. The bound asserted
+/// (30 s for discovery plus 20 writes and reads) is far above the few seconds this
+/// takes and far below the minute a sequential discovery without deadlines took.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_node_costs_the_client_a_timeout_not_a_hang() {
+    let mut cluster = start_cluster();
+    wait_for_leaders(&cluster).await;
+    let pid = libc::pid_t::try_from(cluster.children[0].id()).expect("pid fits");
+    // SAFETY: kill(2) on the PID of a child this test started and has not reaped.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0, "SIGSTOP delivered");
+    let client = quarry::client::Client::new(&cluster.addrs).expect("client");
+    let work = async {
+        for i in 0..20 {
+            let key = Bytes::from(format!("stopped-{i}"));
+            client.put(key.clone(), Bytes::from("v")).await.expect("put while node 1 is stopped");
+            assert!(client.get(key, false).await.expect("get").is_some());
+        }
+        client.status(0).await.expect_err("the stopped node does not answer")
+    };
+    let refused = tokio::time::timeout(Duration::from_secs(30), work).await.expect("no hang");
+    assert!(refused.to_string().contains("did not answer in time"), "{refused}");
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGCONT) }, 0, "SIGCONT delivered");
+    cluster.kill(1);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_stops_a_node_cleanly_and_the_rest_keep_serving() {
     let mut cluster = start_cluster();

@@ -63,6 +63,12 @@ pub const RETRY_DEADLINE: Duration = Duration::from_secs(10);
 const RETRY_PAUSE: Duration = Duration::from_millis(50);
 /// The longest pause between retries (pauses double from `RETRY_PAUSE`).
 const RETRY_PAUSE_MAX: Duration = Duration::from_millis(800);
+/// One attempt at one node: past it the attempt is abandoned and the call tried at
+/// another node (a write with the same client id and sequence, so it applies once).
+/// A node that accepts connections but never answers costs this, not the call.
+pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long discovery waits for each node's status (all are asked at once).
+const DISCOVERY_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// What a call may be retried after: no leader or a leader change (`Unavailable`,
 /// `Aborted`: a write whose outcome is unknown is retried with its client id and
@@ -143,14 +149,20 @@ impl Client {
     }
 
     /// Learns node ids, the group count and current leaders from the nodes' status,
-    /// once. Nodes that do not answer are skipped; routing then falls back to any node.
+    /// once, asking every node at once. Nodes that do not answer within
+    /// `DISCOVERY_TIMEOUT` are skipped; routing then falls back to any node.
     async fn discover(&self) {
         if self.routing.lock().expect("routing lock").discovered {
             return;
         }
+        let asks = self.channels.iter().map(|channel| {
+            let mut admin = AdminClient::new(channel.clone());
+            async move { tokio::time::timeout(DISCOVERY_TIMEOUT, admin.status(StatusRequest {})).await }
+        });
+        let answers = futures::future::join_all(asks).await;
         let mut learned = Routing { discovered: true, ..Routing::default() };
-        for (i, channel) in self.channels.iter().enumerate() {
-            let Ok(status) = AdminClient::new(channel.clone()).status(StatusRequest {}).await else { continue };
+        for (i, answer) in answers.into_iter().enumerate() {
+            let Ok(Ok(status)) = answer else { continue };
             let status = status.into_inner();
             learned.endpoint_of_node.insert(status.node, i);
             learned.groups = learned.groups.max(status.groups.iter().map(|g| g.group + 1).max().unwrap_or(0));
@@ -210,7 +222,9 @@ impl Client {
         self.discover().await;
         let deadline = Instant::now() + RETRY_DEADLINE;
         loop {
-            match call(self.channel_for(key)).await {
+            let attempt = tokio::time::timeout(ATTEMPT_TIMEOUT, call(self.channel_for(key)));
+            let answer = attempt.await.unwrap_or_else(|_| Err(Status::unavailable("the node did not answer in time")));
+            match answer {
                 Err(s) if retryable(s.code()) && Instant::now() < deadline => {
                     self.learn(None, key, true);
                     tokio::time::sleep(RETRY_PAUSE).await;
@@ -233,8 +247,9 @@ impl Client {
         let mut pause = RETRY_PAUSE;
         loop {
             let endpoint = self.endpoint_for(key);
+            let attempt_deadline = deadline.min(Instant::now() + ATTEMPT_TIMEOUT);
             let attempt = self.sessions[endpoint].call(op.clone());
-            let (status, redirected) = match tokio::time::timeout_at(deadline.into(), attempt).await {
+            let (status, redirected) = match tokio::time::timeout_at(attempt_deadline.into(), attempt).await {
                 Ok(Ok(session_answer::Result::Error(error))) => {
                     let redirected = error.leader != 0 && self.learn_leader(key, error.leader);
                     (Status::new(Code::from(error.code), error.message), redirected)
@@ -244,6 +259,9 @@ impl Client {
                     return Ok(answer);
                 }
                 Ok(Err(lost)) => (lost, false),
+                // This node did not answer in time: try another (the write carries its
+                // client id and sequence, so it applies once).
+                Err(_) if Instant::now() < deadline => (Status::unavailable("the node did not answer in time"), false),
                 Err(_) => (
                     Status::deadline_exceeded(format!(
                         "outcome unknown: no answer within {RETRY_DEADLINE:?}; retrying with the same client_id and \
@@ -310,7 +328,9 @@ impl Client {
                 |_: &tonic::Response<crate::proto::RangeResponse>| None,
                 |ch| {
                     let request = request.clone();
-                    async move { KvClient::new(ch).range(request).await }
+                    async move {
+                        KvClient::new(ch).max_decoding_message_size(session::RESPONSE_MAX_BYTES).range(request).await
+                    }
                 },
             )
             .await?
@@ -352,10 +372,15 @@ impl Client {
         }
     }
 
-    /// The status of the node at position `node` in the address list.
+    /// The status of the node at position `node` in the address list (unavailable
+    /// if it does not answer within `ATTEMPT_TIMEOUT`).
     pub async fn status(&self, node: usize) -> Result<StatusResponse, ClientError> {
         let channel = self.channels.get(node).cloned().ok_or_else(|| ClientError::Endpoint(node.to_string()))?;
-        Ok(AdminClient::new(channel).status(StatusRequest {}).await?.into_inner())
+        let mut admin = AdminClient::new(channel);
+        match tokio::time::timeout(ATTEMPT_TIMEOUT, admin.status(StatusRequest {})).await {
+            Ok(answer) => Ok(answer?.into_inner()),
+            Err(_) => Err(Status::unavailable(format!("{} did not answer in time", self.endpoint(node))).into()),
+        }
     }
 
     /// The node this client believes leads `key`'s group, if it knows.

@@ -20,6 +20,10 @@ const QUEUED_CALLS_MAX: usize = 4096;
 const CALLS_PER_MESSAGE_MAX: usize = 1024;
 /// Bytes of values gathered into one request message, well under gRPC's 4 MiB.
 const BYTES_PER_MESSAGE_MAX: usize = 1 << 20;
+/// The largest answer message the client decodes: the node bounds its messages (about
+/// 1 MiB of values, or one larger value alone; a range's share per group), and a
+/// value may be up to 64 MiB.
+pub const RESPONSE_MAX_BYTES: usize = 256 << 20;
 
 type Waiting = Arc<Mutex<HashMap<u64, oneshot::Sender<Result<session_answer::Result, Status>>>>>;
 
@@ -95,7 +99,7 @@ fn start(channel: Channel) -> Open {
     });
     let (reader_waiting, reader_broken) = (waiting.clone(), broken.clone());
     tokio::spawn(async move {
-        let why = match KvClient::new(channel).session(outgoing).await {
+        let why = match KvClient::new(channel).max_decoding_message_size(RESPONSE_MAX_BYTES).session(outgoing).await {
             Ok(answers) => {
                 let mut answers = answers.into_inner();
                 loop {

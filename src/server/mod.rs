@@ -41,8 +41,13 @@ pub const SHARD_THREAD_PREFIX: &str = "quarry-shard-";
 use router::Router;
 use service::Services;
 
-/// Largest gRPC message accepted (peer batches carry many entries).
-const GRPC_MESSAGE_MAX_BYTES: usize = 64 << 20;
+/// Largest peer batch accepted beyond its largest entry: senders split batches at
+/// `transport::peer::BATCH_BYTES_MAX`, so one batch is at most that plus one entry.
+const PEER_MESSAGE_SLACK_BYTES: usize = crate::transport::peer::BATCH_BYTES_MAX + (1 << 20);
+/// Largest client message beside its values: a session message carries up to about
+/// 1 MiB of calls plus one more (the Rust client's batching), a batch request a few
+/// values; tonic's own 4 MiB floor is kept.
+const CLIENT_MESSAGE_MIN_BYTES: usize = 4 << 20;
 /// How long requests in flight may finish after SIGTERM.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 /// Requests one connection may have in flight (clients multiplex many on one).
@@ -175,14 +180,20 @@ async fn serve(
     );
     systemd::announce_when_ready(shards);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    // Separate limits: a client cannot send what only a peer needs (a 64 MiB batch).
+    let value_max = config.max_value_bytes as usize;
+    let client_message_max = CLIENT_MESSAGE_MIN_BYTES.max(2 * value_max + (1 << 20));
+    let peer_message_max = PEER_MESSAGE_SLACK_BYTES + value_max + KEY_MAX_BYTES + COMMAND_OVERHEAD_BYTES as usize;
     let server = Server::builder()
         .http2_adaptive_window(Some(true))
+        .http2_keepalive_interval(Some(crate::transport::KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(crate::transport::KEEPALIVE_TIMEOUT))
         .concurrency_limit_per_connection(REQUESTS_PER_CONNECTION_MAX)
         .max_concurrent_streams(STREAMS_PER_CONNECTION_MAX)
-        .add_service(KvServer::new(services.clone()))
-        .add_service(LogServer::new(services.clone()))
+        .add_service(KvServer::new(services.clone()).max_decoding_message_size(client_message_max))
+        .add_service(LogServer::new(services.clone()).max_decoding_message_size(client_message_max))
         .add_service(AdminServer::new(services.clone()))
-        .add_service(PeerServer::new(services).max_decoding_message_size(GRPC_MESSAGE_MAX_BYTES))
+        .add_service(PeerServer::new(services).max_decoding_message_size(peer_message_max))
         .add_service(FlightServiceServer::new(flight))
         .serve_with_incoming_shutdown(connections::accept_bounded(listener, config.connections_max), async {
             let _ = stopped.await;

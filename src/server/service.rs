@@ -29,6 +29,11 @@ use super::shard_thread::ShardInput;
 
 /// Keys a range may return in one answer.
 pub const RANGE_LIMIT_MAX: u32 = 10_000;
+/// Bytes of keys and values one range answer holds, about (each group asked gets an
+/// even share and may overshoot it by one pair); past it the answer ends early with
+/// `more`, as it does at its count limit. Without it, one request could make a node
+/// gather every value it holds.
+pub const RANGE_BYTES_MAX: usize = 4 << 20;
 /// How long a snapshot asked for by `SnapshotNow` may take to be durable.
 const SNAPSHOT_NOW_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
 /// Records a log read may return in one answer.
@@ -199,17 +204,31 @@ impl Kv for Services {
         };
         // Keys are spread over every group by hash: ask them all at once (each at its
         // leader, unless serializable), merge in key order.
+        let budget = (RANGE_BYTES_MAX / groups.clone().count()).max(1);
         let mut reads = tokio::task::JoinSet::new();
         for group in groups {
             let (services, req) = (self.clone(), req.clone());
-            reads.spawn(async move { services.range_of_group(group, req, limit, already_forwarded).await });
+            reads.spawn(async move { services.range_of_group(group, req, limit, budget, already_forwarded).await });
         }
         let mut kvs = Vec::new();
+        // A group cut short by its byte share is complete only up to its last key.
+        let mut complete_up_to: Option<Bytes> = None;
         while let Some(joined) = reads.join_next().await {
-            kvs.extend(joined.map_err(|e| Status::internal(format!("range task failed: {e}")))??);
+            let group_kvs = joined.map_err(|e| Status::internal(format!("range task failed: {e}")))??;
+            let bytes: usize = group_kvs.iter().map(|kv| kv.key.len() + kv.value.len()).sum();
+            if let (true, Some(last)) = (bytes >= budget, group_kvs.last()) {
+                if complete_up_to.as_ref().is_none_or(|cut| last.key < *cut) {
+                    complete_up_to = Some(last.key.clone());
+                }
+            }
+            kvs.extend(group_kvs);
         }
         kvs.sort_by(|a: &proto::KeyValue, b| a.key.cmp(&b.key));
-        let more = kvs.len() > limit as usize;
+        let mut more = kvs.len() > limit as usize;
+        if let Some(cut) = complete_up_to {
+            kvs.retain(|kv| kv.key <= cut);
+            more = true;
+        }
         kvs.truncate(limit as usize);
         Ok(Response::new(proto::RangeResponse { kvs, more }))
     }
@@ -246,17 +265,23 @@ impl Services {
         group: GroupId,
         req: proto::RangeRequest,
         limit: u32,
+        budget: usize,
         already_forwarded: bool,
     ) -> Result<Vec<proto::KeyValue>, Status> {
         let (start, end) = (req.start.clone(), req.end.clone());
         let query = Box::new(move |s: &BuiltinState| {
             let mut out = BytesMut::new();
+            let mut bytes = 0;
             for (k, v) in s.range(&start, &end, limit as usize).into_iter().filter(|(k, _)| !is_system_key(k)) {
                 out.put_u32_le(k.len() as u32);
                 out.extend_from_slice(&k);
                 out.put_u32_le(v.value.len() as u32);
                 out.extend_from_slice(&v.value);
                 out.put_u64_le(v.revision);
+                bytes += k.len() + v.value.len();
+                if bytes >= budget {
+                    break;
+                }
             }
             out.freeze()
         });

@@ -33,6 +33,10 @@ pub const SESSION_CALLS_IN_FLIGHT_MAX: usize = 4096;
 pub const SESSION_CALLS_PER_MESSAGE_MAX: usize = 1024;
 /// Answers gathered into one response message.
 const ANSWERS_PER_MESSAGE_MAX: usize = 1024;
+/// Bytes of values in one answer message: past it the rest wait for the next (one
+/// answer larger than this travels alone). Without it, many large gets answered in one
+/// turn made a message beyond what the client decodes, and broke the session.
+const ANSWER_BYTES_PER_MESSAGE_MAX: usize = 1 << 20;
 
 pub type SessionStream = Pin<Box<dyn Stream<Item = Result<SessionResponse, Status>> + Send>>;
 
@@ -88,7 +92,7 @@ impl AnswerQueue {
         for registered in [false, true] {
             let answers: Vec<SessionAnswer> = {
                 let mut queued = self.answers.lock().expect("answers lock");
-                let n = queued.len().min(ANSWERS_PER_MESSAGE_MAX);
+                let n = answers_in_one_message(queued.iter().map(|(answer, _)| answer));
                 // The permits go back here, as the answers leave.
                 queued.drain(..n).map(|(answer, _permit)| answer).collect()
             };
@@ -105,6 +109,30 @@ impl AnswerQueue {
             }
         }
         Poll::Pending
+    }
+}
+
+/// How many of the queued answers go in the next message: at most
+/// `ANSWERS_PER_MESSAGE_MAX`, and no more values than `ANSWER_BYTES_PER_MESSAGE_MAX`
+/// unless the first alone is larger.
+fn answers_in_one_message<'a>(queued: impl Iterator<Item = &'a SessionAnswer>) -> usize {
+    let mut bytes = 0;
+    let mut n = 0;
+    for answer in queued.take(ANSWERS_PER_MESSAGE_MAX) {
+        bytes += answer_bytes(answer);
+        if n > 0 && bytes > ANSWER_BYTES_PER_MESSAGE_MAX {
+            break;
+        }
+        n += 1;
+    }
+    n
+}
+
+fn answer_bytes(answer: &SessionAnswer) -> usize {
+    match &answer.result {
+        Some(session_answer::Result::Get(get)) => get.value.len(),
+        Some(session_answer::Result::Error(error)) => error.message.len(),
+        _ => 0,
     }
 }
 

@@ -21,6 +21,10 @@ use crate::shard::CatchUp;
 pub const PEER_QUEUE_MAX: usize = 1024;
 /// Messages in one batch on the wire.
 pub const BATCH_MESSAGES_MAX: usize = 4096;
+/// Entry bytes in one batch: a turn with more for one peer is split (a batch beyond
+/// the receiver's message limit would break the stream every time it was resent).
+/// One entry larger than this travels alone.
+pub const BATCH_BYTES_MAX: usize = 16 << 20;
 const BACKOFF_MIN: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
 
@@ -123,12 +127,39 @@ impl PeerLinks {
             }
         };
         let mut catch_up = output.catch_up;
-        for chunk in output.messages.chunks(BATCH_MESSAGES_MAX) {
+        for chunk in batches(&output.messages) {
             send(chunk, &std::mem::take(&mut catch_up));
         }
         if output.messages.is_empty() {
             send(&[], &catch_up);
         }
+    }
+}
+
+/// `messages` cut into runs of at most `BATCH_MESSAGES_MAX` messages and about
+/// `BATCH_BYTES_MAX` bytes of entries (a run holds at least one message).
+fn batches(messages: &[(GroupId, Message)]) -> Vec<&[(GroupId, Message)]> {
+    let mut runs = Vec::new();
+    let (mut start, mut bytes) = (0, 0);
+    for (i, (_, m)) in messages.iter().enumerate() {
+        let size = entry_bytes(m);
+        let full = i - start >= BATCH_MESSAGES_MAX || (i > start && bytes + size > BATCH_BYTES_MAX);
+        if full {
+            runs.push(&messages[start..i]);
+            (start, bytes) = (i, 0);
+        }
+        bytes += size;
+    }
+    if start < messages.len() {
+        runs.push(&messages[start..]);
+    }
+    runs
+}
+
+fn entry_bytes(m: &Message) -> usize {
+    match &m.kind {
+        crate::raft::MessageKind::Append { entries, .. } => entries.iter().map(|e| e.size_bytes() as usize).sum(),
+        _ => 0,
     }
 }
 
@@ -160,5 +191,34 @@ async fn sender(node: NodeId, cluster_id: u64, channel: Channel, queue: flume::R
         tokio::time::sleep(backoff).await;
         drop(queue.drain());
         backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::raft::{Entry, EntryPayload, MessageKind};
+
+    fn append(bytes: usize) -> (GroupId, Message) {
+        let entries = vec![Entry { term: 1, index: 1, payload: EntryPayload::Normal(Bytes::from(vec![0; bytes])) }];
+        let kind = MessageKind::Append { prev_index: 0, prev_term: 0, entries, commit: 0 };
+        (0, Message { from: 1, to: 2, term: 1, kind })
+    }
+
+    #[test]
+    fn a_turn_is_cut_into_batches_by_count_and_by_bytes() {
+        let heartbeat = MessageKind::Heartbeat { commit: 0, round: 1, quiesce: false };
+        let many = vec![(0, Message { from: 1, to: 2, term: 1, kind: heartbeat }); BATCH_MESSAGES_MAX + 1];
+        let runs: Vec<usize> = batches(&many).iter().map(|run| run.len()).collect();
+        assert_eq!(runs, vec![BATCH_MESSAGES_MAX, 1]);
+
+        let big = vec![append(BATCH_BYTES_MAX / 2), append(BATCH_BYTES_MAX / 2), append(BATCH_BYTES_MAX * 2)];
+        let runs: Vec<usize> = batches(&big).iter().map(|run| run.len()).collect();
+        assert_eq!(runs, vec![1, 1, 1], "each half plus headers overflows the budget; an oversize entry goes alone");
+        assert!(batches(&[]).is_empty());
+        let small = vec![append(100); 10];
+        assert_eq!(batches(&small).len(), 1);
     }
 }
