@@ -104,13 +104,19 @@ impl<S: StateMachine + Default> Shard<S> {
     }
 
     /// Wakes the sleeping followers of leaders on nodes not heard from for an
-    /// election timeout, so that they elect another leader.
+    /// election timeout, so that they elect another leader. A silent node is then
+    /// forgotten until heard from again: no group can fall asleep following it
+    /// meanwhile, so one that stays silent (removed from the cluster) costs nothing on
+    /// later ticks.
     pub(super) fn wake_followers_of_silent_leaders(&mut self) {
         let timeout = u64::from(self.election_ticks);
         let silent: Vec<NodeId> =
             self.last_heard.iter().filter(|&(_, &at)| self.ticks - at >= timeout).map(|(&node, _)| node).collect();
         if silent.is_empty() {
             return;
+        }
+        for node in &silent {
+            self.last_heard.remove(node);
         }
         let orphaned: Vec<GroupId> = self
             .groups
