@@ -92,6 +92,8 @@ struct Group<S> {
     clock: u64,
     /// Listed in `Shard::touched` for the next turn.
     touched: bool,
+    /// In `Shard::awake` (kept beside the set so an input costs no set lookup).
+    awake: bool,
 }
 
 /// Static description of a shard's groups.
@@ -223,6 +225,7 @@ impl<S: StateMachine + Default> Shard<S> {
                 written_vote: (hard_state.term, hard_state.vote),
                 clock: 0,
                 touched: true,
+                awake: true,
             };
             groups.insert(group, group_state);
         }
@@ -321,10 +324,9 @@ impl<S: StateMachine + Default> Shard<S> {
         self.rouse(group).ok_or(RequestError::UnknownGroup(group))
     }
 
+    /// Steps a peer's message. (Its sender's liveness comes from the host, once per
+    /// batch, through `heard_from`.)
     pub fn step(&mut self, group: GroupId, message: Message) -> Result<(), StepError> {
-        if message.from != self.node {
-            self.last_heard.insert(message.from, self.ticks);
-        }
         match self.rouse(group) {
             Some(g) => g.raft.step(message),
             None => Ok(()), // A group this node does not host: nothing to do.

@@ -7,10 +7,10 @@
 //! the sleeping followers of a leader whose node has gone silent for an election
 //! timeout are woken to elect another.
 //!
-//! Liveness: every message from a node says it is alive, and so does an empty batch
-//! (a beacon): a shard that has sent a peer nothing for a heartbeat interval puts an
-//! empty entry for it in the outbox, which the host sends as an empty batch and the
-//! peer's host reports with [`Shard::heard_from`], with the sender's incarnation (a
+//! Liveness: every batch from a node says it is alive, an empty one (a beacon) too.
+//! A shard that has sent a peer nothing for a heartbeat interval puts an empty entry
+//! for it in the outbox, which the host sends as an empty batch; the peer's host
+//! reports every batch it gets with [`Shard::heard_from`], with the sender's incarnation (a
 //! number drawn at each start). A new incarnation means the peer restarted and knows
 //! no leader: the groups led here that it belongs to wake, so that their heartbeats
 //! reach it (a restarted node that may not campaign — it abstains after losing
@@ -78,7 +78,10 @@ impl<S: StateMachine + Default> Shard<S> {
         }
         // Whatever the input is, the group may be awake after it: tick it from now on
         // (a tick finds out if it is asleep after all).
-        self.awake.insert(group);
+        if !g.awake {
+            g.awake = true;
+            self.awake.insert(group);
+        }
         Some(g)
     }
 
@@ -91,6 +94,7 @@ impl<S: StateMachine + Default> Shard<S> {
             let Some(g) = groups.get_mut(group) else { return false };
             if g.raft.is_quiesced() {
                 *slept += 1;
+                g.awake = false;
                 return false;
             }
             g.raft.tick();
