@@ -127,6 +127,19 @@ fn pinned_regression_seeds() {
         // with commit 2 over an empty log (a panic at start). The commit index is now
         // lowered to the log after damage; the group abstains until caught up.
         128147,
+        // A leader of {1, 2, 3} -> {2, 3, 4} crashed after the change committed, losing
+        // its commit index and its last entry (held by node 1, now removed) while node 3
+        // abstained after a bit flip: restarted with the old configuration applied, it
+        // needed a vote from {1, 3} that neither could give. (Pre-)vote messages now
+        // carry the sender's commit index, taken where the logs match
+        // (raft::tests::election_messages_teach_the_commit_index_and_when_a_campaign_is_futile).
+        175238,
+        // No pre-vote: node 3, far behind, could not win but raised the term at every
+        // timeout, one step ahead of node 4 (a learner in node 3's stale configuration,
+        // so never asked), which it refused forever. A node told of a commit index
+        // beyond its log no longer campaigns, and a stale vote request is answered with
+        // the current term (raft::tests::a_stale_vote_request_is_refused_with_the_current_term).
+        195081,
     ];
     for seed in pinned {
         if let Err(failure) = run_seed(seed) {

@@ -12,7 +12,9 @@ impl<S: Storage> RaftNode<S> {
         self.election_elapsed += 1;
         if self.promotable() && self.election_elapsed >= self.randomized_election_ticks {
             self.election_elapsed = 0;
-            self.campaign(CampaignKind::PreVote);
+            if self.log.last_index() >= self.commit_beyond_log {
+                self.campaign(CampaignKind::PreVote);
+            }
         }
     }
 
@@ -63,7 +65,7 @@ impl<S: Storage> RaftNode<S> {
             self.become_candidate();
             self.term
         };
-        let (last_index, last_term) = (self.log.last_index(), self.log.last_term());
+        let (last_index, last_term, commit) = (self.log.last_index(), self.log.last_term(), self.known_commit());
         let id = self.id;
         self.log_conf = self.latest_conf_in_log();
         let mut voters: Vec<NodeId> =
@@ -73,9 +75,9 @@ impl<S: Storage> RaftNode<S> {
         voters.retain(|&to| to != id);
         for to in voters {
             let request = if pre {
-                MessageKind::PreVote { last_index, last_term }
+                MessageKind::PreVote { last_index, last_term, commit }
             } else {
-                MessageKind::Vote { last_index, last_term, transfer }
+                MessageKind::Vote { last_index, last_term, transfer, commit }
             };
             self.send_with_term(to, request_term, request);
         }
@@ -161,7 +163,7 @@ impl<S: Storage> RaftNode<S> {
             match m.kind {
                 MessageKind::PreVote { .. } => {}
                 // A granted pre-vote carries the future term; the sender did not change.
-                MessageKind::PreVoteResponse { reject: false } => {}
+                MessageKind::PreVoteResponse { reject: false, .. } => {}
                 _ => {
                     let leader = m.is_from_leader().then_some(m.from);
                     self.become_follower(m.term, leader);
@@ -178,8 +180,13 @@ impl<S: Storage> RaftNode<S> {
                 {
                     self.send(m.from, MessageKind::AppendResponse { index: 0, reject: None });
                 }
-                MessageKind::PreVote { .. } => {
-                    self.send(m.from, MessageKind::PreVoteResponse { reject: true });
+                // Raft §5.1: a stale candidate learns the term it is behind. Without
+                // this, one that the others never ask (a learner in their
+                // configuration) campaigns a term behind a node that cannot win,
+                // and is refused forever (the simulator's seed 195081, no pre-vote).
+                MessageKind::PreVote { .. } | MessageKind::Vote { .. } => {
+                    let pre = matches!(m.kind, MessageKind::PreVote { .. });
+                    self.send(m.from, self.vote_refusal(pre));
                 }
                 _ => {}
             }
@@ -199,15 +206,55 @@ impl<S: Storage> RaftNode<S> {
         // A replica that lost entries it acknowledged grants nothing (`recovery.rs`).
         let grant = can_vote && up_to_date && self.abstention.is_none();
         let reply_term = if grant { m.term } else { self.term };
-        let kind = match (pre, grant) {
-            (true, reject) => MessageKind::PreVoteResponse { reject: !reject },
-            (false, reject) => MessageKind::VoteResponse { reject: !reject },
-        };
+        let kind = self.vote_answer(pre, grant);
         if grant && !pre {
             self.election_elapsed = 0;
             self.vote = Some(m.from);
         }
         self.send_with_term(m.from, reply_term, kind);
+    }
+
+    pub(super) fn vote_refusal(&self, pre: bool) -> MessageKind {
+        self.vote_answer(pre, false)
+    }
+
+    fn vote_answer(&self, pre: bool, grant: bool) -> MessageKind {
+        let (reject, commit) = (!grant, self.known_commit());
+        if pre {
+            MessageKind::PreVoteResponse { reject, commit }
+        } else {
+            MessageKind::VoteResponse { reject, commit }
+        }
+    }
+
+    /// What this node can vouch for as committed. An abstaining replica tells nothing:
+    /// its log may have lost entries below its commit index.
+    fn known_commit(&self) -> KnownCommit {
+        let index = self.log.committed;
+        match self.log.term(index) {
+            Ok(term) if self.abstention.is_none() && index > 0 => KnownCommit { index, term },
+            _ => KnownCommit::default(),
+        }
+    }
+
+    /// Takes a commit index from a (pre-)vote answer when this log holds the same
+    /// entry there (see [`KnownCommit`]). Without it, a leader that restarted having
+    /// lost its commit index (not its entries) must win its old configuration again,
+    /// which a removed member with a longer log and an abstaining one can deny for
+    /// good (the simulator's seed 175238).
+    pub(super) fn learn_commit(&mut self, commit: KnownCommit) {
+        let holds_it = commit.index <= self.log.last_index() && self.log.term(commit.index).ok() == Some(commit.term);
+        // A leader commits by counting alone (entries of its term, Figure 8); it
+        // learns earlier commits when its no-op commits.
+        if commit.index > self.log.committed && holds_it && self.role != Role::Leader {
+            self.log.commit_to(commit.index);
+        }
+        // Without pre-vote, a node that cannot win would otherwise keep raising the
+        // term a step ahead of one that can, which it never asks (a learner in its
+        // stale configuration), and so refuses it forever (the simulator's seed 195081).
+        if commit.index > self.log.last_index() {
+            self.commit_beyond_log = self.commit_beyond_log.max(commit.index);
+        }
     }
 
     pub(super) fn step_candidate(&mut self, m: Message) {
@@ -218,10 +265,12 @@ impl<S: Storage> RaftNode<S> {
                 self.step_follower(m);
             }
             // A pre-vote answer is for the term we would campaign in.
-            MessageKind::PreVoteResponse { reject } if self.role == Role::PreCandidate && m.term == self.term + 1 => {
+            MessageKind::PreVoteResponse { reject, .. }
+                if self.role == Role::PreCandidate && m.term == self.term + 1 =>
+            {
                 self.record_vote(m.from, !reject);
             }
-            MessageKind::VoteResponse { reject } if self.role == Role::Candidate => {
+            MessageKind::VoteResponse { reject, .. } if self.role == Role::Candidate => {
                 self.record_vote(m.from, !reject);
             }
             _ => {}

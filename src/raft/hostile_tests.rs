@@ -35,16 +35,22 @@ fn entries() -> impl Strategy<Value = Vec<Entry>> {
     })
 }
 
+fn known_commit() -> impl Strategy<Value = KnownCommit> {
+    (number(), number()).prop_map(|(index, term)| KnownCommit { index, term })
+}
+
 fn kind() -> impl Strategy<Value = MessageKind> {
     prop_oneof![
-        (number(), number()).prop_map(|(last_index, last_term)| MessageKind::PreVote { last_index, last_term }),
-        any::<bool>().prop_map(|reject| MessageKind::PreVoteResponse { reject }),
-        (number(), number(), any::<bool>()).prop_map(|(last_index, last_term, transfer)| MessageKind::Vote {
+        (number(), number(), known_commit()).prop_map(|(last_index, last_term, commit)| MessageKind::PreVote {
             last_index,
             last_term,
-            transfer
+            commit
         }),
-        any::<bool>().prop_map(|reject| MessageKind::VoteResponse { reject }),
+        (any::<bool>(), known_commit()).prop_map(|(reject, commit)| MessageKind::PreVoteResponse { reject, commit }),
+        (number(), number(), any::<bool>(), known_commit()).prop_map(|(last_index, last_term, transfer, commit)| {
+            MessageKind::Vote { last_index, last_term, transfer, commit }
+        }),
+        (any::<bool>(), known_commit()).prop_map(|(reject, commit)| MessageKind::VoteResponse { reject, commit }),
         (number(), number(), entries(), number()).prop_map(|(prev_index, prev_term, entries, commit)| {
             MessageKind::Append { prev_index, prev_term, entries, commit }
         }),
@@ -85,8 +91,13 @@ fn node_in_role(role: u8) -> RaftNode<MemStorage> {
     }
     if role >= 2 {
         let term = node.term();
-        node.step(Message { from: 1, to: 2, term, kind: MessageKind::VoteResponse { reject: false } })
-            .expect("a real vote");
+        node.step(Message {
+            from: 1,
+            to: 2,
+            term,
+            kind: MessageKind::VoteResponse { reject: false, commit: KnownCommit::default() },
+        })
+        .expect("a real vote");
         drain(&mut node);
     }
     node

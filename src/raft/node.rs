@@ -32,8 +32,9 @@ fn within_reach(kind: &MessageKind) -> bool {
     let index = |i: &Index| *i <= INDEX_MAX;
     let term = |t: &Term| *t <= TERM_MAX;
     match kind {
-        MessageKind::PreVote { last_index, last_term } | MessageKind::Vote { last_index, last_term, .. } => {
-            index(last_index) && term(last_term)
+        MessageKind::PreVote { last_index, last_term, commit }
+        | MessageKind::Vote { last_index, last_term, commit, .. } => {
+            index(last_index) && term(last_term) && index(&commit.index) && term(&commit.term)
         }
         MessageKind::Append { prev_index, prev_term, entries, commit } => {
             index(prev_index)
@@ -48,10 +49,10 @@ fn within_reach(kind: &MessageKind) -> bool {
         MessageKind::Heartbeat { commit, .. } | MessageKind::CommitAnswer { commit, .. } => index(commit),
         MessageKind::CommitQuery { last_index, .. } => index(last_index),
         MessageKind::Snapshot { snapshot } => index(&snapshot.meta.index) && term(&snapshot.meta.term),
-        MessageKind::PreVoteResponse { .. }
-        | MessageKind::VoteResponse { .. }
-        | MessageKind::HeartbeatResponse { .. }
-        | MessageKind::TimeoutNow => true,
+        MessageKind::PreVoteResponse { commit, .. } | MessageKind::VoteResponse { commit, .. } => {
+            index(&commit.index) && term(&commit.term)
+        }
+        MessageKind::HeartbeatResponse { .. } | MessageKind::TimeoutNow => true,
     }
 }
 
@@ -123,6 +124,10 @@ pub struct RaftNode<S: Storage> {
     pub(super) log_conf: Option<(Index, ConfState)>,
     /// Set while this replica may lack entries it acknowledged (`recovery.rs`).
     pub(super) abstention: Option<Abstention>,
+    /// A commit index a voter reported beyond this log's end: until the log reaches
+    /// it this node cannot win an election (every leader holds every committed
+    /// entry), so it does not campaign and raise the term for nothing.
+    pub(super) commit_beyond_log: Index,
     /// Asleep: not ticked, no heartbeats, no election timer (`quiesce.rs`).
     pub(super) quiesced: bool,
     #[cfg(test)]
@@ -172,6 +177,7 @@ impl<S: Storage> RaftNode<S> {
             self_vote_ready: None,
             log_conf: None,
             abstention: None,
+            commit_beyond_log: 0,
             quiesced: false,
             #[cfg(test)]
             broken_commit_rule: false,
@@ -309,11 +315,14 @@ impl<S: Storage> RaftNode<S> {
         if self.quiesced && self.wakes_on(&m) {
             self.wake();
         }
+        if let Some(commit) = m.kind.known_commit() {
+            self.learn_commit(commit);
+        }
         if !self.step_term(&m) {
             return Ok(());
         }
         match m.kind {
-            MessageKind::PreVote { last_index, last_term } => self.on_vote_request(&m, true, last_index, last_term),
+            MessageKind::PreVote { last_index, last_term, .. } => self.on_vote_request(&m, true, last_index, last_term),
             MessageKind::Vote { last_index, last_term, .. } => self.on_vote_request(&m, false, last_index, last_term),
             MessageKind::CommitQuery { nonce, last_index } if self.role == Role::Leader => {
                 self.on_commit_query(m.from, nonce, last_index)

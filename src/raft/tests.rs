@@ -298,7 +298,7 @@ fn vote_requires_an_up_to_date_log_and_is_given_once_per_term() {
         from,
         to: 3,
         term: 5,
-        kind: MessageKind::Vote { last_index, last_term, transfer: false },
+        kind: MessageKind::Vote { last_index, last_term, transfer: false, commit: KnownCommit::default() },
     };
     node.step(vote(1, 5, 1)).unwrap(); // longer log, older last term: stale
     node.step(vote(2, 2, 2)).unwrap(); // as up to date as ours: granted
@@ -308,9 +308,9 @@ fn vote_requires_an_up_to_date_log_and_is_given_once_per_term() {
     assert_eq!(
         replies,
         vec![
-            (1, MessageKind::VoteResponse { reject: true }),
-            (2, MessageKind::VoteResponse { reject: false }),
-            (1, MessageKind::VoteResponse { reject: true }),
+            (1, MessageKind::VoteResponse { reject: true, commit: KnownCommit::default() }),
+            (2, MessageKind::VoteResponse { reject: false, commit: KnownCommit::default() }),
+            (1, MessageKind::VoteResponse { reject: true, commit: KnownCommit::default() }),
         ]
     );
     assert_eq!(ready.hard_state, Some(HardState { term: 5, vote: Some(2), commit: 0 }));
@@ -463,7 +463,7 @@ fn malformed_messages_are_refused_and_change_nothing() {
     }
     // A forged term at the top of the range would overflow the next election's `+ 1`.
     for term in [u64::MAX, TERM_MAX + 1] {
-        let vote = MessageKind::Vote { last_index: 9, last_term: 1, transfer: false };
+        let vote = MessageKind::Vote { last_index: 9, last_term: 1, transfer: false, commit: KnownCommit::default() };
         assert!(node.step(Message { from: 3, to: 2, term, kind: vote }).is_err());
     }
     let wrong_recipient = Message { from: 1, to: 3, term: 5, kind: MessageKind::TimeoutNow };
@@ -796,4 +796,46 @@ fn hostile_commit_queries_and_answers_change_nothing_unsafe() {
     let forged = MessageKind::CommitAnswer { nonce, commit: INDEX_MAX };
     follower.step(Message { from: 1, to: 2, term, kind: forged }).unwrap();
     assert!(follower.is_abstaining(), "a commit index it can never reach keeps it abstaining, nothing worse");
+}
+
+/// Exact output: a commit index is taken from a (pre-)vote message only where this
+/// log holds the same entry (Log Matching); one beyond the log stops campaigns,
+/// which could not be won (the simulator's seeds 175238 and 195081).
+#[test]
+fn election_messages_teach_the_commit_index_and_when_a_campaign_is_futile() {
+    let mut node = RaftNode::new(config(2), log_of(&[1, 2, 3], &[1, 1, 2])).unwrap();
+    let mut refusal_with = |index, term| {
+        let commit = KnownCommit { index, term };
+        let kind = MessageKind::PreVoteResponse { reject: true, commit };
+        node.step(Message { from: 1, to: 2, term: 2, kind }).unwrap();
+        node.committed()
+    };
+    assert_eq!(refusal_with(3, 1), 0, "entry 3 has term 2 here: another log");
+    assert_eq!(refusal_with(2, 1), 2, "entry 2 matches: everything up to it is committed");
+    assert_eq!(refusal_with(1, 1), 2, "the commit index never goes back");
+    assert_eq!(refusal_with(9, 3), 2, "beyond this log");
+
+    // A commit index beyond the log: this node cannot win, so it does not campaign.
+    for _ in 0..4 * node.config.election_ticks {
+        node.tick();
+    }
+    assert_eq!(node.role(), Role::Follower);
+    let ready = node.ready();
+    assert!(ready.messages.is_empty() && ready.persisted_messages.is_empty(), "no campaign");
+}
+
+/// Exact output: a vote request from a stale term is refused with the current term,
+/// so that the candidate catches up (Raft §5.1), carrying what this node knows.
+#[test]
+fn a_stale_vote_request_is_refused_with_the_current_term() {
+    let mut storage = log_of(&[1, 2, 3], &[1, 2]);
+    storage.set_hard_state(HardState { term: 5, vote: None, commit: 2 });
+    let mut node = RaftNode::new(config(2), storage).unwrap();
+    let kind = MessageKind::Vote { last_index: 9, last_term: 4, transfer: false, commit: KnownCommit::default() };
+    node.step(Message { from: 3, to: 2, term: 4, kind }).unwrap();
+    let refusal = MessageKind::VoteResponse { reject: true, commit: KnownCommit { index: 2, term: 2 } };
+    let ready = node.ready();
+    let sent: Vec<Message> = ready.messages.into_iter().chain(ready.persisted_messages).collect();
+    assert_eq!(sent, vec![Message { from: 2, to: 3, term: 5, kind: refusal }]);
+    assert_eq!(node.term(), 5);
 }

@@ -131,6 +131,17 @@ pub struct Snapshot {
     pub data: Bytes,
 }
 
+/// A node's commit index and the term of its entry there, carried in (pre-)vote
+/// requests and answers: a receiver whose log holds that entry with that term holds the same log
+/// up to it (Log Matching), so a node learns a commit index it lost in a crash (a
+/// commit index alone is not synced), and one whose log ends before it learns that
+/// it cannot win an election. `index` 0: nothing to tell.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KnownCommit {
+    pub index: Index,
+    pub term: Term,
+}
+
 /// Why a follower rejected an append, so the leader can skip back a whole term at a
 /// time instead of one index per round trip.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -147,9 +158,11 @@ pub enum MessageKind {
     PreVote {
         last_index: Index,
         last_term: Term,
+        commit: KnownCommit,
     },
     PreVoteResponse {
         reject: bool,
+        commit: KnownCommit,
     },
     /// Vote request. `transfer` is set when leadership is being handed over, which lets
     /// voters ignore their leader lease.
@@ -157,9 +170,11 @@ pub enum MessageKind {
         last_index: Index,
         last_term: Term,
         transfer: bool,
+        commit: KnownCommit,
     },
     VoteResponse {
         reject: bool,
+        commit: KnownCommit,
     },
     Append {
         prev_index: Index,
@@ -201,6 +216,19 @@ pub enum MessageKind {
         nonce: u64,
         commit: Index,
     },
+}
+
+impl MessageKind {
+    /// The commit index an election message vouches for.
+    pub fn known_commit(&self) -> Option<KnownCommit> {
+        match self {
+            MessageKind::PreVote { commit, .. }
+            | MessageKind::Vote { commit, .. }
+            | MessageKind::PreVoteResponse { commit, .. }
+            | MessageKind::VoteResponse { commit, .. } => Some(*commit),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

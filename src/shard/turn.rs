@@ -215,6 +215,7 @@ mod tests {
     use crate::log::fault::FaultyDisk;
     use crate::log::io::SegmentWriter;
     use crate::log::ShardLogConfig;
+    use crate::raft::KnownCommit;
     use crate::raft::{Config, MessageKind, Storage};
     use crate::shard::{Shard, ShardConfig};
     use crate::state::BuiltinState;
@@ -255,7 +256,8 @@ mod tests {
     fn grant_a_vote(dir: &Path) -> (Vec<(std::path::PathBuf, u64)>, Vec<Message>) {
         let mut shard = Shard::<BuiltinState>::open(config(dir)).expect("opens");
         let mut writer = SegmentWriter::new(FaultyDisk::default());
-        let request = MessageKind::Vote { last_index: 1, last_term: 1, transfer: false };
+        let request =
+            MessageKind::Vote { last_index: 1, last_term: 1, transfer: false, commit: KnownCommit::default() };
         shard.step(0, Message { from: 2, to: 1, term: 5, kind: request }).expect("valid");
         let staged = shard.stage().expect("stages");
         assert!(shard.take_outbox().is_empty(), "a vote leaves only once durable");
@@ -281,7 +283,7 @@ mod tests {
         assert_eq!(flushes.len(), 2, "the vote is in two flushes");
         assert!(matches!(
             granted[..],
-            [Message { to: 2, term: 5, kind: MessageKind::VoteResponse { reject: false }, .. }]
+            [Message { to: 2, term: 5, kind: MessageKind::VoteResponse { reject: false, .. }, .. }]
         ));
 
         damage(flushes.last().expect("two flushes"));
@@ -289,13 +291,13 @@ mod tests {
         let (hard_state, _) = shard.raft(0).expect("hosted").storage().initial_state();
         assert_eq!((hard_state.term, hard_state.vote), (5, Some(2)), "the vote survived");
         assert!(shard.raft(0).expect("hosted").is_abstaining(), "a flipped bit is damage, not a torn write");
-        let rival = MessageKind::Vote { last_index: 1, last_term: 1, transfer: false };
+        let rival = MessageKind::Vote { last_index: 1, last_term: 1, transfer: false, commit: KnownCommit::default() };
         shard.step(0, Message { from: 3, to: 1, term: 5, kind: rival }).expect("valid");
         let staged = shard.stage().expect("stages");
         make_durable(&mut shard, &mut SegmentWriter::new(FaultyDisk::default()), staged);
         let refused: Vec<Message> = shard.take_outbox().into_values().flatten().map(|(_, m)| m).collect();
         assert!(
-            matches!(refused[..], [Message { to: 3, kind: MessageKind::VoteResponse { reject: true }, .. }]),
+            matches!(refused[..], [Message { to: 3, kind: MessageKind::VoteResponse { reject: true, .. }, .. }]),
             "no second vote in term 5: {refused:?}"
         );
     }
@@ -336,12 +338,15 @@ mod tests {
 
         let mut shard = Shard::<BuiltinState>::open(config(dir.path())).expect("recovers");
         assert!(shard.raft(0).expect("hosted").is_abstaining(), "still abstaining after a restart");
-        let rival = MessageKind::Vote { last_index: 9, last_term: 5, transfer: false };
+        let rival = MessageKind::Vote { last_index: 9, last_term: 5, transfer: false, commit: KnownCommit::default() };
         shard.step(0, Message { from: 3, to: 1, term: 6, kind: rival }).expect("valid");
         let staged = shard.stage().expect("stages");
         make_durable(&mut shard, &mut SegmentWriter::new(FaultyDisk::default()), staged);
         assert!(
-            matches!(sent(&mut shard)[..], [Message { to: 3, kind: MessageKind::VoteResponse { reject: true }, .. }]),
+            matches!(
+                sent(&mut shard)[..],
+                [Message { to: 3, kind: MessageKind::VoteResponse { reject: true, .. }, .. }]
+            ),
             "no vote while abstaining"
         );
         drop(shard);
@@ -378,7 +383,8 @@ mod tests {
         let mut shard = Shard::<BuiltinState>::open(config(dir.path())).expect("opens");
         let mut writer = SegmentWriter::new(FaultyDisk::default());
         writer.files_mut().no_space = true;
-        let request = MessageKind::Vote { last_index: 1, last_term: 1, transfer: false };
+        let request =
+            MessageKind::Vote { last_index: 1, last_term: 1, transfer: false, commit: KnownCommit::default() };
         shard.step(0, Message { from: 2, to: 1, term: 5, kind: request }).expect("valid");
         let staged = shard.stage().expect("stages");
         let job = shard.begin_flush().expect("healthy").expect("a flush");
@@ -402,7 +408,7 @@ mod tests {
         assert_eq!(shard.disk_full(), None);
         assert!(matches!(
             sent(&mut shard)[..],
-            [Message { to: 2, term: 5, kind: MessageKind::VoteResponse { reject: false }, .. }]
+            [Message { to: 2, term: 5, kind: MessageKind::VoteResponse { reject: false, .. }, .. }]
         ));
     }
 }

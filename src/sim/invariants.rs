@@ -281,7 +281,7 @@ impl Invariants {
     pub fn on_send(&mut self, durable: Durable, m: &Message) -> Check {
         let promise = self.promises.entry(m.from).or_default();
         match m.kind {
-            MessageKind::VoteResponse { reject: false } => {
+            MessageKind::VoteResponse { reject: false, .. } => {
                 let granted = *self.votes.entry((m.from, m.term)).or_insert(m.to);
                 if granted != m.to {
                     return Err(format!(

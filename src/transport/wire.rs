@@ -7,8 +7,8 @@ use std::collections::BTreeSet;
 use crate::log::GroupId;
 use crate::proto;
 use crate::raft::{
-    ConfChange, ConfState, Entry, EntryPayload, Message, MessageKind, NodeId, RejectHint, SingleChange, Snapshot,
-    SnapshotMeta,
+    ConfChange, ConfState, Entry, EntryPayload, KnownCommit, Message, MessageKind, NodeId, RejectHint, SingleChange,
+    Snapshot, SnapshotMeta,
 };
 use crate::shard::CatchUp;
 
@@ -19,14 +19,23 @@ pub struct WireError(pub &'static str);
 pub fn encode_message(group: GroupId, m: &Message) -> proto::RaftMessage {
     use proto::raft_message::Kind;
     let kind = match &m.kind {
-        MessageKind::PreVote { last_index, last_term } => {
-            Kind::PreVote(proto::MsgPreVote { last_index: *last_index, last_term: *last_term })
+        MessageKind::PreVote { last_index, last_term, commit } => Kind::PreVote(proto::MsgPreVote {
+            last_index: *last_index,
+            last_term: *last_term,
+            commit: commit.index,
+            commit_term: commit.term,
+        }),
+        MessageKind::PreVoteResponse { reject, commit } => {
+            Kind::PreVoteResponse(encode_vote_response(*reject, *commit))
         }
-        MessageKind::PreVoteResponse { reject } => Kind::PreVoteResponse(proto::MsgVoteResponse { reject: *reject }),
-        MessageKind::Vote { last_index, last_term, transfer } => {
-            Kind::Vote(proto::MsgVote { last_index: *last_index, last_term: *last_term, transfer: *transfer })
-        }
-        MessageKind::VoteResponse { reject } => Kind::VoteResponse(proto::MsgVoteResponse { reject: *reject }),
+        MessageKind::Vote { last_index, last_term, transfer, commit } => Kind::Vote(proto::MsgVote {
+            last_index: *last_index,
+            last_term: *last_term,
+            transfer: *transfer,
+            commit: commit.index,
+            commit_term: commit.term,
+        }),
+        MessageKind::VoteResponse { reject, commit } => Kind::VoteResponse(encode_vote_response(*reject, *commit)),
         MessageKind::Append { prev_index, prev_term, entries, commit } => Kind::Append(proto::MsgAppend {
             prev_index: *prev_index,
             prev_term: *prev_term,
@@ -60,13 +69,30 @@ pub fn encode_message(group: GroupId, m: &Message) -> proto::RaftMessage {
     proto::RaftMessage { group, from: m.from, to: m.to, term: m.term, kind: Some(kind) }
 }
 
+fn encode_vote_response(reject: bool, commit: KnownCommit) -> proto::MsgVoteResponse {
+    proto::MsgVoteResponse { reject, commit: commit.index, commit_term: commit.term }
+}
+
+fn decode_known_commit(v: &proto::MsgVoteResponse) -> KnownCommit {
+    KnownCommit { index: v.commit, term: v.commit_term }
+}
+
 pub fn decode_message(m: proto::RaftMessage) -> Result<(GroupId, Message), WireError> {
     use proto::raft_message::Kind;
     let kind = match m.kind.ok_or(WireError("message without a kind"))? {
-        Kind::PreVote(v) => MessageKind::PreVote { last_index: v.last_index, last_term: v.last_term },
-        Kind::PreVoteResponse(v) => MessageKind::PreVoteResponse { reject: v.reject },
-        Kind::Vote(v) => MessageKind::Vote { last_index: v.last_index, last_term: v.last_term, transfer: v.transfer },
-        Kind::VoteResponse(v) => MessageKind::VoteResponse { reject: v.reject },
+        Kind::PreVote(v) => MessageKind::PreVote {
+            last_index: v.last_index,
+            last_term: v.last_term,
+            commit: KnownCommit { index: v.commit, term: v.commit_term },
+        },
+        Kind::PreVoteResponse(v) => MessageKind::PreVoteResponse { reject: v.reject, commit: decode_known_commit(&v) },
+        Kind::Vote(v) => MessageKind::Vote {
+            last_index: v.last_index,
+            last_term: v.last_term,
+            transfer: v.transfer,
+            commit: KnownCommit { index: v.commit, term: v.commit_term },
+        },
+        Kind::VoteResponse(v) => MessageKind::VoteResponse { reject: v.reject, commit: decode_known_commit(&v) },
         Kind::Append(a) => MessageKind::Append {
             prev_index: a.prev_index,
             prev_term: a.prev_term,
@@ -329,10 +355,10 @@ mod tests {
             data: Bytes::from_static(b"image"),
         };
         let kinds = vec![
-            MessageKind::PreVote { last_index: 3, last_term: 1 },
-            MessageKind::PreVoteResponse { reject: true },
-            MessageKind::Vote { last_index: 3, last_term: 1, transfer: true },
-            MessageKind::VoteResponse { reject: false },
+            MessageKind::PreVote { last_index: 3, last_term: 1, commit: KnownCommit { index: 2, term: 1 } },
+            MessageKind::PreVoteResponse { reject: true, commit: KnownCommit { index: 9, term: 2 } },
+            MessageKind::Vote { last_index: 3, last_term: 1, transfer: true, commit: KnownCommit::default() },
+            MessageKind::VoteResponse { reject: false, commit: KnownCommit::default() },
             MessageKind::Append { prev_index: 4, prev_term: 1, entries, commit: 4 },
             MessageKind::AppendResponse { index: 4, reject: Some(RejectHint { index: 2, term: 1 }) },
             MessageKind::AppendResponse { index: 8, reject: None },
