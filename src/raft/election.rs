@@ -14,6 +14,10 @@ impl<S: Storage> RaftNode<S> {
             self.election_elapsed = 0;
             if self.log.last_index() >= self.commit_beyond_log {
                 self.campaign(CampaignKind::PreVote);
+            } else {
+                // The leader is gone all the same: forget it, so that this node's
+                // lease no longer turns away the candidates that can win.
+                self.become_follower(self.term, None);
             }
         }
     }

@@ -815,11 +815,17 @@ fn election_messages_teach_the_commit_index_and_when_a_campaign_is_futile() {
     assert_eq!(refusal_with(1, 1), 2, "the commit index never goes back");
     assert_eq!(refusal_with(9, 3), 2, "beyond this log");
 
-    // A commit index beyond the log: this node cannot win, so it does not campaign.
+    // A commit index beyond the log: this node cannot win, so it does not campaign,
+    // but it does forget its silent leader (or its lease would refuse those who can).
+    let heartbeat = MessageKind::Heartbeat { commit: 2, round: 1, quiesce: false };
+    node.step(Message { from: 1, to: 2, term: 2, kind: heartbeat }).unwrap();
+    assert_eq!(node.leader(), Some(1));
+    let answered = node.ready();
+    node.advance(answered.number);
     for _ in 0..4 * node.config.election_ticks {
         node.tick();
     }
-    assert_eq!(node.role(), Role::Follower);
+    assert_eq!((node.role(), node.leader()), (Role::Follower, None));
     let ready = node.ready();
     assert!(ready.messages.is_empty() && ready.persisted_messages.is_empty(), "no campaign");
 }
