@@ -60,8 +60,17 @@ pub struct Args {
     #[arg(long, value_enum, default_value = "quarry")]
     pub system: System,
     /// Client endpoints, host:port, comma-separated.
-    #[arg(long, value_delimiter = ',', required = true)]
+    #[arg(long, env = "QUARRY_ENDPOINTS", value_delimiter = ',', required = true)]
     pub endpoints: Vec<String>,
+    /// The CA that signed the nodes' certificates (PEM): talk TLS (Quarry only).
+    #[arg(long, env = "QUARRY_CACERT")]
+    pub cacert: Option<std::path::PathBuf>,
+    /// This client's certificate (PEM), for nodes that require one.
+    #[arg(long, env = "QUARRY_CERT")]
+    pub cert: Option<std::path::PathBuf>,
+    /// The private key of --cert (PEM).
+    #[arg(long, env = "QUARRY_KEY")]
+    pub key: Option<std::path::PathBuf>,
     /// Metrics endpoints (host:port serving /metrics), for server-side figures.
     #[arg(long, value_delimiter = ',')]
     pub metrics: Vec<String>,

@@ -8,6 +8,7 @@ use bytes::Bytes;
 use quarry::client::{Client, ClientError};
 use quarry::proto::kv_client::KvClient;
 use quarry::proto::log_client::LogClient;
+use quarry::tls::ClientTls;
 use tonic::transport::Channel;
 
 use crate::args::{Plan, Routing, System};
@@ -35,22 +36,27 @@ pub enum Target {
     Etcd(Vec<etcd::kv_client::KvClient<Channel>>),
 }
 
-fn channel(endpoint: &str) -> Result<Channel, String> {
+fn channel(endpoint: &str, tls: &ClientTls) -> Result<Channel, String> {
     let endpoint = quarry::transport::endpoint(endpoint)
         .map_err(|_| format!("bad endpoint {endpoint:?}"))?
         .connect_timeout(Duration::from_secs(2));
-    Ok(endpoint.connect_lazy())
+    Ok(tls.channel(endpoint))
 }
 
 impl Target {
     /// `connections` independent connections (HTTP/2 channels) to the endpoints.
     pub fn connect(plan: &Plan) -> Result<Target, String> {
         let endpoints = &plan.args.endpoints;
-        let fixed = |i: usize| channel(&endpoints[i % endpoints.len()]);
+        let args = &plan.args;
+        let tls = ClientTls::from_files(args.cacert.as_deref(), args.cert.as_deref(), args.key.as_deref())?;
+        if tls.is_on() && args.system == System::Etcd {
+            return Err("--cacert is for Quarry; etcd is measured in plain text".into());
+        }
+        let fixed = |i: usize| channel(&endpoints[i % endpoints.len()], &tls);
         Ok(match (plan.args.system, plan.args.routing) {
             (System::Quarry, Routing::Leader) => Target::QuarryRouted(
                 (0..plan.connections)
-                    .map(|_| Client::new(endpoints).map_err(|e| e.to_string()))
+                    .map(|_| Client::with_tls(endpoints, tls.clone()).map_err(|e| e.to_string()))
                     .collect::<Result<_, _>>()?,
             ),
             (System::Quarry, Routing::Fixed) => Target::QuarryFixed(

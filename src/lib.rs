@@ -11,4 +11,5 @@ pub mod shard;
 pub mod sim;
 pub mod snapshot;
 pub mod state;
+pub mod tls;
 pub mod transport;

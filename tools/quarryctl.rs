@@ -16,6 +16,7 @@ use quarry::client::{Client, ClientError};
 use quarry::proto::{self, admin_client::AdminClient};
 use quarry::snapshot::backup::Backup;
 use quarry::snapshot::Manifest;
+use quarry::tls::{Authority, ClientTls, Holder, Validity};
 use quarry::transport::flight::fetch_snapshot;
 use quarry::transport::wire::SnapshotOffer;
 use serde::Serialize;
@@ -27,8 +28,24 @@ use tonic::transport::Channel;
 #[command(name = "quarryctl", about = "Quarry command-line client")]
 struct Cli {
     /// Nodes to talk to, host:port, comma-separated.
-    #[arg(long, default_value = "127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003", value_delimiter = ',')]
+    #[arg(
+        long,
+        global = true,
+        env = "QUARRY_ENDPOINTS",
+        default_value = "127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003",
+        value_delimiter = ','
+    )]
     endpoints: Vec<String>,
+    /// The CA that signed the nodes' certificates (PEM): talk TLS.
+    #[arg(long = "cacert", id = "tls_cacert", global = true, env = "QUARRY_CACERT")]
+    cacert: Option<PathBuf>,
+    /// This client's certificate (PEM), for nodes that require one; an operator's
+    /// (`quarryctl certs admin`) for member, leader and snapshot commands.
+    #[arg(long = "cert", id = "tls_cert", global = true, env = "QUARRY_CERT")]
+    cert: Option<PathBuf>,
+    /// The private key of --cert (PEM).
+    #[arg(long = "key", id = "tls_key", global = true, env = "QUARRY_KEY")]
+    key: Option<PathBuf>,
     /// Print JSON instead of text.
     #[arg(long, global = true)]
     json: bool,
@@ -76,8 +93,52 @@ enum Cmd {
         #[command(subcommand)]
         command: SnapshotCmd,
     },
+    /// Make a CA and certificates for TLS (files in --dir, PEM).
+    Certs {
+        #[command(subcommand)]
+        command: CertsCmd,
+    },
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions { shell: clap_complete::Shell },
+}
+
+#[derive(Subcommand)]
+enum CertsCmd {
+    /// A new CA: ca.pem and ca.key (keep ca.key off the nodes).
+    Ca {
+        #[arg(long, default_value = "certs")]
+        dir: PathBuf,
+        /// Days it stays valid.
+        #[arg(long, default_value_t = 3650)]
+        days: i64,
+    },
+    /// A node's certificate, node-ID.pem and node-ID.key, signed by the CA in --dir:
+    /// it names the node (URI quarry://node/ID) and the hosts it is dialled at.
+    Node {
+        id: u64,
+        /// IP addresses or DNS names clients and peers use to reach the node.
+        #[arg(long, value_delimiter = ',', required = true)]
+        hosts: Vec<String>,
+        #[arg(long, default_value = "certs")]
+        dir: PathBuf,
+        #[arg(long, default_value_t = 825)]
+        days: i64,
+    },
+    /// An operator's certificate (URI quarry://admin): admin.pem and admin.key.
+    Admin {
+        #[arg(long, default_value = "certs")]
+        dir: PathBuf,
+        #[arg(long, default_value_t = 825)]
+        days: i64,
+    },
+    /// An ordinary client's certificate, NAME.pem and NAME.key: Kv and Log only.
+    Client {
+        name: String,
+        #[arg(long, default_value = "certs")]
+        dir: PathBuf,
+        #[arg(long, default_value_t = 825)]
+        days: i64,
+    },
 }
 
 #[derive(Subcommand)]
@@ -174,6 +235,10 @@ async fn main() -> ExitCode {
             clap_complete::generate(*shell, &mut Cli::command(), "quarryctl", &mut std::io::stdout());
             return ExitCode::SUCCESS;
         }
+        Cmd::Certs { .. } => {
+            let Cmd::Certs { command } = cli.command else { unreachable!("matched above") };
+            return certs(command);
+        }
         Cmd::Snapshot { command: SnapshotCmd::Status { file } } => return snapshot_status(file, cli.json),
         Cmd::Snapshot { command: SnapshotCmd::Restore { .. } } => {
             let Cmd::Snapshot { command } = cli.command else { unreachable!("matched above") };
@@ -181,7 +246,14 @@ async fn main() -> ExitCode {
         }
         _ => {}
     }
-    let client = match Client::new(&cli.endpoints) {
+    let tls = match ClientTls::from_files(cli.cacert.as_deref(), cli.cert.as_deref(), cli.key.as_deref()) {
+        Ok(tls) => tls,
+        Err(e) => {
+            eprintln!("quarryctl: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let client = match Client::with_tls(&cli.endpoints, tls) {
         Ok(client) => client,
         Err(e) => {
             eprintln!("quarryctl: {e}");
@@ -234,7 +306,9 @@ async fn run(client: &Client, command: Cmd, json: bool) -> Result<ExitCode, Clie
         Cmd::Member { command } => member(client, command, json).await?,
         Cmd::Leader { command } => leader(client, command, json).await?,
         Cmd::Snapshot { command: SnapshotCmd::Save { file } } => snapshot_save(client, &file, json).await?,
-        Cmd::Snapshot { .. } | Cmd::Completions { .. } => unreachable!("handled before connecting"),
+        Cmd::Snapshot { .. } | Cmd::Certs { .. } | Cmd::Completions { .. } => {
+            unreachable!("handled before connecting")
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -261,7 +335,7 @@ async fn snapshot_save(client: &Client, file: &Path, json: bool) -> Result<(), C
             let r =
                 admin_call(client, |mut a| async move { a.snapshot_now(proto::SnapshotNowRequest { group }).await })
                     .await?;
-            match fetch_group(members, group, &r).await {
+            match fetch_group(client.tls(), members, group, &r).await {
                 Ok(fetched) => return Ok::<_, ClientError>((group, fetched)),
                 Err(e) if attempt < SNAPSHOT_FETCH_ATTEMPTS => bar_ref.println(format!("group {group}: {e}; again")),
                 Err(e) => return Err(tonic::Status::unavailable(format!("group {group}: {e}")).into()),
@@ -289,14 +363,15 @@ async fn snapshot_save(client: &Client, file: &Path, json: bool) -> Result<(), C
 
 /// Pulls one group's image from the node that took it, over Flight.
 async fn fetch_group(
+    tls: &ClientTls,
     members: &[proto::Member],
     group: u64,
     r: &proto::SnapshotNowResponse,
 ) -> Result<(Manifest, Bytes), String> {
     let member = members.iter().find(|m| m.node == r.leader).ok_or(format!("node {} is not a member", r.leader))?;
-    let channel = quarry::transport::endpoint(&member.address)
-        .map_err(|e| format!("bad address {}: {e}", member.address))?
-        .connect_lazy();
+    let endpoint =
+        quarry::transport::endpoint(&member.address).map_err(|e| format!("bad address {}: {e}", member.address))?;
+    let channel = tls.channel(endpoint);
     let conf_state = quarry::raft::ConfState {
         voters: r.voters.iter().copied().collect(),
         voters_outgoing: r.outgoing_voters.iter().copied().collect(),
@@ -617,4 +692,60 @@ async fn leader(client: &Client, command: LeaderCmd, json: bool) -> Result<(), C
 fn print(json: bool, value: &serde_json::Value, text: &str) {
     let mut out = std::io::stdout().lock();
     let _ = if json { writeln!(out, "{value}") } else { writeln!(out, "{text}") };
+}
+
+/// `quarryctl certs`: a CA, then node, operator and client certificates signed by it.
+fn certs(command: CertsCmd) -> ExitCode {
+    match make_certs(command) {
+        Ok(written) => {
+            for path in written {
+                println!("wrote {}", path.display());
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("quarryctl certs: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn make_certs(command: CertsCmd) -> Result<Vec<PathBuf>, String> {
+    let (dir, days, holder, name, hosts) = match command {
+        CertsCmd::Ca { dir, days } => {
+            std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+            let ca = Authority::new("quarry-ca", Validity::days(days))?;
+            return write_pair(&dir, "ca", &ca.own().cert_pem, &ca.own().key_pem);
+        }
+        CertsCmd::Node { id, hosts, dir, days } => (dir, days, Holder::Node(id), format!("node-{id}"), hosts),
+        CertsCmd::Admin { dir, days } => (dir, days, Holder::Admin, "admin".to_owned(), Vec::new()),
+        CertsCmd::Client { name, dir, days } => (dir, days, Holder::Client(name.clone()), name, Vec::new()),
+    };
+    let read = |file: &str| {
+        let path = dir.join(file);
+        std::fs::read_to_string(&path)
+            .map_err(|e| format!("cannot read {} (make the CA first: quarryctl certs ca): {e}", path.display()))
+    };
+    let ca = Authority::load(&read("ca.pem")?, &read("ca.key")?)?;
+    let issued = ca.issue(&holder, &hosts, Validity::days(days))?;
+    write_pair(&dir, &name, &issued.cert_pem, &issued.key_pem)
+}
+
+/// Writes NAME.pem and NAME.key (the key readable by its owner only); never
+/// overwrites a file.
+fn write_pair(dir: &Path, name: &str, cert_pem: &str, key_pem: &str) -> Result<Vec<PathBuf>, String> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut written = Vec::new();
+    for (file, text, mode) in [(format!("{name}.pem"), cert_pem, 0o644), (format!("{name}.key"), key_pem, 0o600)] {
+        let path = dir.join(file);
+        let mut out = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(&path)
+            .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
+        out.write_all(text.as_bytes()).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        written.push(path);
+    }
+    Ok(written)
 }

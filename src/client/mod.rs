@@ -25,6 +25,7 @@ use crate::proto::{
     RangeRequest, ResponseHeader, StatusRequest, StatusResponse,
 };
 use crate::raft::NodeId;
+use crate::tls::ClientTls;
 use session::SessionLink;
 
 /// A write session: the state machine remembers each client id's latest sequence
@@ -79,6 +80,8 @@ fn retryable(code: Code) -> bool {
 }
 
 pub struct Client {
+    /// How channels to the nodes (and to members learned later) are made.
+    tls: ClientTls,
     endpoints: Vec<String>,
     channels: Vec<Channel>,
     /// One session per endpoint, carrying every key call to that node.
@@ -115,8 +118,14 @@ fn header_of(answer: &session_answer::Result) -> Option<&ResponseHeader> {
 }
 
 impl Client {
-    /// A client for the nodes at `addrs` (host:port). Connections open lazily.
+    /// A client for the nodes at `addrs` (host:port), in plain text. Connections
+    /// open lazily.
     pub fn new(addrs: &[String]) -> Result<Client, ClientError> {
+        Client::with_tls(addrs, ClientTls::plain())
+    }
+
+    /// A client for the nodes at `addrs`, over TLS when `tls` is on.
+    pub fn with_tls(addrs: &[String], tls: ClientTls) -> Result<Client, ClientError> {
         if addrs.is_empty() {
             return Err(ClientError::Endpoint(String::new()));
         }
@@ -124,13 +133,14 @@ impl Client {
             .iter()
             .map(|a| {
                 crate::transport::endpoint(a)
-                    .map(|e| e.connect_timeout(Duration::from_secs(2)).connect_lazy())
+                    .map(|e| tls.channel(e.connect_timeout(Duration::from_secs(2))))
                     .map_err(|_| ClientError::Endpoint(a.clone()))
             })
             .collect::<Result<_, _>>()?;
         let routing = Mutex::new(Routing::default());
         let sessions = channels.iter().cloned().map(SessionLink::new).collect();
         Ok(Client {
+            tls,
             endpoints: addrs.to_vec(),
             channels,
             sessions,
@@ -138,6 +148,11 @@ impl Client {
             next: AtomicU64::new(0),
             routing,
         })
+    }
+
+    /// How this client connects (for channels to other members, e.g. over Flight).
+    pub fn tls(&self) -> &ClientTls {
+        &self.tls
     }
 
     /// A session lane for one write: an idle one, or a new one when every lane is

@@ -9,6 +9,7 @@ use clap::Parser;
 
 use super::placement::{allowed_cpus, PinThreads, Placement};
 use crate::raft::NodeId;
+use crate::tls::TlsSettings;
 
 #[derive(Parser, Debug, Clone, Default)]
 #[command(name = "quarryd", about = "Quarry server: replicated key-value store and logs over multi-Raft")]
@@ -82,6 +83,32 @@ pub struct Args {
     /// `on` refuses to start otherwise [default: auto].
     #[arg(long, value_parser = ["auto", "on", "off"])]
     pub pin_threads: Option<String>,
+    /// This node's certificate (PEM), presented to clients and peers alike (one port
+    /// serves both): turns TLS on. Its subject alternative names must hold the
+    /// address clients and peers dial (an IP address or a DNS name).
+    #[arg(long)]
+    pub cert_file: Option<PathBuf>,
+    /// The private key of --cert-file (PEM).
+    #[arg(long)]
+    pub key_file: Option<PathBuf>,
+    /// The CA that signs client certificates [default: the peer CA only].
+    #[arg(long)]
+    pub trusted_ca_file: Option<PathBuf>,
+    /// Refuse connections without a certificate signed by a trusted CA [default: false].
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    pub client_cert_auth: Option<bool>,
+    /// The certificate this node presents to the peers it connects to; it must name
+    /// this node as a subject alternative name URI `quarry://node/<id>`
+    /// [default: --cert-file].
+    #[arg(long)]
+    pub peer_cert_file: Option<PathBuf>,
+    /// The private key of --peer-cert-file [default: --key-file].
+    #[arg(long)]
+    pub peer_key_file: Option<PathBuf>,
+    /// The CA that signs node certificates; only its certificates may speak for a
+    /// node [default: --trusted-ca-file].
+    #[arg(long)]
+    pub peer_trusted_ca_file: Option<PathBuf>,
 }
 
 /// The same settings, from `/etc/quarry/quarry.toml` (or `--config`).
@@ -106,6 +133,13 @@ struct FileConfig {
     read_mode: Option<String>,
     network_threads: Option<usize>,
     pin_threads: Option<String>,
+    cert_file: Option<PathBuf>,
+    key_file: Option<PathBuf>,
+    trusted_ca_file: Option<PathBuf>,
+    client_cert_auth: Option<bool>,
+    peer_cert_file: Option<PathBuf>,
+    peer_key_file: Option<PathBuf>,
+    peer_trusted_ca_file: Option<PathBuf>,
 }
 
 /// A checked configuration.
@@ -133,6 +167,8 @@ pub struct NodeConfig {
     pub network_threads: usize,
     /// The CPUs of the shard and network threads (`placement.rs`).
     pub placement: Placement,
+    /// TLS files; `None` serves plain text to anyone.
+    pub tls: Option<TlsSettings>,
 }
 
 /// Groups a node may host; more would make startup and heartbeats unreasonable.
@@ -158,6 +194,9 @@ impl Args {
         let required = |name: &str| format!("missing --{} (or {} in the config file)", name.replace('_', "-"), name);
         let node_id = self.node_id.or(file.node_id).ok_or_else(|| required("node_id"))?;
         let data_dir = self.data_dir.or(file.data_dir).ok_or_else(|| required("data_dir"))?;
+        // glommio cannot open a relative directory path (EBADF): make it absolute.
+        let data_dir = std::path::absolute(&data_dir)
+            .map_err(|e| format!("--data-dir {}: cannot make it absolute: {e}", data_dir.display()))?;
         let cluster = self.initial_cluster.or(file.initial_cluster).ok_or_else(|| required("initial_cluster"))?;
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let groups = self.groups.or(file.groups).unwrap_or(64);
@@ -218,6 +257,16 @@ impl Args {
         let pin: PinThreads = self.pin_threads.or(file.pin_threads).as_deref().unwrap_or("auto").parse()?;
         let allowed = allowed_cpus().map_err(|e| format!("cannot read this process's CPU affinity: {e}"))?;
         let placement = Placement::plan(&allowed, shards, network_threads, pin)?;
+        let tls = TlsFlags {
+            cert_file: self.cert_file.or(file.cert_file),
+            key_file: self.key_file.or(file.key_file),
+            trusted_ca_file: self.trusted_ca_file.or(file.trusted_ca_file),
+            client_cert_auth: self.client_cert_auth.or(file.client_cert_auth),
+            peer_cert_file: self.peer_cert_file.or(file.peer_cert_file),
+            peer_key_file: self.peer_key_file.or(file.peer_key_file),
+            peer_trusted_ca_file: self.peer_trusted_ca_file.or(file.peer_trusted_ca_file),
+        }
+        .check()?;
         Ok(NodeConfig {
             node_id,
             data_dir,
@@ -238,7 +287,53 @@ impl Args {
             lease_reads,
             network_threads,
             placement,
+            tls,
         })
+    }
+}
+
+/// The TLS settings as given, before defaults.
+struct TlsFlags {
+    cert_file: Option<PathBuf>,
+    key_file: Option<PathBuf>,
+    trusted_ca_file: Option<PathBuf>,
+    client_cert_auth: Option<bool>,
+    peer_cert_file: Option<PathBuf>,
+    peer_key_file: Option<PathBuf>,
+    peer_trusted_ca_file: Option<PathBuf>,
+}
+
+impl TlsFlags {
+    /// TLS is on with a certificate and key; every other TLS setting needs them.
+    fn check(self) -> Result<Option<TlsSettings>, String> {
+        let (cert_file, key_file) = match (self.cert_file, self.key_file) {
+            (Some(cert), Some(key)) => (cert, key),
+            (None, None) => {
+                let any = self.trusted_ca_file.is_some()
+                    || self.client_cert_auth.is_some()
+                    || self.peer_cert_file.is_some()
+                    || self.peer_key_file.is_some()
+                    || self.peer_trusted_ca_file.is_some();
+                if any {
+                    return Err("TLS settings need --cert-file and --key-file".into());
+                }
+                return Ok(None);
+            }
+            _ => return Err("--cert-file and --key-file go together".into()),
+        };
+        let peer_trusted_ca_file = self
+            .peer_trusted_ca_file
+            .or_else(|| self.trusted_ca_file.clone())
+            .ok_or("TLS needs --peer-trusted-ca-file or --trusted-ca-file")?;
+        Ok(Some(TlsSettings {
+            peer_cert_file: self.peer_cert_file.unwrap_or_else(|| cert_file.clone()),
+            peer_key_file: self.peer_key_file.unwrap_or_else(|| key_file.clone()),
+            cert_file,
+            key_file,
+            trusted_ca_file: self.trusted_ca_file,
+            client_cert_auth: self.client_cert_auth.unwrap_or(false),
+            peer_trusted_ca_file,
+        }))
     }
 }
 
@@ -300,6 +395,21 @@ mod tests {
         assert!(parse_cluster("1=127.0.0.1:1,1=127.0.0.1:2").unwrap_err().contains("twice"));
         let none = Args::try_parse_from(["quarryd"]).unwrap().check().unwrap_err();
         assert!(none.contains("missing --node-id"), "{none}");
+    }
+
+    #[test]
+    fn tls_settings_need_a_certificate_and_a_ca() {
+        assert_eq!(args(&[]).unwrap().tls, None, "plain text by default");
+        let tls = args(&["--cert-file", "n.pem", "--key-file", "n.key", "--trusted-ca-file", "ca.pem"]).unwrap().tls;
+        let tls = tls.expect("TLS on");
+        assert_eq!((tls.peer_cert_file.to_str(), tls.peer_trusted_ca_file.to_str()), (Some("n.pem"), Some("ca.pem")));
+        assert!(!tls.client_cert_auth);
+        let strict =
+            args(&["--cert-file", "n", "--key-file", "k", "--peer-trusted-ca-file", "ca", "--client-cert-auth"]);
+        assert!(strict.unwrap().tls.unwrap().client_cert_auth);
+        assert!(args(&["--cert-file", "n.pem"]).unwrap_err().contains("go together"));
+        assert!(args(&["--client-cert-auth"]).unwrap_err().contains("need --cert-file"));
+        assert!(args(&["--cert-file", "n", "--key-file", "k"]).unwrap_err().contains("trusted-ca-file"));
     }
 
     #[test]

@@ -31,6 +31,12 @@ pub struct GroupLabel {
     pub group: u64,
 }
 
+/// What was refused for want of a trusted identity.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RefusedLabel {
+    pub what: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct MethodLabel {
     pub method: &'static str,
@@ -48,6 +54,8 @@ pub struct Metrics {
     pub log_entries: Counter,
     /// Peer messages the Raft core refused (malformed, or a second leader).
     pub peer_messages_refused: Counter,
+    /// TLS handshakes failed and calls refused for want of a trusted identity.
+    pub unauthorized: Family<RefusedLabel, Counter>,
     process_cpu_seconds: Gauge<f64, AtomicU64>,
     pub request_seconds: Family<MethodLabel, Histogram>,
     pub peer: PeerCounters,
@@ -59,6 +67,13 @@ pub struct Metrics {
 }
 
 impl Metrics {
+    /// Counts a refusal, and says whether to log it: the first of its kind and then
+    /// each time the count doubles, so a flood costs a few lines, not one per try.
+    pub fn count_refusal(&self, what: &'static str) -> bool {
+        let before = self.unauthorized.get_or_create(&RefusedLabel { what }).inc();
+        before == 0 || (before + 1).is_power_of_two()
+    }
+
     pub fn new() -> Arc<Metrics> {
         let mut registry = Registry::with_prefix("quarry");
         let proposals = Counter::default();
@@ -84,6 +99,12 @@ impl Metrics {
             "peer_messages_refused",
             "Peer messages the Raft core refused: malformed, or from a second leader of a term",
             peer_messages_refused.clone(),
+        );
+        let unauthorized = Family::<RefusedLabel, Counter>::default();
+        registry.register(
+            "unauthorized",
+            "TLS handshakes failed, and calls refused for want of a trusted identity, by what was refused",
+            unauthorized.clone(),
         );
         let process_cpu_seconds = Gauge::<f64, AtomicU64>::default();
         registry.register(
@@ -130,6 +151,7 @@ impl Metrics {
             snapshots_installed,
             log_entries,
             peer_messages_refused,
+            unauthorized,
             process_cpu_seconds,
             request_seconds,
             peer,

@@ -5,6 +5,7 @@
 //! address in `--initial-cluster` is that listener. Requests reaching a node that does
 //! not lead the key's group are forwarded to the leader once.
 
+mod authorize;
 mod bulk;
 mod calls;
 pub mod config;
@@ -30,6 +31,7 @@ use crate::proto::{admin_server::AdminServer, kv_server::KvServer, log_server::L
 use crate::raft::Config;
 use crate::shard::ShardConfig;
 use crate::state::KEY_MAX_BYTES;
+use crate::tls::ClientTls;
 use crate::transport::flight::FlightEndpoint;
 
 pub use config::{Args, NodeConfig};
@@ -66,6 +68,10 @@ pub fn run(config: NodeConfig) -> Result<(), String> {
     let initialized = identity::check(&config)?;
     let founding = config.founding && !initialized;
     let metrics = metrics::Metrics::new();
+    let tls = match &config.tls {
+        Some(settings) => Some(crate::tls::ServerTls::load(config.node_id, settings.clone())?),
+        None => None,
+    };
     let links = crate::transport::peer::PeerLinks::new(
         config.node_id,
         config.cluster_id,
@@ -98,7 +104,7 @@ pub fn run(config: NodeConfig) -> Result<(), String> {
         .enable_all()
         .build()
         .map_err(|e| format!("cannot start the network runtime: {e}"))?;
-    let served = runtime.block_on(serve(&config, initialized, inboxes, links, metrics));
+    let served = runtime.block_on(serve(&config, initialized, inboxes, links, metrics, tls));
     runtime.shutdown_timeout(Duration::from_secs(5));
     // Every inbox sender is gone with the runtime: the shards finish their turn and stop.
     for (index, thread) in threads.into_iter().enumerate() {
@@ -148,6 +154,7 @@ async fn serve(
     inboxes: Vec<flume::Sender<shard_thread::ShardInput>>,
     links: crate::transport::peer::PeerLinks,
     metrics: std::sync::Arc<metrics::Metrics>,
+    tls: Option<std::sync::Arc<crate::tls::ServerTls>>,
 ) -> Result<(), String> {
     if let Some(addr) = config.metrics_listen {
         metrics::serve(addr, metrics.clone(), inboxes.clone()).await?;
@@ -161,7 +168,10 @@ async fn serve(
         identity::write(&config.data_dir, config)?;
     }
     let founders = config.members.clone();
-    let router = Router::new(config.node_id, config.groups, config.max_value_bytes, inboxes, founders, links, metrics);
+    let outbound = tls.as_ref().map_or_else(ClientTls::plain, |tls| tls.client());
+    let router =
+        Router::new(config.node_id, config.groups, config.max_value_bytes, inboxes, founders, links, metrics.clone())
+            .with_tls(outbound);
     members::follow_registry(router.clone());
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -169,7 +179,8 @@ async fn serve(
     let services = Services { router, cluster_id: config.cluster_id, transfers: Default::default() };
     let flight = FlightEndpoint::new((0..config.shards).map(|i| snapshot_dir(&config.data_dir, i)).collect())
         .with_records(std::sync::Arc::new(services.clone()))
-        .with_entries(std::sync::Arc::new(services.clone()));
+        .with_entries(std::sync::Arc::new(services.clone()))
+        .with_gate(std::sync::Arc::new(services.clone()));
     eprintln!(
         "quarryd: node {} serving on {} ({} shards, {} network threads; {})",
         config.node_id,
@@ -178,6 +189,14 @@ async fn serve(
         config.network_threads,
         config.placement.describe()
     );
+    match &tls {
+        Some(tls) => reload_on_sighup(tls.clone(), config.node_id),
+        None => eprintln!(
+            "quarryd: node {} serves plain text without authentication: anyone who reaches {} may read, \
+             write and administer the cluster (set --cert-file, --key-file and the CA files for TLS)",
+            config.node_id, config.listen
+        ),
+    }
     systemd::announce_when_ready(shards);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     // Separate limits: a client cannot send what only a peer needs (a 64 MiB batch).
@@ -195,9 +214,12 @@ async fn serve(
         .add_service(AdminServer::new(services.clone()))
         .add_service(PeerServer::new(services).max_decoding_message_size(peer_message_max))
         .add_service(FlightServiceServer::new(flight))
-        .serve_with_incoming_shutdown(connections::accept_bounded(listener, config.connections_max), async {
-            let _ = stopped.await;
-        });
+        .serve_with_incoming_shutdown(
+            connections::accept_bounded(listener, config.connections_max, tls, metrics),
+            async {
+                let _ = stopped.await;
+            },
+        );
     tokio::pin!(server);
     tokio::select! {
         result = &mut server => result.map_err(|e| format!("server failed: {e}"))?,
@@ -211,6 +233,24 @@ async fn serve(
         }
     }
     Ok(())
+}
+
+/// Rereads the TLS files on SIGHUP: new connections (and reconnections) use them;
+/// open ones keep theirs, so the cluster does not notice. A bad file changes nothing.
+fn reload_on_sighup(tls: std::sync::Arc<crate::tls::ServerTls>, node: crate::raft::NodeId) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+        eprintln!("quarryd: node {node}: cannot catch SIGHUP; TLS files reload only at restart");
+        return;
+    };
+    tokio::spawn(async move {
+        while hangups.recv().await.is_some() {
+            match tls.reload() {
+                Ok(()) => eprintln!("quarryd: node {node}: TLS files reloaded"),
+                Err(e) => eprintln!("quarryd: node {node}: TLS files not reloaded, the old ones stay: {e}"),
+            }
+        }
+    });
 }
 
 async fn shutdown_signal() {

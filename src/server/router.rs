@@ -18,6 +18,7 @@ use crate::proto::log_client::LogClient;
 use crate::raft::NodeId;
 use crate::shard::Query;
 use crate::state::{BuiltinState, Command, Outcome};
+use crate::tls::ClientTls;
 
 use super::members::AddressBook;
 use super::metrics::{MethodLabel, Metrics};
@@ -42,6 +43,8 @@ pub struct Router {
     /// One lazily connected channel per peer, for the address it was made for.
     channels: Arc<Mutex<BTreeMap<NodeId, (SocketAddr, Channel)>>>,
     metrics: Arc<Metrics>,
+    /// How this node connects to its peers.
+    pub tls: ClientTls,
 }
 
 impl Router {
@@ -55,7 +58,17 @@ impl Router {
         metrics: Arc<Metrics>,
     ) -> Self {
         let book = AddressBook::new(founders.clone());
-        Router { node, groups, max_value_bytes, shards, book, founders, links, channels: Arc::default(), metrics }
+        let tls = ClientTls::plain();
+        Router { node, groups, max_value_bytes, shards, book, founders, links, channels: Arc::default(), metrics, tls }
+    }
+
+    pub fn with_tls(mut self, tls: ClientTls) -> Self {
+        self.tls = tls;
+        self
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 
     fn observe(&self, method: &'static str, started: Instant) {
@@ -122,10 +135,8 @@ impl Router {
         match channels.get(&node) {
             Some((cached, channel)) if *cached == addr => Some(channel.clone()),
             _ => {
-                let channel = crate::transport::endpoint(addr)
-                    .expect("socket addresses are valid URIs")
-                    .connect_timeout(Duration::from_secs(2))
-                    .connect_lazy();
+                let endpoint = crate::transport::endpoint(addr).expect("socket addresses are valid URIs");
+                let channel = self.tls.channel(endpoint.connect_timeout(Duration::from_secs(2)));
                 channels.insert(node, (addr, channel.clone()));
                 Some(channel)
             }

@@ -15,9 +15,10 @@ use crate::proto::{self, admin_server::Admin, kv_server::Kv, log_server::Log, pe
 use crate::raft::{ConfChange, NodeId, SingleChange};
 use crate::shard::{CatchUp, EntryRange};
 use crate::state::{BuiltinState, Command, Operation, Outcome, KEY_MAX_BYTES};
-use crate::transport::flight::{EntrySource, RecordSource};
+use crate::transport::flight::{EntrySource, RecordSource, Transfer, TransferGate};
 use crate::transport::wire::{decode_batch, SnapshotOffer};
 
+use super::authorize;
 use super::bulk::{start_catch_up, start_snapshot_fetch, BulkTransfers};
 use super::calls::{check_value, WriteCall};
 use super::members::changes::{change_here, Coordinator};
@@ -378,6 +379,22 @@ impl EntrySource for Services {
     }
 }
 
+impl TransferGate for Services {
+    fn allow(&self, identity: crate::tls::Identity, transfer: Transfer) -> Result<(), Status> {
+        let allowed = match transfer {
+            Transfer::Tail => true,
+            Transfer::Entries => identity.is_node(),
+            // Followers fetch images; operators save them (`quarryctl snapshot save`).
+            Transfer::Snapshot => identity.may_administer(),
+        };
+        if allowed {
+            return Ok(());
+        }
+        let why = format!("{transfer:?} transfers need a node's certificate; the caller is {identity:?}");
+        Err(authorize::refuse(&self.router, "bulk_transfer", why))
+    }
+}
+
 #[tonic::async_trait]
 impl RecordSource for Services {
     async fn records(&self, name: &str, from: u64, max: u32) -> Result<Vec<Bytes>, Status> {
@@ -442,6 +459,7 @@ impl Admin for Services {
         &self,
         request: Request<proto::AddMemberRequest>,
     ) -> Result<Response<proto::MemberChangeResponse>, Status> {
+        authorize::administer(&self.router, &request, "add_member")?;
         if let Some(leader) = self.coordinator_elsewhere(&request, None).await? {
             return self.admin(leader)?.add_member(forward_request(request.into_inner())).await;
         }
@@ -454,6 +472,7 @@ impl Admin for Services {
         &self,
         request: Request<proto::PromoteMemberRequest>,
     ) -> Result<Response<proto::MemberChangeResponse>, Status> {
+        authorize::administer(&self.router, &request, "promote_member")?;
         if let Some(leader) = self.coordinator_elsewhere(&request, None).await? {
             return self.admin(leader)?.promote_member(forward_request(request.into_inner())).await;
         }
@@ -464,6 +483,7 @@ impl Admin for Services {
         &self,
         request: Request<proto::RemoveMemberRequest>,
     ) -> Result<Response<proto::MemberChangeResponse>, Status> {
+        authorize::administer(&self.router, &request, "remove_member")?;
         let node = request.get_ref().node;
         if let Some(leader) = self.coordinator_elsewhere(&request, Some(node)).await? {
             return self.admin(leader)?.remove_member(forward_request(request.into_inner())).await;
@@ -475,6 +495,7 @@ impl Admin for Services {
         &self,
         request: Request<proto::ReplaceMemberRequest>,
     ) -> Result<Response<proto::MemberChangeResponse>, Status> {
+        authorize::administer(&self.router, &request, "replace_member")?;
         let old = request.get_ref().old_node;
         if let Some(leader) = self.coordinator_elsewhere(&request, Some(old)).await? {
             return self.admin(leader)?.replace_member(forward_request(request.into_inner())).await;
@@ -488,6 +509,7 @@ impl Admin for Services {
         &self,
         request: Request<proto::TransferLeaderRequest>,
     ) -> Result<Response<proto::TransferLeaderResponse>, Status> {
+        authorize::administer(&self.router, &request, "transfer_leader")?;
         let (group, to) = (request.get_ref().group, request.get_ref().to);
         self.check_group(group)?;
         let view = group_view(&self.router, self.cluster_id, group)
@@ -513,14 +535,16 @@ impl Admin for Services {
         &self,
         request: Request<proto::DrainLeadersRequest>,
     ) -> Result<Response<proto::LeaderMovesResponse>, Status> {
+        authorize::administer(&self.router, &request, "drain_leaders")?;
         let moves = drain(&self.router, self.cluster_id, request.into_inner().node).await?;
         Ok(Response::new(proto::LeaderMovesResponse { moves }))
     }
 
     async fn balance_leaders(
         &self,
-        _: Request<proto::BalanceLeadersRequest>,
+        request: Request<proto::BalanceLeadersRequest>,
     ) -> Result<Response<proto::LeaderMovesResponse>, Status> {
+        authorize::administer(&self.router, &request, "balance_leaders")?;
         let moves = balance(&self.router, self.cluster_id).await?;
         Ok(Response::new(proto::LeaderMovesResponse { moves }))
     }
@@ -529,6 +553,7 @@ impl Admin for Services {
         &self,
         request: Request<proto::ChangeGroupRequest>,
     ) -> Result<Response<proto::ChangeGroupResponse>, Status> {
+        authorize::administer(&self.router, &request, "change_group")?;
         let req = request.get_ref();
         self.check_group(req.group)?;
         let ids = req.add_learners.iter().chain(&req.add_voters).chain(&req.remove);
@@ -553,6 +578,7 @@ impl Admin for Services {
         &self,
         request: Request<proto::SnapshotNowRequest>,
     ) -> Result<Response<proto::SnapshotNowResponse>, Status> {
+        authorize::administer(&self.router, &request, "snapshot_now")?;
         self.check_group(request.get_ref().group)?;
         serve_or_forward!(self, request, admin_client, snapshot_now, |req| {
             let (reply, answer) = flume::bounded(1);
@@ -632,6 +658,7 @@ impl Peer for Services {
     type StreamStream = PeerStream;
 
     async fn stream(&self, request: Request<Streaming<proto::PeerBatch>>) -> Result<Response<PeerStream>, Status> {
+        let identity = crate::tls::identity_of(&request);
         let mut inbound = request.into_inner();
         let (errors, answer) = tokio::sync::mpsc::channel(1);
         let (router, cluster_id, transfers) = (self.router.clone(), self.cluster_id, self.transfers.clone());
@@ -640,6 +667,12 @@ impl Peer for Services {
                 if batch.cluster_id != cluster_id {
                     let reason = format!("cluster id {} does not match this node's {cluster_id}", batch.cluster_id);
                     let _ = errors.send(Err(Status::failed_precondition(reason))).await;
+                    return;
+                }
+                // Everything below (messages, snapshot and catch-up offers, the sender's
+                // address) acts on the sender's word: it must be the node it says.
+                if let Err(refused) = authorize::speak_for(&router, identity, batch.from_node) {
+                    let _ = errors.send(Err(refused)).await;
                     return;
                 }
                 router.learn_peer(batch.from_node, &batch.from_address);

@@ -35,6 +35,8 @@ use arrow_flight::{
 use bytes::Bytes;
 use futures::{Stream, StreamExt, TryStreamExt};
 use tonic::transport::Channel;
+
+use crate::tls::{identity_of, Identity};
 use tonic::{Request, Response, Status, Streaming};
 
 use super::wire::{decode_entry, encode_entry, SnapshotOffer};
@@ -91,6 +93,22 @@ pub trait EntrySource: Send + Sync + 'static {
     async fn entries(&self, group: GroupId, from: Index, to: Index) -> Result<EntryRange, Status>;
 }
 
+/// What a Flight ticket asks for, for the gate that decides who may have it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transfer {
+    /// A named log's records (a client's tail).
+    Tail,
+    /// Committed entries for a follower's catch-up.
+    Entries,
+    /// A group's snapshot image.
+    Snapshot,
+}
+
+/// Decides whether the caller may have a transfer (`server::authorize`).
+pub trait TransferGate: Send + Sync + 'static {
+    fn allow(&self, identity: Identity, transfer: Transfer) -> Result<(), Status>;
+}
+
 /// Records per batch of a log tail.
 pub const TAIL_BATCH_RECORDS_MAX: u32 = 1024;
 /// Snapshot and entry transfers a node serves at once; more are refused (the
@@ -108,6 +126,8 @@ pub struct FlightEndpoint {
     snapshot_dirs: Arc<Vec<PathBuf>>,
     records: Option<Arc<dyn RecordSource>>,
     entries: Option<Arc<dyn EntrySource>>,
+    /// Without one, every caller may have everything (tests of the transfer itself).
+    gate: Option<Arc<dyn TransferGate>>,
     tails: Arc<tokio::sync::Semaphore>,
     transfers: Arc<tokio::sync::Semaphore>,
     pub faults: Arc<TransferFaults>,
@@ -119,6 +139,7 @@ impl FlightEndpoint {
             snapshot_dirs: Arc::new(snapshot_dirs),
             records: None,
             entries: None,
+            gate: None,
             tails: Arc::new(tokio::sync::Semaphore::new(TAILS_MAX)),
             transfers: Arc::new(tokio::sync::Semaphore::new(SERVED_TRANSFERS_MAX)),
             faults: Arc::default(),
@@ -131,6 +152,17 @@ impl FlightEndpoint {
 
     pub fn with_entries(self, entries: Arc<dyn EntrySource>) -> FlightEndpoint {
         FlightEndpoint { entries: Some(entries), ..self }
+    }
+
+    pub fn with_gate(self, gate: Arc<dyn TransferGate>) -> FlightEndpoint {
+        FlightEndpoint { gate: Some(gate), ..self }
+    }
+
+    fn allow<T>(&self, request: &Request<T>, transfer: Transfer) -> Result<(), Status> {
+        match &self.gate {
+            Some(gate) => gate.allow(identity_of(request), transfer),
+            None => Ok(()),
+        }
     }
 
     async fn entry_stream(&self, ticket: &str) -> Result<BoxStream<FlightData>, Status> {
@@ -432,11 +464,14 @@ impl FlightService for FlightEndpoint {
     async fn do_get(&self, request: Request<Ticket>) -> Result<Response<Self::DoGetStream>, Status> {
         if let Some(ticket) = std::str::from_utf8(&request.get_ref().ticket).ok().filter(|t| t.starts_with("entries/"))
         {
+            self.allow(&request, Transfer::Entries)?;
             return self.entry_stream(ticket).await.map(Response::new);
         }
         if let Some(tail) = std::str::from_utf8(&request.get_ref().ticket).ok().filter(|t| t.starts_with("log/")) {
+            self.allow(&request, Transfer::Tail)?;
             return self.tail(tail).map(Response::new);
         }
+        self.allow(&request, Transfer::Snapshot)?;
         let (group, index, offset) = parse_ticket(&request.get_ref().ticket)?;
         let path = self.snapshot_path(group, index)?;
         let permit = self.transfer_permit()?;

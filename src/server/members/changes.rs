@@ -201,7 +201,7 @@ impl Coordinator {
     /// index and term) and corrupt its view of every group.
     async fn check_joining_node(&self, node: NodeId, address: SocketAddr) -> Result<(), Status> {
         let refuse = |why: String| Err(Status::failed_precondition(format!("the node at {address} {why}")));
-        let Some(status) = view::probe(address).await else {
+        let Some(status) = view::probe(&self.router, address).await else {
             return refuse("does not answer; start it first, with --initial-cluster-state existing".into());
         };
         if status.node != node {

@@ -118,6 +118,11 @@ impl AddressBook {
         AddressBook(Arc::new(RwLock::new(Book { addresses, removed: BTreeSet::new() })))
     }
 
+    /// Whether the registry says `node` was removed (it may not come back).
+    pub fn is_removed(&self, node: NodeId) -> bool {
+        self.0.read().expect("address book lock").removed.contains(&node)
+    }
+
     pub fn get(&self, node: NodeId) -> Option<SocketAddr> {
         self.0.read().expect("address book lock").addresses.get(&node).copied()
     }

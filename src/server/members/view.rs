@@ -59,8 +59,8 @@ async fn status_of_node(router: &Router, cluster_id: u64, node: NodeId) -> Optio
 }
 
 /// The status of whatever answers at `address`, if anything does within the timeout.
-pub async fn probe(address: SocketAddr) -> Option<proto::StatusResponse> {
-    let channel = crate::transport::endpoint(address).ok()?.connect_lazy();
+pub async fn probe(router: &Router, address: SocketAddr) -> Option<proto::StatusResponse> {
+    let channel = router.tls.channel(crate::transport::endpoint(address).ok()?);
     let mut client = crate::proto::admin_client::AdminClient::new(channel);
     let call = client.status(proto::StatusRequest {});
     Some(tokio::time::timeout(STATUS_TIMEOUT, call).await.ok()?.ok()?.into_inner())

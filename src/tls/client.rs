@@ -1,0 +1,89 @@
+//! The connecting side of TLS, for nodes (to their peers) and for quarryctl,
+//! quarry-bench and the Rust client (etcdctl's `--cacert --cert --key`).
+
+use std::io;
+use std::path::Path;
+use std::sync::{Arc, RwLock};
+
+use hyper_util::rt::TokioIo;
+use rustls::sign::SingleCertAndKey;
+use rustls::ClientConfig;
+use rustls_pki_types::ServerName;
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::TlsConnector;
+use tonic::codegen::http::Uri;
+use tonic::transport::{Channel, Endpoint};
+
+use super::files::{certified_key, roots};
+use super::{provider, ALPN_H2};
+
+/// How to connect: in plain text, or over TLS with a configuration that may be
+/// replaced while channels live (each reconnection takes the current one).
+#[derive(Clone, Default)]
+pub struct ClientTls(Option<Arc<RwLock<Arc<ClientConfig>>>>);
+
+impl ClientTls {
+    /// Plain text.
+    pub fn plain() -> ClientTls {
+        ClientTls(None)
+    }
+
+    pub(super) fn shared(config: Arc<RwLock<Arc<ClientConfig>>>) -> ClientTls {
+        ClientTls(Some(config))
+    }
+
+    /// TLS when a CA is given: the nodes' certificates are checked against `cacert`,
+    /// and `cert` with `key` (both or neither) is presented as the client's.
+    pub fn from_files(cacert: Option<&Path>, cert: Option<&Path>, key: Option<&Path>) -> Result<ClientTls, String> {
+        let Some(cacert) = cacert else {
+            return match (cert, key) {
+                (None, None) => Ok(ClientTls::plain()),
+                _ => Err("--cert and --key need --cacert, the CA that signed the nodes' certificates".into()),
+            };
+        };
+        let builder = ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| format!("TLS configuration: {e}"))?
+            .with_root_certificates(roots(&[cacert])?);
+        let mut config = match (cert, key) {
+            (Some(cert), Some(key)) => {
+                builder.with_client_cert_resolver(Arc::new(SingleCertAndKey::from(certified_key(cert, key)?)))
+            }
+            (None, None) => builder.with_no_client_auth(),
+            _ => return Err("--cert and --key go together".into()),
+        };
+        config.alpn_protocols = vec![ALPN_H2.to_vec()];
+        Ok(ClientTls(Some(Arc::new(RwLock::new(Arc::new(config))))))
+    }
+
+    pub fn is_on(&self) -> bool {
+        self.0.is_some()
+    }
+
+    /// A channel to `endpoint`, connected lazily: over TLS when on, the server's
+    /// certificate checked against the endpoint's host (an IP address or a name).
+    pub fn channel(&self, endpoint: Endpoint) -> Channel {
+        let Some(current) = &self.0 else {
+            return endpoint.connect_lazy();
+        };
+        let current = current.clone();
+        endpoint.connect_with_connector_lazy(tower::service_fn(move |uri: Uri| {
+            let config = current.read().expect("tls lock").clone();
+            connect(uri, config)
+        }))
+    }
+}
+
+async fn connect(uri: Uri, config: Arc<ClientConfig>) -> io::Result<TokioIo<TlsStream<TcpStream>>> {
+    let invalid = |what: &str| io::Error::new(io::ErrorKind::InvalidInput, format!("{uri}: {what}"));
+    let host = uri.host().ok_or_else(|| invalid("no host"))?;
+    let port = uri.port_u16().ok_or_else(|| invalid("no port"))?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let tcp = TcpStream::connect((host, port)).await?;
+    // As on plain connections (transport::endpoint): small frames leave at once.
+    tcp.set_nodelay(true)?;
+    let name = ServerName::try_from(host.to_owned()).map_err(|_| invalid("not a host name or address"))?;
+    let tls = TlsConnector::from(config).connect(name, tcp).await?;
+    Ok(TokioIo::new(tls))
+}
