@@ -13,8 +13,8 @@ use quarry::proto::{LogAppendRequest, LogReadRequest, PutRequest};
 
 use process::*;
 
-fn quarryctl(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_quarryctl")).args(args).output().expect("quarryctl runs")
+fn quarryctl(cluster: &Cluster, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_quarryctl")).envs(cluster.ctl_env()).args(args).output().expect("quarryctl runs")
 }
 
 const RECORDS: u64 = 20;
@@ -43,8 +43,8 @@ async fn a_cluster_restored_from_a_saved_snapshot_has_the_same_data() {
     let file = old.dir.path().join("cluster.backup");
     let file = file.to_str().expect("utf-8 path");
     let endpoints = old.addrs.join(",");
-    succeeded("snapshot save", &quarryctl(&["--endpoints", &endpoints, "snapshot", "save", file]));
-    let out = quarryctl(&["--json", "snapshot", "status", file]);
+    succeeded("snapshot save", &quarryctl(&old, &["--endpoints", &endpoints, "snapshot", "save", file]));
+    let out = quarryctl(&old, &["--json", "snapshot", "status", file]);
     succeeded("snapshot status", &out);
     let status: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
     assert_eq!(status["groups"].as_array().map(Vec::len), Some(GROUPS as usize));
@@ -68,19 +68,22 @@ async fn a_cluster_restored_from_a_saved_snapshot_has_the_same_data() {
             "--initial-cluster",
             &new.initial,
         ];
-        succeeded("snapshot restore", &quarryctl(&args));
+        succeeded("snapshot restore", &quarryctl(&old, &args));
     }
-    let again = quarryctl(&[
-        "snapshot",
-        "restore",
-        file,
-        "--data-dir",
-        new.data_dir(1).to_str().expect("utf-8"),
-        "--node-id",
-        "1",
-        "--initial-cluster",
-        &new.initial,
-    ]);
+    let again = quarryctl(
+        &old,
+        &[
+            "snapshot",
+            "restore",
+            file,
+            "--data-dir",
+            new.data_dir(1).to_str().expect("utf-8"),
+            "--node-id",
+            "1",
+            "--initial-cluster",
+            &new.initial,
+        ],
+    );
     assert_eq!(again.status.code(), Some(1), "restoring over a data dir is refused");
     assert!(String::from_utf8_lossy(&again.stderr).contains("not empty"));
     new.start_founders();
@@ -103,7 +106,7 @@ async fn a_cluster_restored_from_a_saved_snapshot_has_the_same_data() {
     })
     .await
     .expect("put after restore");
-    let out = quarryctl(&["--endpoints", &new.addrs.join(","), "--json", "member", "list"]);
+    let out = quarryctl(&new, &["--endpoints", &new.addrs.join(","), "--json", "member", "list"]);
     succeeded("member list", &out);
     let members: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
     let addresses: Vec<&str> =
@@ -116,7 +119,7 @@ async fn a_cluster_restored_from_a_saved_snapshot_has_the_same_data() {
     bytes[at] ^= 1;
     let damaged = old.dir.path().join("damaged.backup");
     std::fs::write(&damaged, bytes).expect("write");
-    let out = quarryctl(&["snapshot", "status", damaged.to_str().expect("utf-8")]);
+    let out = quarryctl(&old, &["snapshot", "status", damaged.to_str().expect("utf-8")]);
     assert_eq!(out.status.code(), Some(1), "a damaged backup exits with 1");
     assert!(String::from_utf8_lossy(&out.stderr).contains("checksum"), "{}", String::from_utf8_lossy(&out.stderr));
 }

@@ -257,7 +257,7 @@ async fn pinned_threads_run_on_the_cpus_they_were_given() {
 async fn large_values_are_served_and_message_and_range_sizes_are_bounded() {
     let cluster = start_cluster_with(&["--max-value-bytes", "8388608"]);
     wait_for_leaders(&cluster).await;
-    let client = quarry::client::Client::new(&cluster.addrs).expect("client");
+    let client = client(&cluster.addrs);
     let big = |i: u8| Bytes::from(vec![i; 6 << 20]);
     for i in 0..4u8 {
         client.put(Bytes::from(format!("big-{i}")), big(i)).await.expect("a 6 MiB put on the session");
@@ -314,7 +314,7 @@ async fn a_stopped_node_costs_the_client_a_timeout_not_a_hang() {
     let pid = libc::pid_t::try_from(cluster.children[0].id()).expect("pid fits");
     // SAFETY: kill(2) on the PID of a child this test started and has not reaped.
     assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0, "SIGSTOP delivered");
-    let client = quarry::client::Client::new(&cluster.addrs).expect("client");
+    let client = client(&cluster.addrs);
     let work = async {
         for i in 0..20 {
             let key = Bytes::from(format!("stopped-{i}"));
@@ -412,7 +412,7 @@ async fn kill_a_leader_mid_run(flags: &[&str]) {
 
     // The same through the Rust client's sessions, which retry a write whose outcome
     // is unknown with the same client id and sequence.
-    let session_client = quarry::client::Client::new(&cluster.addrs).expect("client");
+    let session_client = client(&cluster.addrs);
     let session_writer = tokio::spawn(async move {
         let mut acknowledged = Vec::new();
         for i in 0..400 {
@@ -542,6 +542,7 @@ async fn quarryctl_puts_gets_deletes_and_reports_status() {
     let endpoints = cluster.addrs.join(",");
     let ctl = |args: &[&str]| {
         Command::new(env!("CARGO_BIN_EXE_quarryctl"))
+            .envs(cluster.ctl_env())
             .arg("--endpoints")
             .arg(&endpoints)
             .args(args)
@@ -562,6 +563,7 @@ async fn quarryctl_puts_gets_deletes_and_reports_status() {
     assert!(nodes.iter().all(|n| n["health"] == "ok"), "{nodes:?}");
     // A node that does not answer is reported, and the exit code says so.
     let out = Command::new(env!("CARGO_BIN_EXE_quarryctl"))
+        .envs(cluster.ctl_env())
         .args(["--endpoints", &format!("{endpoints},127.0.0.1:1"), "--json", "status"])
         .output()
         .expect("runs");
@@ -608,7 +610,7 @@ async fn quarryctl_puts_gets_deletes_and_reports_status() {
 async fn the_rust_client_learns_leaders_and_sends_keys_straight_to_them() {
     let cluster = start_cluster();
     wait_for_leaders(&cluster).await;
-    let client = quarry::client::Client::new(&cluster.addrs).expect("client");
+    let client = client(&cluster.addrs);
     for i in 0..200 {
         let key = Bytes::from(format!("routed-{i}"));
         client.put(key.clone(), Bytes::from(format!("{i}"))).await.expect("put");
@@ -692,6 +694,7 @@ async fn quarry_bench_measures_a_short_verified_run() {
     wait_for_leaders(&cluster).await;
     let out = cluster.dir.path().join("bench");
     let run = Command::new(env!("CARGO_BIN_EXE_quarry-bench"))
+        .envs(cluster.ctl_env())
         .args(["--endpoints", &cluster.addrs.join(","), "--metrics", &cluster.metrics.join(",")])
         .args(["--workload", "mixed", "--clients", "4", "--requests", "300", "--keys", "16", "--warmup", "0"])
         .args(["--verify", "--json", "--label", "short"])
@@ -735,10 +738,12 @@ fn segment_bytes_on_disk(dir: &std::path::Path) -> u64 {
 
 /// `n` puts of `value_size`-byte values over `n` keys through `addrs`, by quarry-bench
 /// with `clients` clients; its JSON summary.
-async fn put_with_bench(addrs: &[String], n: u64, clients: u32, value_size: u32) -> serde_json::Value {
-    let endpoints = addrs.join(",");
+async fn put_with_bench(cluster: &Cluster, nodes: usize, n: u64, clients: u32, value_size: u32) -> serde_json::Value {
+    let endpoints = cluster.addrs[..nodes].join(",");
+    let env = cluster.ctl_env();
     let load = tokio::task::spawn_blocking(move || {
         Command::new(env!("CARGO_BIN_EXE_quarry-bench"))
+            .envs(env)
             .args(["--endpoints", &endpoints, "--workload", "put", "--keys", &n.to_string()])
             .args(["--requests", &n.to_string(), "--clients", &clients.to_string()])
             .args(["--value-size", &value_size.to_string(), "--warmup", "0", "--json", "--no-progress"])
@@ -808,7 +813,7 @@ async fn a_node_down_for_200k_entries_catches_up_by_snapshot_and_disk_stays_boun
         })
     };
     let written = Instant::now();
-    let summary = put_with_bench(&cluster.addrs[..2], ENTRIES, 128, 64).await;
+    let summary = put_with_bench(&cluster, 2, ENTRIES, 128, 64).await;
     assert_eq!(summary["requests"], ENTRIES, "every write acknowledged: {summary}");
     eprintln!("200,000 writes in {:.1} s", written.elapsed().as_secs_f64());
     sampling.store(false, std::sync::atomic::Ordering::Relaxed);
@@ -898,7 +903,7 @@ async fn a_node_far_behind_catches_up_with_a_bulk_log_pull_over_flight() {
     let mut cluster = start_cluster_with(&["--snapshot-distance", "0", "--shards", "1"]);
     wait_for_leaders(&cluster).await;
     cluster.kill(3);
-    put_with_bench(&cluster.addrs[..2], ENTRIES, 64, 32).await;
+    put_with_bench(&cluster, 2, ENTRIES, 64, 32).await;
 
     let restarted = Instant::now();
     cluster.restart(3);

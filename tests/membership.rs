@@ -22,6 +22,7 @@ use process::*;
 fn ctl(cluster: &Cluster, endpoints: &[usize], args: &[&str]) -> Output {
     let endpoints: Vec<&str> = endpoints.iter().map(|&id| cluster.addrs[id - 1].as_str()).collect();
     Command::new(env!("CARGO_BIN_EXE_quarryctl"))
+        .envs(cluster.ctl_env())
         .arg("--endpoints")
         .arg(endpoints.join(","))
         .args(args)

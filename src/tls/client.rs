@@ -6,9 +6,10 @@ use std::path::Path;
 use std::sync::{Arc, RwLock};
 
 use hyper_util::rt::TokioIo;
-use rustls::sign::SingleCertAndKey;
-use rustls::ClientConfig;
-use rustls_pki_types::ServerName;
+use rustls::sign::{CertifiedKey, SingleCertAndKey};
+use rustls::{ClientConfig, RootCertStore};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
@@ -42,16 +43,42 @@ impl ClientTls {
                 _ => Err("--cert and --key need --cacert, the CA that signed the nodes' certificates".into()),
             };
         };
+        let identity = match (cert, key) {
+            (Some(cert), Some(key)) => Some(certified_key(cert, key)?),
+            (None, None) => None,
+            _ => return Err("--cert and --key go together".into()),
+        };
+        ClientTls::build(roots(&[cacert])?, identity)
+    }
+
+    /// The same from PEM text: a CA certificate, and a certificate with its key.
+    pub fn from_pem(ca_pem: &str, identity: Option<(&str, &str)>) -> Result<ClientTls, String> {
+        let mut roots = RootCertStore::empty();
+        for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+            roots.add(cert.map_err(|e| format!("CA certificate: {e}"))?).map_err(|e| format!("CA certificate: {e}"))?;
+        }
+        let identity = match identity {
+            Some((cert_pem, key_pem)) => {
+                let chain = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| format!("certificate: {e}"))?;
+                let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|e| format!("key: {e}"))?;
+                let key = provider().key_provider.load_private_key(key).map_err(|e| format!("key: {e}"))?;
+                Some(CertifiedKey::new(chain, key))
+            }
+            None => None,
+        };
+        ClientTls::build(roots, identity)
+    }
+
+    fn build(roots: RootCertStore, identity: Option<CertifiedKey>) -> Result<ClientTls, String> {
         let builder = ClientConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
             .map_err(|e| format!("TLS configuration: {e}"))?
-            .with_root_certificates(roots(&[cacert])?);
-        let mut config = match (cert, key) {
-            (Some(cert), Some(key)) => {
-                builder.with_client_cert_resolver(Arc::new(SingleCertAndKey::from(certified_key(cert, key)?)))
-            }
-            (None, None) => builder.with_no_client_auth(),
-            _ => return Err("--cert and --key go together".into()),
+            .with_root_certificates(roots);
+        let mut config = match identity {
+            Some(identity) => builder.with_client_cert_resolver(Arc::new(SingleCertAndKey::from(identity))),
+            None => builder.with_no_client_auth(),
         };
         config.alpn_protocols = vec![ALPN_H2.to_vec()];
         Ok(ClientTls(Some(Arc::new(RwLock::new(Arc::new(config))))))
@@ -72,6 +99,20 @@ impl ClientTls {
             let config = current.read().expect("tls lock").clone();
             connect(uri, config)
         }))
+    }
+
+    /// A channel to `endpoint`, connected now (the handshake done) or an error.
+    pub async fn connect(&self, endpoint: Endpoint) -> Result<Channel, tonic::transport::Error> {
+        let Some(current) = &self.0 else {
+            return endpoint.connect().await;
+        };
+        let current = current.clone();
+        endpoint
+            .connect_with_connector(tower::service_fn(move |uri: Uri| {
+                let config = current.read().expect("tls lock").clone();
+                connect(uri, config)
+            }))
+            .await
     }
 }
 

@@ -1,12 +1,19 @@
 //! Shared by the process-level tests: a cluster of real `quarryd` processes on
 //! 127.0.0.1 with ports picked here, stopped by PID when dropped, and the clients
 //! that drive it.
+//!
+//! `QUARRY_TEST_TLS=1` runs every cluster over mutual TLS: the nodes get
+//! certificates from one CA made for the test process, and the tests' own clients
+//! (channels, the Rust client, quarryctl, quarry-bench) an operator's.
 #![allow(dead_code)]
 
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
+
+use quarry::tls::{Authority, ClientTls, Holder, Issued, Validity};
 
 use bytes::Bytes;
 use quarry::proto::admin_client::AdminClient;
@@ -28,6 +35,53 @@ pub struct Cluster {
     /// Flags every node gets beyond the basic ones.
     pub extra: Vec<String>,
     pub dir: tempfile::TempDir,
+    /// Whether the nodes serve mutual TLS (certificates in `dir`).
+    pub tls: bool,
+}
+
+/// Whether `QUARRY_TEST_TLS=1` asks for every cluster to run over TLS.
+pub fn tls_on() -> bool {
+    std::env::var("QUARRY_TEST_TLS").is_ok_and(|v| v == "1")
+}
+
+/// Node certificates made (ids 1 to this); tests add at most a few nodes.
+pub const NODE_CERTS: usize = 9;
+
+/// One CA for the test process, with certificates for nodes, an operator and a client.
+pub struct Pki {
+    pub ca: Authority,
+    /// Node `id`'s is `nodes[id - 1]`; each names 127.0.0.1.
+    pub nodes: Vec<Issued>,
+    pub admin: Issued,
+    pub client: Issued,
+}
+
+pub fn pki() -> &'static Pki {
+    static PKI: OnceLock<Pki> = OnceLock::new();
+    PKI.get_or_init(|| {
+        let ca = Authority::new("quarry-test-ca", Validity::days(30)).expect("CA");
+        let hosts = ["127.0.0.1".to_string()];
+        let nodes = (1..=NODE_CERTS as u64)
+            .map(|id| ca.issue(&Holder::Node(id), &hosts, Validity::days(30)).expect("node certificate"))
+            .collect();
+        let admin = ca.issue(&Holder::Admin, &[], Validity::days(30)).expect("admin certificate");
+        let client = ca.issue(&Holder::Client("alice".into()), &[], Validity::days(30)).expect("client certificate");
+        Pki { ca, nodes, admin, client }
+    })
+}
+
+/// How the tests' own clients connect: with the operator's certificate under TLS.
+pub fn client_tls(tls: bool) -> ClientTls {
+    if !tls {
+        return ClientTls::plain();
+    }
+    let pki = pki();
+    ClientTls::from_pem(&pki.ca.own().cert_pem, Some((&pki.admin.cert_pem, &pki.admin.key_pem))).expect("client TLS")
+}
+
+/// The Rust client for `addrs`, as the tests' clients connect.
+pub fn client(addrs: &[String]) -> quarry::client::Client {
+    quarry::client::Client::with_tls(addrs, client_tls(tls_on())).expect("client")
 }
 
 impl Drop for Cluster {
@@ -60,6 +114,7 @@ impl Cluster {
         Command::new(env!("CARGO_BIN_EXE_quarryd"))
             .args(["--node-id", &id.to_string(), "--initial-cluster", initial, "--groups", &GROUPS.to_string()])
             .args(["--tick-ms", "20", "--metrics-listen", &self.metrics[id - 1]])
+            .args(self.tls_flags(id))
             .args(&self.extra)
             .args(flags)
             .arg("--data-dir")
@@ -77,6 +132,58 @@ impl Cluster {
 
     pub fn data_dir(&self, id: usize) -> PathBuf {
         self.dir.path().join(format!("node{id}"))
+    }
+
+    /// A file of the cluster's certificates (`ca.pem`, `node-1.pem`, `admin.key`...).
+    pub fn pki_file(&self, name: &str) -> PathBuf {
+        self.dir.path().join("pki").join(name)
+    }
+
+    fn write_pki(&self) {
+        let pki = pki();
+        std::fs::create_dir_all(self.dir.path().join("pki")).expect("pki dir");
+        let mut files = vec![("ca".to_string(), &pki.ca.own().cert_pem, &pki.ca.own().key_pem)];
+        files.extend(pki.nodes.iter().enumerate().map(|(i, n)| (format!("node-{}", i + 1), &n.cert_pem, &n.key_pem)));
+        files.push(("admin".into(), &pki.admin.cert_pem, &pki.admin.key_pem));
+        files.push(("client".into(), &pki.client.cert_pem, &pki.client.key_pem));
+        for (name, cert, key) in files {
+            std::fs::write(self.pki_file(&format!("{name}.pem")), cert).expect("write certificate");
+            std::fs::write(self.pki_file(&format!("{name}.key")), key).expect("write key");
+        }
+    }
+
+    fn tls_flags(&self, id: usize) -> Vec<String> {
+        if !self.tls {
+            return Vec::new();
+        }
+        assert!(id <= NODE_CERTS, "no certificate made for node {id}");
+        let file = |name: String| self.pki_file(&name).to_string_lossy().into_owned();
+        vec![
+            "--cert-file".into(),
+            file(format!("node-{id}.pem")),
+            "--key-file".into(),
+            file(format!("node-{id}.key")),
+            "--trusted-ca-file".into(),
+            file("ca.pem".into()),
+            "--client-cert-auth".into(),
+        ]
+    }
+
+    /// The environment quarryctl and quarry-bench need to reach this cluster.
+    pub fn ctl_env(&self) -> Vec<(&'static str, String)> {
+        let mut env = vec![("QUARRY_ENDPOINTS", self.addrs.join(","))];
+        if self.tls {
+            let file = |name: &str| self.pki_file(name).to_string_lossy().into_owned();
+            env.push(("QUARRY_CACERT", file("ca.pem")));
+            env.push(("QUARRY_CERT", file("admin.pem")));
+            env.push(("QUARRY_KEY", file("admin.key")));
+        }
+        env
+    }
+
+    /// A connected channel to node `id`, as the tests' clients connect.
+    pub async fn channel(&self, id: usize) -> Channel {
+        connect(&self.addrs[id - 1], &client_tls(self.tls)).await
     }
 
     /// Starts a new node (the next id) that joins the running cluster: it knows the
@@ -130,15 +237,35 @@ pub fn start_cluster_with(extra: &[&str]) -> Cluster {
     cluster
 }
 
+/// A 3-node cluster serving mutual TLS whatever `QUARRY_TEST_TLS` says.
+pub fn start_tls_cluster(extra: &[&str]) -> Cluster {
+    let mut cluster = prepare_cluster_tls(extra, true);
+    cluster.start_founders();
+    cluster
+}
+
+/// A TLS cluster's ports, directories and certificates, no node started.
+pub fn start_tls_cluster_unstarted() -> Cluster {
+    prepare_cluster_tls(&[], true)
+}
+
 /// A 3-node cluster's ports and directories, not started (to prepare data dirs).
 pub fn prepare_cluster(extra: &[&str]) -> Cluster {
+    prepare_cluster_tls(extra, tls_on())
+}
+
+fn prepare_cluster_tls(extra: &[&str], tls: bool) -> Cluster {
     let dir = tempfile::Builder::new().prefix("quarry-cluster-").tempdir().expect("temp dir");
     let ports = free_ports(6);
     let addrs: Vec<String> = ports[..3].iter().map(|p| format!("127.0.0.1:{p}")).collect();
     let metrics: Vec<String> = ports[3..].iter().map(|p| format!("127.0.0.1:{p}")).collect();
     let initial = addrs.iter().enumerate().map(|(i, a)| format!("{}={a}", i + 1)).collect::<Vec<_>>().join(",");
     let extra = extra.iter().map(|s| s.to_string()).collect();
-    Cluster { children: Vec::new(), addrs, metrics, initial, extra, dir }
+    let cluster = Cluster { children: Vec::new(), addrs, metrics, initial, extra, dir, tls };
+    if tls {
+        cluster.write_pki();
+    }
+    cluster
 }
 
 /// Every key and value a node holds, read from its own replica, page by page.
@@ -163,13 +290,22 @@ pub async fn all_pairs(addr: &str) -> Vec<(Bytes, Bytes)> {
     }
 }
 
+/// A connected channel to `addr`, over TLS (operator's certificate) when
+/// `QUARRY_TEST_TLS=1`.
 pub async fn channel(addr: &str) -> Channel {
+    connect(addr, &client_tls(tls_on())).await
+}
+
+/// A channel to `addr`, retried until it connects (the node may be starting).
+pub async fn connect(addr: &str, tls: &ClientTls) -> Channel {
     let deadline = Instant::now() + READY_DEADLINE;
     loop {
-        if let Ok(channel) = Channel::from_shared(format!("http://{addr}")).expect("uri").connect().await {
-            return channel;
-        }
-        assert!(Instant::now() < deadline, "{addr} never accepted a connection");
+        let endpoint = quarry::transport::endpoint(addr).expect("uri");
+        let error = match tls.connect(endpoint).await {
+            Ok(channel) => return channel,
+            Err(e) => e,
+        };
+        assert!(Instant::now() < deadline, "{addr} never accepted a connection: {error:?}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -178,7 +314,7 @@ pub async fn channel(addr: &str) -> Channel {
 pub async fn wait_for_leaders(cluster: &Cluster) {
     let deadline = Instant::now() + READY_DEADLINE;
     for addr in &cluster.addrs {
-        let mut admin = AdminClient::new(channel(addr).await);
+        let mut admin = AdminClient::new(connect(addr, &client_tls(cluster.tls)).await);
         loop {
             if let Ok(status) = admin.status(StatusRequest {}).await {
                 let groups = status.into_inner().groups;
@@ -240,7 +376,7 @@ pub async fn put_concurrently(
 }
 
 pub async fn leader_of(cluster: &Cluster, via: usize, group: u64) -> Option<usize> {
-    let mut admin = AdminClient::new(channel(&cluster.addrs[via - 1]).await);
+    let mut admin = AdminClient::new(cluster.channel(via).await);
     let status = admin.status(StatusRequest {}).await.ok()?.into_inner();
     status.groups.iter().find(|g| g.group == group && g.leader != 0).map(|g| g.leader as usize)
 }
