@@ -2,7 +2,6 @@
 //! a fixed node, or etcd through its v3 KV API.
 
 use std::collections::HashMap;
-use std::time::Duration;
 
 use bytes::Bytes;
 use quarry::client::{Client, ClientError};
@@ -37,9 +36,7 @@ pub enum Target {
 }
 
 fn channel(endpoint: &str, tls: &ClientTls) -> Result<Channel, String> {
-    let endpoint = quarry::transport::endpoint(endpoint)
-        .map_err(|_| format!("bad endpoint {endpoint:?}"))?
-        .connect_timeout(Duration::from_secs(2));
+    let endpoint = quarry::transport::endpoint(endpoint).map_err(|_| format!("bad endpoint {endpoint:?}"))?;
     Ok(tls.channel(endpoint))
 }
 

@@ -926,12 +926,7 @@ async fn a_node_serves_at_most_connections_max_connections_at_once() {
     // Each node holds one connection from each of its two peers; two more are left.
     let cluster = start_cluster_with(&["--connections-max", "4"]);
     wait_for_leaders(&cluster).await;
-    let connect = || {
-        Channel::from_shared(format!("http://{}", cluster.addrs[0]))
-            .expect("uri")
-            .connect_timeout(Duration::from_secs(1))
-            .connect_lazy()
-    };
+    let connect = || client_tls(cluster.tls).channel(quarry::transport::endpoint(&cluster.addrs[0]).expect("uri"));
     let status = |channel: Channel| async move {
         tokio::time::timeout(Duration::from_secs(1), AdminClient::new(channel).status(StatusRequest {})).await
     };

@@ -132,9 +132,7 @@ impl Client {
         let channels: Vec<Channel> = addrs
             .iter()
             .map(|a| {
-                crate::transport::endpoint(a)
-                    .map(|e| tls.channel(e.connect_timeout(Duration::from_secs(2))))
-                    .map_err(|_| ClientError::Endpoint(a.clone()))
+                crate::transport::endpoint(a).map(|e| tls.channel(e)).map_err(|_| ClientError::Endpoint(a.clone()))
             })
             .collect::<Result<_, _>>()?;
         let routing = Mutex::new(Routing::default());
@@ -392,9 +390,14 @@ impl Client {
     pub async fn status(&self, node: usize) -> Result<StatusResponse, ClientError> {
         let channel = self.channels.get(node).cloned().ok_or_else(|| ClientError::Endpoint(node.to_string()))?;
         let mut admin = AdminClient::new(channel);
+        let endpoint = self.endpoint(node);
         match tokio::time::timeout(ATTEMPT_TIMEOUT, admin.status(StatusRequest {})).await {
-            Ok(answer) => Ok(answer?.into_inner()),
-            Err(_) => Err(Status::unavailable(format!("{} did not answer in time", self.endpoint(node))).into()),
+            Ok(Ok(answer)) => Ok(answer.into_inner()),
+            Ok(Err(e)) if e.code() == Code::Unavailable => {
+                Err(Status::unavailable(format!("{endpoint} did not answer in time: {}", e.message())).into())
+            }
+            Ok(Err(e)) => Err(e.into()),
+            Err(_) => Err(Status::unavailable(format!("{endpoint} did not answer in time")).into()),
         }
     }
 

@@ -136,7 +136,7 @@ impl Router {
             Some((cached, channel)) if *cached == addr => Some(channel.clone()),
             _ => {
                 let endpoint = crate::transport::endpoint(addr).expect("socket addresses are valid URIs");
-                let channel = self.tls.channel(endpoint.connect_timeout(Duration::from_secs(2)));
+                let channel = self.tls.channel(endpoint);
                 channels.insert(node, (addr, channel.clone()));
                 Some(channel)
             }

@@ -4,6 +4,7 @@
 use std::io;
 use std::path::Path;
 use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use hyper_util::rt::TokioIo;
 use rustls::sign::{CertifiedKey, SingleCertAndKey};
@@ -90,9 +91,10 @@ impl ClientTls {
 
     /// A channel to `endpoint`, connected lazily: over TLS when on, the server's
     /// certificate checked against the endpoint's host (an IP address or a name).
+    /// Connecting (TCP, and the TLS handshake) is bounded by `CONNECT_TIMEOUT`.
     pub fn channel(&self, endpoint: Endpoint) -> Channel {
         let Some(current) = &self.0 else {
-            return endpoint.connect_lazy();
+            return endpoint.connect_timeout(CONNECT_TIMEOUT).connect_lazy();
         };
         let current = current.clone();
         endpoint.connect_with_connector_lazy(tower::service_fn(move |uri: Uri| {
@@ -104,7 +106,7 @@ impl ClientTls {
     /// A channel to `endpoint`, connected now (the handshake done) or an error.
     pub async fn connect(&self, endpoint: Endpoint) -> Result<Channel, tonic::transport::Error> {
         let Some(current) = &self.0 else {
-            return endpoint.connect().await;
+            return endpoint.connect_timeout(CONNECT_TIMEOUT).connect().await;
         };
         let current = current.clone();
         endpoint
@@ -116,7 +118,20 @@ impl ClientTls {
     }
 }
 
+/// How long making a connection may take. Over TLS the bound is kept here, inside the
+/// connector, so that a node that accepts TCP but never finishes a handshake (a
+/// stopped process) fails the attempt as a connection error (`UNAVAILABLE`, which
+/// callers retry elsewhere), not as tonic's outer timeout (`UNKNOWN`).
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
 async fn connect(uri: Uri, config: Arc<ClientConfig>) -> io::Result<TokioIo<TlsStream<TcpStream>>> {
+    match tokio::time::timeout(CONNECT_TIMEOUT, handshake(uri, config)).await {
+        Ok(connected) => connected,
+        Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "no TLS connection within the connect timeout")),
+    }
+}
+
+async fn handshake(uri: Uri, config: Arc<ClientConfig>) -> io::Result<TokioIo<TlsStream<TcpStream>>> {
     let invalid = |what: &str| io::Error::new(io::ErrorKind::InvalidInput, format!("{uri}: {what}"));
     let host = uri.host().ok_or_else(|| invalid("no host"))?;
     let port = uri.port_u16().ok_or_else(|| invalid("no port"))?;
