@@ -62,7 +62,7 @@ pub struct Args {
     /// Client endpoints, host:port, comma-separated.
     #[arg(long, env = "QUARRY_ENDPOINTS", value_delimiter = ',', required = true)]
     pub endpoints: Vec<String>,
-    /// The CA that signed the nodes' certificates (PEM): talk TLS (Quarry only).
+    /// The CA that signed the nodes' certificates (PEM): talk TLS.
     #[arg(long, env = "QUARRY_CACERT")]
     pub cacert: Option<std::path::PathBuf>,
     /// This client's certificate (PEM), for nodes that require one.

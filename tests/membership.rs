@@ -138,6 +138,7 @@ async fn a_cluster_grows_replaces_removes_and_drains_without_losing_a_write() {
     // election timeout, 200-400 ms here); wait well past two.
     tokio::time::sleep(Duration::from_secs(1)).await;
     let mut interrupted = Command::new(env!("CARGO_BIN_EXE_quarryctl"))
+        .envs(cluster.ctl_env())
         .args(["--endpoints", &cluster.addrs[0], "member", "promote", &id.to_string()])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
