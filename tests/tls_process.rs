@@ -226,3 +226,49 @@ fn bad_tls_files_stop_the_node_with_a_clear_error() {
         assert_eq!(stderr.trim().lines().count(), 1, "{what} certificate: one line: {stderr}");
     }
 }
+
+/// Clients holding every connection slot of node 1 (the ~4,100 idle connections of
+/// the attack, scaled to `--connections-max 8`) cannot lock a restarted peer out: a
+/// node's certificate gets one of the slots kept for nodes. With node 3 down, every
+/// write needs nodes 1 and 2 to hear each other, so the writes prove it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_holding_every_slot_cannot_lock_a_restarted_peer_out() {
+    let mut cluster = start_tls_cluster(&["--connections-max", "8"]);
+    wait_for_leaders(&cluster).await;
+    // The test's own (operator) connection to node 1, opened before the flood.
+    let kv = KvClient::new(cluster.channel(1).await);
+
+    let alice = tls_with(Some(&pki().client));
+    let mut held = Vec::new();
+    let (mut served, mut refused) = (0, 0);
+    for _ in 0..12 {
+        let channel = alice.channel(quarry::transport::endpoint(&cluster.addrs[0]).expect("uri"));
+        let mut admin = AdminClient::new(channel.clone());
+        let status = admin.status(quarry::proto::StatusRequest {});
+        match tokio::time::timeout(Duration::from_millis(500), status).await {
+            Ok(Ok(_)) => served += 1,
+            _ => refused += 1,
+        }
+        held.push(channel);
+    }
+    assert!(served >= 1 && refused >= 1, "the limit was reached: {served} served, {refused} not");
+
+    cluster.kill(3);
+    cluster.kill(2);
+    cluster.restart(2);
+    let deadline = Instant::now() + READY_DEADLINE;
+    for i in 0..(4 * GROUPS) {
+        let put =
+            PutRequest { key: Bytes::from(format!("held-{i}")), value: Bytes::from("v"), client_id: 0, sequence: 0 };
+        loop {
+            let mut client = kv.clone();
+            let call = client.put(put.clone());
+            match tokio::time::timeout(Duration::from_secs(5), call).await {
+                Ok(Ok(_)) => break,
+                failed => assert!(Instant::now() < deadline, "node 2 never got back to node 1: {failed:?}"),
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    drop(held);
+}

@@ -1,10 +1,16 @@
 //! The listener's accept loop, bounded: at most `max` connections are served at once.
-//! Past it the node stops accepting, so new connections wait in the kernel's listen
-//! backlog (and time out there) instead of costing the node memory and tasks. With
-//! TLS, each handshake runs in a task of its own under a deadline, so a client that
-//! never finishes one holds a slot for that long and blocks no one else.
+//!
+//! In plain text the node stops accepting at the limit, so new connections wait in
+//! the kernel's listen backlog (and time out there) instead of costing the node
+//! memory and tasks. With TLS a connection is known by its certificate once its
+//! handshake is done, so slots are kept for the cluster's nodes: clients holding every
+//! other slot cannot lock a restarted peer out. Handshakes run in tasks of their own,
+//! at most `HANDSHAKES_MAX` at once and each under a deadline; a client past the
+//! limit waits up to `SLOT_WAIT` for a slot (at most `WAITING_MAX` of them wait),
+//! then is closed.
 
 use std::io;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -27,6 +33,14 @@ const ACCEPT_RETRY: Duration = Duration::from_millis(10);
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Connections handed to the server but not yet taken by it.
 const READY_MAX: usize = 64;
+/// Slots kept for the cluster's nodes (TLS only), at most a quarter of the limit.
+pub const MEMBER_SLOTS: usize = 64;
+/// TLS handshakes in progress at once.
+const HANDSHAKES_MAX: usize = 256;
+/// Connections past the limit waiting for a slot; more are closed at once.
+const WAITING_MAX: usize = 256;
+/// How long a connection past the limit waits for a slot before it is closed.
+const SLOT_WAIT: Duration = Duration::from_secs(10);
 
 /// An accepted connection holding one of the listener's permits until it closes.
 pub struct Counted {
@@ -49,59 +63,124 @@ pub fn accept_bounded(
     metrics: Arc<Metrics>,
 ) -> impl Stream<Item = io::Result<Counted>> {
     let (ready, incoming) = mpsc::channel(READY_MAX);
-    tokio::spawn(async move {
-        let permits = Arc::new(Semaphore::new(max));
-        // Ends when the server stops taking connections.
-        while !ready.is_closed() {
-            // Waits while `max` connections are open; the semaphore is never closed.
-            let Ok(permit) = permits.clone().acquire_owned().await else { return };
-            let (stream, remote) = match listener.accept().await {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    tokio::time::sleep(ACCEPT_RETRY).await;
-                    let _ = ready.send(Err(e)).await;
-                    continue;
-                }
-            };
-            // Without TCP_NODELAY a small response frame waits for the client's delayed
-            // ACK (about 40 ms): a lone Get took 43 ms. (tonic's own setting does not
-            // reach connections served from our incoming stream.)
-            if let Err(e) = stream.set_nodelay(true) {
-                let _ = ready.send(Err(e)).await;
-                continue;
-            }
-            let remote = Some(remote);
-            let Some(tls) = tls.clone() else {
-                let info = ConnInfo { remote, identity: Identity::Open };
-                let _ = ready.send(Ok(Counted { stream: Socket::Plain(stream), info, _permit: permit })).await;
-                continue;
-            };
-            let (ready, metrics) = (ready.clone(), metrics.clone());
-            tokio::spawn(async move {
-                match tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.accept(stream)).await {
-                    Ok(Ok((stream, identity))) => {
-                        let info = ConnInfo { remote, identity };
-                        let counted = Counted { stream: Socket::Tls(Box::new(stream)), info, _permit: permit };
-                        let _ = ready.send(Ok(counted)).await;
-                    }
-                    failed => {
-                        if metrics.count_refusal("tls_handshake") {
-                            let why = failed.map_or_else(
-                                |_| "no handshake in time".to_string(),
-                                |r| r.err().map_or_else(String::new, |e| e.to_string()),
-                            );
-                            eprintln!(
-                                "quarryd: TLS handshake from {} failed: {why} (logged at powers of two; \
-                                 counted in quarry_unauthorized_total)",
-                                remote.map_or_else(|| "?".into(), |a| a.to_string())
-                            );
-                        }
-                    }
-                }
-            });
-        }
-    });
+    match tls {
+        None => tokio::spawn(accept_plain(listener, max, ready)),
+        Some(tls) => tokio::spawn(accept_tls(listener, Slots::new(max), tls, metrics, ready)),
+    };
     ReceiverStream::new(incoming)
+}
+
+type Ready = mpsc::Sender<io::Result<Counted>>;
+
+/// Accepts a connection (with TCP_NODELAY set), or hands the error on.
+async fn accept(listener: &TcpListener, ready: &Ready) -> Option<(TcpStream, Option<SocketAddr>)> {
+    let accepted = listener.accept().await.and_then(|(stream, remote)| {
+        // Without TCP_NODELAY a small response frame waits for the client's delayed
+        // ACK (about 40 ms): a lone Get took 43 ms. (tonic's own setting does not
+        // reach connections served from our incoming stream.)
+        stream.set_nodelay(true)?;
+        Ok((stream, Some(remote)))
+    });
+    match accepted {
+        Ok(accepted) => Some(accepted),
+        Err(e) => {
+            tokio::time::sleep(ACCEPT_RETRY).await;
+            let _ = ready.send(Err(e)).await;
+            None
+        }
+    }
+}
+
+async fn accept_plain(listener: TcpListener, max: usize, ready: Ready) {
+    let permits = Arc::new(Semaphore::new(max));
+    // Ends when the server stops taking connections.
+    while !ready.is_closed() {
+        // Waits while `max` connections are open; the semaphore is never closed.
+        let Ok(permit) = permits.clone().acquire_owned().await else { return };
+        let Some((stream, remote)) = accept(&listener, &ready).await else { continue };
+        let info = ConnInfo { remote, identity: Identity::Open };
+        let _ = ready.send(Ok(Counted { stream: Socket::Plain(stream), info, _permit: permit })).await;
+    }
+}
+
+async fn accept_tls(listener: TcpListener, slots: Slots, tls: Arc<ServerTls>, metrics: Arc<Metrics>, ready: Ready) {
+    let (handshakes, slots) = (Arc::new(Semaphore::new(HANDSHAKES_MAX)), Arc::new(slots));
+    while !ready.is_closed() {
+        let Ok(handshaking) = handshakes.clone().acquire_owned().await else { return };
+        let Some((stream, remote)) = accept(&listener, &ready).await else { continue };
+        let (tls, slots, metrics, ready) = (tls.clone(), slots.clone(), metrics.clone(), ready.clone());
+        tokio::spawn(async move {
+            let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.accept(stream)).await;
+            drop(handshaking);
+            let (stream, identity) = match handshake {
+                Ok(Ok(done)) => done,
+                failed => {
+                    if metrics.count_refusal("tls_handshake") {
+                        let why = match failed {
+                            Ok(Err(e)) => e.to_string(),
+                            _ => "no handshake in time".to_string(),
+                        };
+                        eprintln!(
+                            "quarryd: TLS handshake from {} failed: {why} (logged at powers of two; \
+                             counted in quarry_unauthorized_total)",
+                            remote.map_or_else(|| "?".into(), |a| a.to_string())
+                        );
+                    }
+                    return;
+                }
+            };
+            let Some(permit) = slots.admit(identity).await else {
+                metrics.count_refusal("connection_slots");
+                return;
+            };
+            let info = ConnInfo { remote, identity };
+            let _ = ready.send(Ok(Counted { stream: Socket::Tls(Box::new(stream)), info, _permit: permit })).await;
+        });
+    }
+}
+
+/// Connection slots under TLS: some kept for nodes, the rest for anyone.
+struct Slots {
+    anyone: Arc<Semaphore>,
+    members: Arc<Semaphore>,
+    waiting: Arc<Semaphore>,
+}
+
+impl Slots {
+    fn new(max: usize) -> Slots {
+        let members = MEMBER_SLOTS.min(max / 4).max(1);
+        Slots {
+            anyone: Arc::new(Semaphore::new(max.saturating_sub(members).max(1))),
+            members: Arc::new(Semaphore::new(members)),
+            waiting: Arc::new(Semaphore::new(WAITING_MAX)),
+        }
+    }
+
+    /// A slot for a connection from `identity`, waiting a while when none is free;
+    /// `None`: close it.
+    async fn admit(&self, identity: Identity) -> Option<OwnedSemaphorePermit> {
+        let member = matches!(identity, Identity::Node(_));
+        if member {
+            if let Ok(permit) = self.members.clone().try_acquire_owned() {
+                return Some(permit);
+            }
+        }
+        if let Ok(permit) = self.anyone.clone().try_acquire_owned() {
+            return Some(permit);
+        }
+        let _waiting = self.waiting.clone().try_acquire_owned().ok()?;
+        let wait = async {
+            if member {
+                tokio::select! {
+                    permit = self.members.clone().acquire_owned() => permit.ok(),
+                    permit = self.anyone.clone().acquire_owned() => permit.ok(),
+                }
+            } else {
+                self.anyone.clone().acquire_owned().await.ok()
+            }
+        };
+        tokio::time::timeout(SLOT_WAIT, wait).await.ok().flatten()
+    }
 }
 
 impl Connected for Counted {
@@ -178,5 +257,23 @@ mod tests {
         let Socket::Plain(stream) = &accepted.stream else { panic!("plain text without TLS") };
         assert!(stream.nodelay().expect("socket option"), "TCP_NODELAY is off");
         assert_eq!(accepted.info.identity, Identity::Open);
+    }
+
+    #[tokio::test]
+    async fn nodes_get_the_slots_kept_for_them_when_clients_hold_the_rest() {
+        let slots = Slots::new(8); // 2 kept for nodes, 6 for anyone
+        let mut held = Vec::new();
+        for _ in 0..6 {
+            held.push(slots.admit(Identity::Client).await.expect("a free slot"));
+        }
+        let late = tokio::time::timeout(Duration::from_millis(50), slots.admit(Identity::Client)).await;
+        assert!(late.is_err(), "a client past the limit waits");
+        let node = tokio::time::timeout(Duration::from_millis(50), slots.admit(Identity::Node(2))).await;
+        assert!(node.expect("a node does not wait").is_some());
+        let waiting = slots.admit(Identity::Admin);
+        tokio::pin!(waiting);
+        assert!(tokio::time::timeout(Duration::from_millis(50), &mut waiting).await.is_err());
+        held.pop();
+        assert!(waiting.await.is_some(), "a freed slot goes to the one waiting");
     }
 }
