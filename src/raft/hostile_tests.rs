@@ -120,7 +120,7 @@ fn drain(node: &mut RaftNode<MemStorage>) {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: crate::fuzz_cases(2000), ..ProptestConfig::default() })]
 
     #[test]
     fn forged_messages_never_panic_the_core(role in 0u8..4, script in prop::collection::vec(message(), 1..12)) {

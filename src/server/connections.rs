@@ -58,19 +58,33 @@ enum Socket {
 /// when `tls` is given, each knowing who is at the other end.
 pub fn accept_bounded(
     listener: TcpListener,
-    max: usize,
+    limits: Limits,
     tls: Option<Arc<ServerTls>>,
     metrics: Arc<Metrics>,
 ) -> impl Stream<Item = io::Result<Counted>> {
     let (ready, incoming) = mpsc::channel(READY_MAX);
     match tls {
-        None => tokio::spawn(accept_plain(listener, max, ready)),
-        Some(tls) => tokio::spawn(accept_tls(listener, Slots::new(max), tls, metrics, ready)),
+        None => tokio::spawn(accept_plain(listener, limits, ready)),
+        Some(tls) => tokio::spawn(accept_tls(listener, limits, tls, metrics, ready)),
     };
     ReceiverStream::new(incoming)
 }
 
 type Ready = mpsc::Sender<io::Result<Counted>>;
+
+/// What one connection, and the listener, may hold.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Connections served at once (`--connections-max`).
+    pub connections: usize,
+    /// Request bytes a connection may hold that are not yet whole messages
+    /// (`server::inflight`).
+    pub connection_bytes: usize,
+}
+
+fn budget(bytes: usize) -> Arc<Semaphore> {
+    Arc::new(Semaphore::new(bytes))
+}
 
 /// Accepts a connection (with TCP_NODELAY set), or hands the error on.
 async fn accept(listener: &TcpListener, ready: &Ready) -> Option<(TcpStream, Option<SocketAddr>)> {
@@ -91,20 +105,21 @@ async fn accept(listener: &TcpListener, ready: &Ready) -> Option<(TcpStream, Opt
     }
 }
 
-async fn accept_plain(listener: TcpListener, max: usize, ready: Ready) {
-    let permits = Arc::new(Semaphore::new(max));
+async fn accept_plain(listener: TcpListener, limits: Limits, ready: Ready) {
+    let (permits, connection_bytes) = (Arc::new(Semaphore::new(limits.connections)), limits.connection_bytes);
     // Ends when the server stops taking connections.
     while !ready.is_closed() {
         // Waits while `max` connections are open; the semaphore is never closed.
         let Ok(permit) = permits.clone().acquire_owned().await else { return };
         let Some((stream, remote)) = accept(&listener, &ready).await else { continue };
-        let info = ConnInfo { remote, identity: Identity::Open };
+        let info = ConnInfo { remote, identity: Identity::Open, bytes_in_flight: budget(connection_bytes) };
         let _ = ready.send(Ok(Counted { stream: Socket::Plain(stream), info, _permit: permit })).await;
     }
 }
 
-async fn accept_tls(listener: TcpListener, slots: Slots, tls: Arc<ServerTls>, metrics: Arc<Metrics>, ready: Ready) {
-    let (handshakes, slots) = (Arc::new(Semaphore::new(HANDSHAKES_MAX)), Arc::new(slots));
+async fn accept_tls(listener: TcpListener, limits: Limits, tls: Arc<ServerTls>, metrics: Arc<Metrics>, ready: Ready) {
+    let (handshakes, slots) = (Arc::new(Semaphore::new(HANDSHAKES_MAX)), Arc::new(Slots::new(limits.connections)));
+    let connection_bytes = limits.connection_bytes;
     while !ready.is_closed() {
         let Ok(handshaking) = handshakes.clone().acquire_owned().await else { return };
         let Some((stream, remote)) = accept(&listener, &ready).await else { continue };
@@ -133,7 +148,7 @@ async fn accept_tls(listener: TcpListener, slots: Slots, tls: Arc<ServerTls>, me
                 metrics.count_refusal("connection_slots");
                 return;
             };
-            let info = ConnInfo { remote, identity };
+            let info = ConnInfo { remote, identity, bytes_in_flight: budget(connection_bytes) };
             let _ = ready.send(Ok(Counted { stream: Socket::Tls(Box::new(stream)), info, _permit: permit })).await;
         });
     }
@@ -251,7 +266,8 @@ mod tests {
     async fn accepted_connections_send_small_frames_at_once() {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let address = listener.local_addr().expect("address");
-        let mut incoming = Box::pin(accept_bounded(listener, 4, None, Metrics::new()));
+        let limits = Limits { connections: 4, connection_bytes: 1 << 20 };
+        let mut incoming = Box::pin(accept_bounded(listener, limits, None, Metrics::new()));
         let _client = TcpStream::connect(address).await.expect("connect");
         let accepted = incoming.next().await.expect("a connection").expect("accepted");
         let Socket::Plain(stream) = &accepted.stream else { panic!("plain text without TLS") };

@@ -11,6 +11,7 @@ mod calls;
 pub mod config;
 mod connections;
 mod identity;
+mod inflight;
 mod members;
 mod metrics;
 mod placement;
@@ -56,6 +57,8 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 const REQUESTS_PER_CONNECTION_MAX: usize = 1024;
 /// HTTP/2 streams one connection may open at once.
 const STREAMS_PER_CONNECTION_MAX: u32 = 1024;
+/// The least a node's clients may hold of unfinished request messages at once.
+const NODE_BYTES_IN_FLIGHT_MIN: usize = 256 << 20;
 /// Bytes a command adds around its key and value.
 const COMMAND_OVERHEAD_BYTES: u64 = 64;
 
@@ -203,7 +206,13 @@ async fn serve(
     let value_max = config.max_value_bytes as usize;
     let client_message_max = CLIENT_MESSAGE_MIN_BYTES.max(2 * value_max + (1 << 20));
     let peer_message_max = PEER_MESSAGE_SLACK_BYTES + value_max + KEY_MAX_BYTES + COMMAND_OVERHEAD_BYTES as usize;
+    // Unfinished messages: a connection may hold two of the largest, the node (for its
+    // clients; peers are held to their connection's budget) four, and 256 MiB at least.
+    let message_max = client_message_max.max(peer_message_max);
+    let limits = connections::Limits { connections: config.connections_max, connection_bytes: 2 * message_max };
+    let node_bytes = (4 * message_max).max(NODE_BYTES_IN_FLIGHT_MIN);
     let server = Server::builder()
+        .layer(inflight::InFlightLayer::new(node_bytes))
         .http2_adaptive_window(Some(true))
         .http2_keepalive_interval(Some(crate::transport::KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(crate::transport::KEEPALIVE_TIMEOUT))
@@ -214,12 +223,9 @@ async fn serve(
         .add_service(AdminServer::new(services.clone()))
         .add_service(PeerServer::new(services).max_decoding_message_size(peer_message_max))
         .add_service(FlightServiceServer::new(flight))
-        .serve_with_incoming_shutdown(
-            connections::accept_bounded(listener, config.connections_max, tls, metrics),
-            async {
-                let _ = stopped.await;
-            },
-        );
+        .serve_with_incoming_shutdown(connections::accept_bounded(listener, limits, tls, metrics), async {
+            let _ = stopped.await;
+        });
     tokio::pin!(server);
     tokio::select! {
         result = &mut server => result.map_err(|e| format!("server failed: {e}"))?,

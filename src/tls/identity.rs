@@ -51,6 +51,9 @@ impl Identity {
 pub struct ConnInfo {
     pub remote: Option<SocketAddr>,
     pub identity: Identity,
+    /// The connection's budget of request bytes not yet whole messages
+    /// (`server::inflight`).
+    pub bytes_in_flight: std::sync::Arc<tokio::sync::Semaphore>,
 }
 
 /// The identity of the connection a request came on. A request that did not come

@@ -447,6 +447,8 @@ mod tests {
     }
 
     proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: crate::fuzz_cases(256), ..Default::default() })]
+
         /// Any bytes a peer sends decode to messages or to errors, never a panic;
         /// a real batch with bytes flipped or cut short too.
         #[test]
