@@ -1350,3 +1350,34 @@ async fn unfinished_messages_hold_bounded_memory() {
         connection.abort();
     }
 }
+
+/// A connection with no request open for `--idle-timeout-s` is closed by the node
+/// (keepalive PINGs keep it alive, not busy); one with a request open is not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_are_closed_and_busy_ones_kept() {
+    if tls_on() {
+        return; // raw HTTP/2 below; the timeout is the same under TLS
+    }
+    let cluster = start_cluster_with(&["--idle-timeout-s", "1"]);
+    wait_for_leaders(&cluster).await;
+    let open = |addr: String| async move {
+        let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let (client, connection) = h2::client::handshake(tcp).await.expect("HTTP/2");
+        (client, tokio::spawn(connection))
+    };
+    let (_idle_client, idle) = open(cluster.addrs[0].clone()).await;
+    let (busy_client, busy) = open(cluster.addrs[0].clone()).await;
+    let mut busy_client = busy_client.ready().await.expect("a stream");
+    let request = http::Request::post(format!("http://{}/quarry.v1.Kv/Put", cluster.addrs[0]))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(())
+        .expect("request");
+    let (_answer, _stream) = busy_client.send_request(request, false).expect("a request open, never finished");
+
+    let closed = tokio::time::timeout(Duration::from_secs(20), idle).await;
+    assert!(closed.is_ok(), "the idle connection was not closed");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(!busy.is_finished(), "a connection with a request open was closed");
+    busy.abort();
+}

@@ -68,6 +68,10 @@ pub struct Args {
     /// backlog until one closes [default: 4096].
     #[arg(long)]
     pub connections_max: Option<usize>,
+    /// Close a connection that has had no request open for this many seconds (its
+    /// client reconnects when it next calls); 0 never does [default: 300].
+    #[arg(long)]
+    pub idle_timeout_s: Option<u64>,
     /// How a leader confirms a linearizable read: `read-index` (a heartbeat round
     /// acknowledged by a quorum, per read batch) or `lease` (no round trip while the
     /// leader's lease holds; sound only while the members' clocks run at rates within
@@ -130,6 +134,7 @@ struct FileConfig {
     snapshot_distance: Option<u64>,
     segment_mib: Option<u64>,
     connections_max: Option<usize>,
+    idle_timeout_s: Option<u64>,
     read_mode: Option<String>,
     network_threads: Option<usize>,
     pin_threads: Option<String>,
@@ -162,6 +167,8 @@ pub struct NodeConfig {
     pub snapshot_distance: u64,
     pub segment_bytes: u64,
     pub connections_max: usize,
+    /// A connection with no request open this long is closed.
+    pub idle_timeout: Option<Duration>,
     /// Linearizable reads from a leader lease instead of ReadIndex.
     pub lease_reads: bool,
     pub network_threads: usize,
@@ -284,6 +291,10 @@ impl Args {
             snapshot_distance: self.snapshot_distance.or(file.snapshot_distance).unwrap_or(10_000),
             segment_bytes: segment_mib << 20,
             connections_max,
+            idle_timeout: match self.idle_timeout_s.or(file.idle_timeout_s).unwrap_or(300) {
+                0 => None,
+                seconds => Some(Duration::from_secs(seconds)),
+            },
             lease_reads,
             network_threads,
             placement,

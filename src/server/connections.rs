@@ -9,6 +9,7 @@
 //! limit waits up to `SLOT_WAIT` for a slot (at most `WAITING_MAX` of them wait),
 //! then is closed.
 
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -47,6 +48,31 @@ pub struct Counted {
     stream: Socket,
     info: ConnInfo,
     _permit: OwnedSemaphorePermit,
+    /// When to look again whether the connection has been idle too long.
+    idle: Option<(Duration, Pin<Box<tokio::time::Sleep>>)>,
+}
+
+impl Counted {
+    fn new(stream: Socket, info: ConnInfo, permit: OwnedSemaphorePermit, idle_timeout: Option<Duration>) -> Counted {
+        let idle = idle_timeout.map(|timeout| (timeout, Box::pin(tokio::time::sleep(timeout))));
+        Counted { stream, info, _permit: permit, idle }
+    }
+
+    /// Whether the connection has had no request open for its idle timeout. The timer
+    /// is only looked at when due (no cost per read); when due it is set again for the
+    /// earliest time the connection could have been idle long enough.
+    fn idle_too_long(&mut self, cx: &mut Context<'_>) -> bool {
+        let Some((timeout, timer)) = &mut self.idle else { return false };
+        while timer.as_mut().poll(cx).is_ready() {
+            let due = match self.info.open_requests.idle_since() {
+                Some(since) if since.elapsed() >= *timeout => return true,
+                Some(since) => since + *timeout,
+                None => std::time::Instant::now() + *timeout,
+            };
+            timer.as_mut().reset(due.into());
+        }
+        false
+    }
 }
 
 enum Socket {
@@ -80,10 +106,13 @@ pub struct Limits {
     /// Request bytes a connection may hold that are not yet whole messages
     /// (`server::inflight`).
     pub connection_bytes: usize,
+    /// A connection with no request open for this long is closed (`None`: never).
+    pub idle_timeout: Option<Duration>,
 }
 
-fn budget(bytes: usize) -> Arc<Semaphore> {
-    Arc::new(Semaphore::new(bytes))
+fn conn_info(remote: Option<SocketAddr>, identity: Identity, connection_bytes: usize) -> ConnInfo {
+    let bytes_in_flight = Arc::new(Semaphore::new(connection_bytes));
+    ConnInfo { remote, identity, bytes_in_flight, open_requests: Arc::default() }
 }
 
 /// Accepts a connection (with TCP_NODELAY set), or hands the error on.
@@ -112,8 +141,8 @@ async fn accept_plain(listener: TcpListener, limits: Limits, ready: Ready) {
         // Waits while `max` connections are open; the semaphore is never closed.
         let Ok(permit) = permits.clone().acquire_owned().await else { return };
         let Some((stream, remote)) = accept(&listener, &ready).await else { continue };
-        let info = ConnInfo { remote, identity: Identity::Open, bytes_in_flight: budget(connection_bytes) };
-        let _ = ready.send(Ok(Counted { stream: Socket::Plain(stream), info, _permit: permit })).await;
+        let info = conn_info(remote, Identity::Open, connection_bytes);
+        let _ = ready.send(Ok(Counted::new(Socket::Plain(stream), info, permit, limits.idle_timeout))).await;
     }
 }
 
@@ -148,8 +177,9 @@ async fn accept_tls(listener: TcpListener, limits: Limits, tls: Arc<ServerTls>, 
                 metrics.count_refusal("connection_slots");
                 return;
             };
-            let info = ConnInfo { remote, identity, bytes_in_flight: budget(connection_bytes) };
-            let _ = ready.send(Ok(Counted { stream: Socket::Tls(Box::new(stream)), info, _permit: permit })).await;
+            let info = conn_info(remote, identity, connection_bytes);
+            let _ =
+                ready.send(Ok(Counted::new(Socket::Tls(Box::new(stream)), info, permit, limits.idle_timeout))).await;
         });
     }
 }
@@ -208,10 +238,17 @@ impl Connected for Counted {
 
 impl AsyncRead for Counted {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        match &mut self.get_mut().stream {
+        let this = self.get_mut();
+        let read = match &mut this.stream {
             Socket::Plain(s) => Pin::new(s).poll_read(cx, buf),
             Socket::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        };
+        // Idle too long: the peer is told the connection ended (HTTP/2 keepalive
+        // PINGs keep a connection alive, not busy; this closes idle ones).
+        if read.is_pending() && this.idle_too_long(cx) {
+            return Poll::Ready(Ok(()));
         }
+        read
     }
 }
 
@@ -266,7 +303,7 @@ mod tests {
     async fn accepted_connections_send_small_frames_at_once() {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let address = listener.local_addr().expect("address");
-        let limits = Limits { connections: 4, connection_bytes: 1 << 20 };
+        let limits = Limits { connections: 4, connection_bytes: 1 << 20, idle_timeout: None };
         let mut incoming = Box::pin(accept_bounded(listener, limits, None, Metrics::new()));
         let _client = TcpStream::connect(address).await.expect("connect");
         let accepted = incoming.next().await.expect("a connection").expect("accepted");

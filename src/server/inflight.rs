@@ -17,7 +17,7 @@ use tokio::sync::Semaphore;
 use tonic::body::Body;
 use tower::{Layer, Service};
 
-use crate::tls::{ConnInfo, Identity};
+use crate::tls::{ConnInfo, Identity, OpenRequests};
 
 /// Wraps every request's body in a [`Budgeted`] one.
 #[derive(Clone)]
@@ -45,16 +45,20 @@ pub struct InFlight<S> {
     node: Arc<Semaphore>,
 }
 
-impl<S: Service<http::Request<Body>>> Service<http::Request<Body>> for InFlight<S> {
-    type Response = S::Response;
+impl<S> Service<http::Request<Body>> for InFlight<S>
+where
+    S: Service<http::Request<Body>, Response = http::Response<Body>>,
+    S::Future: Send + 'static,
+{
+    type Response = http::Response<Body>;
     type Error = S::Error;
-    type Future = S::Future;
+    type Future = Pin<Box<dyn Future<Output = Result<http::Response<Body>, S::Error>> + Send>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: http::Request<Body>) -> S::Future {
+    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
         let info = request.extensions().get::<ConnInfo>();
         let connection = info.map(|info| info.bytes_in_flight.clone());
         // Peers are held to their connection's budget only, so that clients filling
@@ -63,7 +67,52 @@ impl<S: Service<http::Request<Body>>> Service<http::Request<Body>> for InFlight<
             Some(Identity::Node(_)) => None,
             _ => Some(self.node.clone()),
         };
-        self.inner.call(request.map(|body| Body::new(Budgeted::new(body, node, connection))))
+        // The request is open until its response has been sent (or dropped).
+        let open = info.map(|info| OpenGuard::new(info.open_requests.clone()));
+        let answer = self.inner.call(request.map(|body| Body::new(Budgeted::new(body, node, connection))));
+        Box::pin(async move {
+            let response = answer.await?;
+            Ok(response.map(|body| Body::new(Tracked { inner: body, _open: open })))
+        })
+    }
+}
+
+/// Counts one request open on its connection while it lives.
+struct OpenGuard(Arc<OpenRequests>);
+
+impl OpenGuard {
+    fn new(open: Arc<OpenRequests>) -> OpenGuard {
+        open.open();
+        OpenGuard(open)
+    }
+}
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        self.0.close();
+    }
+}
+
+/// A response body that keeps its request counted as open until it is dropped.
+struct Tracked {
+    inner: Body,
+    _open: Option<OpenGuard>,
+}
+
+impl HttpBody for Tracked {
+    type Data = Bytes;
+    type Error = tonic::Status;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, tonic::Status>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
     }
 }
 

@@ -209,7 +209,11 @@ async fn serve(
     // Unfinished messages: a connection may hold two of the largest, the node (for its
     // clients; peers are held to their connection's budget) four, and 256 MiB at least.
     let message_max = client_message_max.max(peer_message_max);
-    let limits = connections::Limits { connections: config.connections_max, connection_bytes: 2 * message_max };
+    let limits = connections::Limits {
+        connections: config.connections_max,
+        connection_bytes: 2 * message_max,
+        idle_timeout: config.idle_timeout,
+    };
     let node_bytes = (4 * message_max).max(NODE_BYTES_IN_FLIGHT_MIN);
     let server = Server::builder()
         .layer(inflight::InFlightLayer::new(node_bytes))

@@ -54,6 +54,39 @@ pub struct ConnInfo {
     /// The connection's budget of request bytes not yet whole messages
     /// (`server::inflight`).
     pub bytes_in_flight: std::sync::Arc<tokio::sync::Semaphore>,
+    /// Requests open on the connection, for its idle timeout (`server::connections`).
+    pub open_requests: std::sync::Arc<OpenRequests>,
+}
+
+/// Requests open on one connection, and since when none has been.
+#[derive(Debug)]
+pub struct OpenRequests {
+    count: std::sync::atomic::AtomicUsize,
+    idle_since: std::sync::Mutex<std::time::Instant>,
+}
+
+impl Default for OpenRequests {
+    fn default() -> Self {
+        OpenRequests { count: Default::default(), idle_since: std::sync::Mutex::new(std::time::Instant::now()) }
+    }
+}
+
+impl OpenRequests {
+    pub fn open(&self) {
+        self.count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    pub fn close(&self) {
+        if self.count.fetch_sub(1, std::sync::atomic::Ordering::SeqCst) == 1 {
+            *self.idle_since.lock().expect("idle lock") = std::time::Instant::now();
+        }
+    }
+
+    /// Since when the connection has had no request open, if it has none now.
+    pub fn idle_since(&self) -> Option<std::time::Instant> {
+        let since = *self.idle_since.lock().expect("idle lock");
+        (self.count.load(std::sync::atomic::Ordering::SeqCst) == 0).then_some(since)
+    }
 }
 
 /// The identity of the connection a request came on. A request that did not come
