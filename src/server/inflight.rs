@@ -131,7 +131,9 @@ pub struct Budgeted {
 
 impl Budgeted {
     fn new(inner: Body, node: Option<Arc<Semaphore>>, connection: Option<Arc<Semaphore>>) -> Budgeted {
-        let budgets = node.into_iter().chain(connection).collect();
+        // The connection's budget first: a connection at its cap waits there without
+        // holding any of the node's.
+        let budgets = connection.into_iter().chain(node).collect();
         Budgeted { inner, budgets, held: 0, waiting: None, frames: MessageFrames::default() }
     }
 
