@@ -1381,3 +1381,208 @@ async fn idle_connections_are_closed_and_busy_ones_kept() {
     assert!(!busy.is_finished(), "a connection with a request open was closed");
     busy.abort();
 }
+
+mod client_fuzz {
+    //! Hostile client requests against a real node: structured requests with edge-case
+    //! fields, the same encodings with bytes flipped or cut, and noise, on every
+    //! client method (Kv, Log, the read-only Admin calls, Flight tickets). The node must
+    //! answer each (or drop the stream), stay up, and keep its replicas in agreement.
+    //! `QUARRY_FUZZ_REQUESTS=N` for a long run; `QUARRY_FUZZ_SEED` to replay one.
+    use prost::Message as _;
+    use quarry::proto;
+    use rand::{Rng, SeedableRng};
+    use rand_chacha::ChaCha8Rng;
+
+    const PATHS: &[&str] = &[
+        "/quarry.v1.Kv/Put",
+        "/quarry.v1.Kv/Get",
+        "/quarry.v1.Kv/Delete",
+        "/quarry.v1.Kv/Range",
+        "/quarry.v1.Kv/Cas",
+        "/quarry.v1.Kv/Batch",
+        "/quarry.v1.Kv/Session",
+        "/quarry.v1.Log/Append",
+        "/quarry.v1.Log/Read",
+        "/quarry.v1.Admin/Status",
+        "/quarry.v1.Admin/Members",
+        "/arrow.flight.protocol.FlightService/DoGet",
+    ];
+
+    fn number(rng: &mut ChaCha8Rng) -> u64 {
+        match rng.random_range(0..5) {
+            0 => 0,
+            1 => u64::MAX,
+            2 => rng.random_range(0..16),
+            3 => 1 << rng.random_range(0..64),
+            _ => rng.random(),
+        }
+    }
+
+    fn bytes(rng: &mut ChaCha8Rng) -> bytes::Bytes {
+        let len = match rng.random_range(0..6) {
+            0 => 0,
+            1 => rng.random_range(4_000..4_200), // around the key limit
+            2 => rng.random_range(60_000..70_000),
+            _ => rng.random_range(1..24),
+        };
+        let mut data: Vec<u8> = (0..len).map(|_| rng.random()).collect();
+        if rng.random_bool(0.1) && data.len() >= 2 {
+            data[..2].copy_from_slice(&[0xFF, 0xFF]); // Quarry's reserved prefix
+        }
+        data.into()
+    }
+
+    fn text(rng: &mut ChaCha8Rng) -> String {
+        match rng.random_range(0..4) {
+            0 => String::new(),
+            1 => "é".repeat(rng.random_range(1..3_000)),
+            _ => (0..rng.random_range(1..16)).map(|_| rng.random_range('a'..='z')).collect(),
+        }
+    }
+
+    fn put(rng: &mut ChaCha8Rng) -> proto::PutRequest {
+        proto::PutRequest { key: bytes(rng), value: bytes(rng), client_id: number(rng), sequence: number(rng) }
+    }
+
+    fn delete(rng: &mut ChaCha8Rng) -> proto::DeleteRequest {
+        proto::DeleteRequest { key: bytes(rng), client_id: number(rng), sequence: number(rng) }
+    }
+
+    fn cas(rng: &mut ChaCha8Rng) -> proto::CasRequest {
+        let mut cas = proto::CasRequest::default();
+        cas.key = bytes(rng);
+        cas.value = bytes(rng);
+        cas.client_id = number(rng);
+        cas.sequence = number(rng);
+        cas
+    }
+
+    /// One request body for `path`: structured, mangled or noise.
+    fn payload(rng: &mut ChaCha8Rng, path: &str) -> Vec<u8> {
+        let mut encoded = match path {
+            "/quarry.v1.Kv/Put" => put(rng).encode_to_vec(),
+            "/quarry.v1.Kv/Get" => proto::GetRequest { key: bytes(rng), serializable: rng.random() }.encode_to_vec(),
+            "/quarry.v1.Kv/Delete" => delete(rng).encode_to_vec(),
+            "/quarry.v1.Kv/Range" => {
+                let mut range = proto::RangeRequest::default();
+                (range.start, range.end, range.limit) = (bytes(rng), bytes(rng), number(rng) as u32);
+                range.serializable = rng.random();
+                range.group = rng.random_bool(0.5).then(|| number(rng));
+                range.encode_to_vec()
+            }
+            "/quarry.v1.Kv/Cas" => cas(rng).encode_to_vec(),
+            "/quarry.v1.Kv/Batch" => {
+                let ops = (0..rng.random_range(0..40))
+                    .map(|_| proto::BatchOp {
+                        op: Some(match rng.random_range(0..3) {
+                            0 => proto::batch_op::Op::Put(put(rng)),
+                            1 => proto::batch_op::Op::Delete(delete(rng)),
+                            _ => proto::batch_op::Op::Cas(cas(rng)),
+                        }),
+                    })
+                    .collect();
+                proto::BatchRequest { ops, client_id: number(rng), sequence: number(rng) }.encode_to_vec()
+            }
+            "/quarry.v1.Log/Append" => {
+                let append = proto::LogAppendRequest {
+                    log: text(rng),
+                    data: bytes(rng),
+                    client_id: number(rng),
+                    sequence: number(rng),
+                };
+                append.encode_to_vec()
+            }
+            "/quarry.v1.Log/Read" => {
+                let read = proto::LogReadRequest {
+                    log: text(rng),
+                    from: number(rng),
+                    limit: number(rng) as u32,
+                    serializable: rng.random(),
+                };
+                read.encode_to_vec()
+            }
+            "/arrow.flight.protocol.FlightService/DoGet" => {
+                let ticket = match rng.random_range(0..4) {
+                    0 => format!("snapshot/{}/{}/{}", number(rng), number(rng), number(rng)),
+                    1 => format!("entries/{}/{}/{}", number(rng), number(rng), number(rng)),
+                    2 => format!("log/{}/{}", number(rng), text(rng)),
+                    _ => text(rng),
+                };
+                arrow_flight::Ticket { ticket: ticket.into() }.encode_to_vec()
+            }
+            _ => (0..rng.random_range(0..64)).map(|_| rng.random()).collect(),
+        };
+        match rng.random_range(0..6) {
+            0 if !encoded.is_empty() => {
+                let at = rng.random_range(0..encoded.len());
+                encoded[at] ^= rng.random_range(1..=255);
+            }
+            1 => encoded.truncate(rng.random_range(0..=encoded.len())),
+            2 => encoded = (0..rng.random_range(0..256)).map(|_| rng.random()).collect(),
+            _ => {}
+        }
+        encoded
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn hostile_client_requests_are_answered_and_change_nothing_unsafe() {
+        if super::tls_on() {
+            return; // raw HTTP/2 below; TLS changes nothing about decoding
+        }
+        let requests: usize = std::env::var("QUARRY_FUZZ_REQUESTS").ok().and_then(|n| n.parse().ok()).unwrap_or(300);
+        let seed: u64 = std::env::var("QUARRY_FUZZ_SEED").ok().and_then(|n| n.parse().ok()).unwrap_or(1);
+        eprintln!("client fuzz: {requests} requests, seed {seed}");
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let mut cluster = super::start_cluster();
+        super::wait_for_leaders(&cluster).await;
+        let addr = cluster.addrs[0].clone();
+        let tcp = tokio::net::TcpStream::connect(&addr).await.expect("connect");
+        let (client, connection) = h2::client::handshake(tcp).await.expect("HTTP/2");
+        let driver = tokio::spawn(connection);
+        for _ in 0..requests {
+            let path = PATHS[rng.random_range(0..PATHS.len())];
+            let body = payload(&mut rng, path);
+            let mut framed = vec![0u8];
+            framed.extend_from_slice(&(body.len() as u32).to_be_bytes());
+            framed.extend_from_slice(&body);
+            let request = http::Request::post(format!("http://{addr}{path}"))
+                .header("content-type", "application/grpc")
+                .header("te", "trailers")
+                .body(())
+                .expect("request");
+            let mut client = client.clone().ready().await.expect("the connection stays up");
+            let (response, mut stream) = client.send_request(request, false).expect("a stream");
+            stream.send_data(framed.clone().into(), true).expect("sent");
+            // Each call is answered (or its stream reset) in time. A log tail's answer
+            // is a stream that stays open for new records: its start is the answer.
+            let answered = tokio::time::timeout(std::time::Duration::from_secs(15), response).await;
+            assert!(answered.is_ok(), "{path}: no answer within 15 s to {body:?}");
+            if let Ok(Ok(response)) = answered {
+                let mut body = response.into_body();
+                let drained = async {
+                    while let Some(Ok(chunk)) = body.data().await {
+                        let _ = body.flow_control().release_capacity(chunk.len());
+                    }
+                };
+                let _ = tokio::time::timeout(std::time::Duration::from_secs(2), drained).await;
+            }
+        }
+        driver.abort();
+        assert!(cluster.children[0].try_wait().expect("wait").is_none(), "node 1 stopped");
+        // Whatever the fuzz wrote, every replica holds the same.
+        let deadline = std::time::Instant::now() + super::READY_DEADLINE;
+        loop {
+            let pairs = [
+                super::all_pairs(&cluster.addrs[0]).await,
+                super::all_pairs(&cluster.addrs[1]).await,
+                super::all_pairs(&cluster.addrs[2]).await,
+            ];
+            if pairs[0] == pairs[1] && pairs[1] == pairs[2] {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "the replicas disagree after the fuzz");
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+        cluster.kill(1);
+    }
+}
