@@ -1449,12 +1449,13 @@ mod client_fuzz {
     }
 
     fn cas(rng: &mut ChaCha8Rng) -> proto::CasRequest {
-        let mut cas = proto::CasRequest::default();
-        cas.key = bytes(rng);
-        cas.value = bytes(rng);
-        cas.client_id = number(rng);
-        cas.sequence = number(rng);
-        cas
+        proto::CasRequest {
+            key: bytes(rng),
+            value: bytes(rng),
+            client_id: number(rng),
+            sequence: number(rng),
+            ..Default::default()
+        }
     }
 
     /// One request body for `path`: structured, mangled or noise.
