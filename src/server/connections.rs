@@ -1,8 +1,11 @@
 //! The listener's accept loop, bounded: at most `max` connections are served at once.
 //!
-//! In plain text the node stops accepting at the limit, so new connections wait in
-//! the kernel's listen backlog (and time out there) instead of costing the node
-//! memory and tasks. With TLS a connection is known by its certificate once its
+//! At the limit, the client connection idle the longest (no request open for at
+//! least `EVICT_IDLE_MIN`) is closed to make room: idle connections held open (the
+//! attack of issue 14) cannot lock a restarted peer out, whose stream is never idle.
+//! In plain text, when no connection is idle, the node stops accepting, so new
+//! connections wait in the kernel's listen backlog (and time out there) instead of
+//! costing the node memory and tasks. With TLS a connection is known by its certificate once its
 //! handshake is done, so slots are kept for the cluster's nodes: clients holding every
 //! other slot cannot lock a restarted peer out. Handshakes run in tasks of their own,
 //! at most `HANDSHAKES_MAX` at once and each under a deadline; a client past the
@@ -26,7 +29,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::server::Connected;
 
 use super::metrics::Metrics;
-use crate::tls::{ConnInfo, Identity, ServerTls};
+use crate::tls::{ConnInfo, Identity, OpenRequests, ServerTls};
 
 /// Pause after a failed accept (e.g. out of file descriptors) before the next one.
 const ACCEPT_RETRY: Duration = Duration::from_millis(10);
@@ -42,6 +45,53 @@ const HANDSHAKES_MAX: usize = 256;
 const WAITING_MAX: usize = 256;
 /// How long a connection past the limit waits for a slot before it is closed.
 const SLOT_WAIT: Duration = Duration::from_secs(10);
+/// A connection idle at least this long may be closed to make room at the limit.
+const EVICT_IDLE_MIN: Duration = Duration::from_secs(1);
+
+/// The connections open now, for closing the one idle the longest at the limit.
+#[derive(Default)]
+struct OpenConnections(std::sync::Mutex<Vec<std::sync::Weak<Eviction>>>);
+
+/// One connection's side of eviction: its requests, and the flag that closes it.
+struct Eviction {
+    requests: Arc<OpenRequests>,
+    /// Connections of the cluster's nodes (known under TLS) are never evicted.
+    member: bool,
+    evicted: std::sync::atomic::AtomicBool,
+    reader: futures::task::AtomicWaker,
+}
+
+impl OpenConnections {
+    fn register(&self, info: &ConnInfo) -> Arc<Eviction> {
+        let eviction = Arc::new(Eviction {
+            requests: info.open_requests.clone(),
+            member: matches!(info.identity, Identity::Node(_)),
+            evicted: Default::default(),
+            reader: Default::default(),
+        });
+        let mut open = self.0.lock().expect("connections lock");
+        open.retain(|c| c.strong_count() > 0);
+        open.push(Arc::downgrade(&eviction));
+        eviction
+    }
+
+    /// Closes the client connection idle the longest, if one has been idle for
+    /// `EVICT_IDLE_MIN`; whether one was.
+    fn evict_idlest(&self) -> bool {
+        let open = self.0.lock().expect("connections lock");
+        let idlest = open
+            .iter()
+            .filter_map(std::sync::Weak::upgrade)
+            .filter(|c| !c.member && !c.evicted.load(std::sync::atomic::Ordering::SeqCst))
+            .filter_map(|c| c.requests.idle_since().map(|since| (since, c)))
+            .filter(|(since, _)| since.elapsed() >= EVICT_IDLE_MIN)
+            .min_by_key(|(since, _)| *since);
+        let Some((_, connection)) = idlest else { return false };
+        connection.evicted.store(true, std::sync::atomic::Ordering::SeqCst);
+        connection.reader.wake();
+        true
+    }
+}
 
 /// An accepted connection holding one of the listener's permits until it closes.
 pub struct Counted {
@@ -50,12 +100,26 @@ pub struct Counted {
     _permit: OwnedSemaphorePermit,
     /// When to look again whether the connection has been idle too long.
     idle: Option<(Duration, Pin<Box<tokio::time::Sleep>>)>,
+    eviction: Arc<Eviction>,
 }
 
 impl Counted {
-    fn new(stream: Socket, info: ConnInfo, permit: OwnedSemaphorePermit, idle_timeout: Option<Duration>) -> Counted {
-        let idle = idle_timeout.map(|timeout| (timeout, Box::pin(tokio::time::sleep(timeout))));
-        Counted { stream, info, _permit: permit, idle }
+    fn new(
+        stream: Socket,
+        info: ConnInfo,
+        permit: OwnedSemaphorePermit,
+        limits: Limits,
+        open: &OpenConnections,
+    ) -> Counted {
+        let idle = limits.idle_timeout.map(|timeout| (timeout, Box::pin(tokio::time::sleep(timeout))));
+        let eviction = open.register(&info);
+        Counted { stream, info, _permit: permit, idle, eviction }
+    }
+
+    /// Whether the connection was chosen to make room at the limit.
+    fn evicted(&self, cx: &mut Context<'_>) -> bool {
+        self.eviction.reader.register(cx.waker());
+        self.eviction.evicted.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Whether the connection has had no request open for its idle timeout. The timer
@@ -136,23 +200,27 @@ async fn accept(listener: &TcpListener, ready: &Ready) -> Option<(TcpStream, Opt
 
 async fn accept_plain(listener: TcpListener, limits: Limits, ready: Ready) {
     let (permits, connection_bytes) = (Arc::new(Semaphore::new(limits.connections)), limits.connection_bytes);
+    let open = OpenConnections::default();
     // Ends when the server stops taking connections.
     while !ready.is_closed() {
-        // Waits while `max` connections are open; the semaphore is never closed.
-        let Ok(permit) = permits.clone().acquire_owned().await else { return };
+        // At the limit an idle connection makes room; with none idle, this waits
+        // while `max` connections are open (the semaphore is never closed).
+        let Some(permit) = slot_or_eviction(&permits, &open, None).await else { return };
         let Some((stream, remote)) = accept(&listener, &ready).await else { continue };
         let info = conn_info(remote, Identity::Open, connection_bytes);
-        let _ = ready.send(Ok(Counted::new(Socket::Plain(stream), info, permit, limits.idle_timeout))).await;
+        let _ = ready.send(Ok(Counted::new(Socket::Plain(stream), info, permit, limits, &open))).await;
     }
 }
 
 async fn accept_tls(listener: TcpListener, limits: Limits, tls: Arc<ServerTls>, metrics: Arc<Metrics>, ready: Ready) {
     let (handshakes, slots) = (Arc::new(Semaphore::new(HANDSHAKES_MAX)), Arc::new(Slots::new(limits.connections)));
+    let open = Arc::new(OpenConnections::default());
     let connection_bytes = limits.connection_bytes;
     while !ready.is_closed() {
         let Ok(handshaking) = handshakes.clone().acquire_owned().await else { return };
         let Some((stream, remote)) = accept(&listener, &ready).await else { continue };
-        let (tls, slots, metrics, ready) = (tls.clone(), slots.clone(), metrics.clone(), ready.clone());
+        let (tls, slots, metrics, ready, open) =
+            (tls.clone(), slots.clone(), metrics.clone(), ready.clone(), open.clone());
         tokio::spawn(async move {
             let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.accept(stream)).await;
             drop(handshaking);
@@ -173,14 +241,42 @@ async fn accept_tls(listener: TcpListener, limits: Limits, tls: Arc<ServerTls>, 
                     return;
                 }
             };
-            let Some(permit) = slots.admit(identity).await else {
+            let Some(permit) = slots.admit(identity, &open).await else {
                 metrics.count_refusal("connection_slots");
                 return;
             };
             let info = conn_info(remote, identity, connection_bytes);
-            let _ =
-                ready.send(Ok(Counted::new(Socket::Tls(Box::new(stream)), info, permit, limits.idle_timeout))).await;
+            let _ = ready.send(Ok(Counted::new(Socket::Tls(Box::new(stream)), info, permit, limits, &open))).await;
         });
+    }
+}
+
+/// A slot from `anyone` (or `members`, when given), closing the connection idle the
+/// longest to make room whenever one has been idle long enough; `None` if a semaphore
+/// was closed (never here).
+async fn slot_or_eviction(
+    anyone: &Arc<Semaphore>,
+    open: &OpenConnections,
+    members: Option<&Arc<Semaphore>>,
+) -> Option<OwnedSemaphorePermit> {
+    loop {
+        if let Ok(permit) = anyone.clone().try_acquire_owned() {
+            return Some(permit);
+        }
+        open.evict_idlest();
+        let either = async {
+            match members {
+                Some(members) => tokio::select! {
+                    permit = members.clone().acquire_owned() => permit.ok(),
+                    permit = anyone.clone().acquire_owned() => permit.ok(),
+                },
+                None => anyone.clone().acquire_owned().await.ok(),
+            }
+        };
+        // Connections become idle long enough as time passes: look again.
+        if let Ok(permit) = tokio::time::timeout(EVICT_IDLE_MIN / 2, either).await {
+            return permit;
+        }
     }
 }
 
@@ -203,7 +299,7 @@ impl Slots {
 
     /// A slot for a connection from `identity`, waiting a while when none is free;
     /// `None`: close it.
-    async fn admit(&self, identity: Identity) -> Option<OwnedSemaphorePermit> {
+    async fn admit(&self, identity: Identity, open: &OpenConnections) -> Option<OwnedSemaphorePermit> {
         let member = matches!(identity, Identity::Node(_));
         if member {
             if let Ok(permit) = self.members.clone().try_acquire_owned() {
@@ -214,17 +310,8 @@ impl Slots {
             return Some(permit);
         }
         let _waiting = self.waiting.clone().try_acquire_owned().ok()?;
-        let wait = async {
-            if member {
-                tokio::select! {
-                    permit = self.members.clone().acquire_owned() => permit.ok(),
-                    permit = self.anyone.clone().acquire_owned() => permit.ok(),
-                }
-            } else {
-                self.anyone.clone().acquire_owned().await.ok()
-            }
-        };
-        tokio::time::timeout(SLOT_WAIT, wait).await.ok().flatten()
+        let members = member.then_some(&self.members);
+        tokio::time::timeout(SLOT_WAIT, slot_or_eviction(&self.anyone, open, members)).await.ok().flatten()
     }
 }
 
@@ -245,7 +332,7 @@ impl AsyncRead for Counted {
         };
         // Idle too long: the peer is told the connection ended (HTTP/2 keepalive
         // PINGs keep a connection alive, not busy; this closes idle ones).
-        if read.is_pending() && this.idle_too_long(cx) {
+        if read.is_pending() && (this.idle_too_long(cx) || this.evicted(cx)) {
             return Poll::Ready(Ok(()));
         }
         read
@@ -314,16 +401,16 @@ mod tests {
 
     #[tokio::test]
     async fn nodes_get_the_slots_kept_for_them_when_clients_hold_the_rest() {
-        let slots = Slots::new(8); // 2 kept for nodes, 6 for anyone
+        let (slots, open) = (Slots::new(8), OpenConnections::default()); // 2 kept for nodes, 6 for anyone
         let mut held = Vec::new();
         for _ in 0..6 {
-            held.push(slots.admit(Identity::Client).await.expect("a free slot"));
+            held.push(slots.admit(Identity::Client, &open).await.expect("a free slot"));
         }
-        let late = tokio::time::timeout(Duration::from_millis(50), slots.admit(Identity::Client)).await;
+        let late = tokio::time::timeout(Duration::from_millis(50), slots.admit(Identity::Client, &open)).await;
         assert!(late.is_err(), "a client past the limit waits");
-        let node = tokio::time::timeout(Duration::from_millis(50), slots.admit(Identity::Node(2))).await;
+        let node = tokio::time::timeout(Duration::from_millis(50), slots.admit(Identity::Node(2), &open)).await;
         assert!(node.expect("a node does not wait").is_some());
-        let waiting = slots.admit(Identity::Admin);
+        let waiting = slots.admit(Identity::Admin, &open);
         tokio::pin!(waiting);
         assert!(tokio::time::timeout(Duration::from_millis(50), &mut waiting).await.is_err());
         held.pop();
