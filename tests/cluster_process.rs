@@ -1679,3 +1679,55 @@ fn raise_open_files_limit() -> u64 {
     }
     limit.rlim_cur
 }
+
+/// A forged vote at term 2^64-1 (issue 14: it overflowed the election code and stopped
+/// the shards of all three nodes) is refused by every node, in plain text too: the
+/// node logs and counts it, and every node keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vote_from_the_last_term_is_refused_and_every_node_keeps_serving() {
+    use quarry::proto::peer_client::PeerClient;
+    use quarry::proto::{raft_message, MsgVote, PeerBatch, RaftMessage};
+    if tls_on() {
+        return; // a client certificate may not send peer batches at all (tls_process.rs)
+    }
+    let mut cluster = start_cluster();
+    wait_for_leaders(&cluster).await;
+    for (i, addr) in cluster.addrs.iter().enumerate() {
+        let to = i as u64 + 1;
+        let forged = (0..GROUPS)
+            .map(|group| RaftMessage {
+                group,
+                from: if to == 1 { 2 } else { 1 },
+                to,
+                term: u64::MAX,
+                kind: Some(raft_message::Kind::Vote(MsgVote {
+                    last_index: u64::MAX,
+                    last_term: u64::MAX,
+                    transfer: true,
+                    ..Default::default()
+                })),
+            })
+            .collect();
+        let batch =
+            PeerBatch { cluster_id: 1, from_node: if to == 1 { 2 } else { 1 }, messages: forged, ..Default::default() };
+        let mut peer = PeerClient::new(channel(addr).await);
+        let _ = peer.stream(tokio_stream::iter(vec![batch])).await;
+    }
+    let deadline = Instant::now() + READY_DEADLINE;
+    for metrics in &cluster.metrics {
+        while counter(metrics, "quarry_peer_messages_refused_total").await == 0 {
+            assert!(Instant::now() < deadline, "{metrics}: the forged votes were not refused");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let client = client(&cluster.addrs);
+    for i in 0..(2 * GROUPS) {
+        client.put(Bytes::from(format!("after-vote-{i}")), Bytes::from("v")).await.expect("still served");
+    }
+    wait_for_leaders(&cluster).await;
+    let pairs = [all_pairs(&cluster.addrs[0]).await, all_pairs(&cluster.addrs[1]).await];
+    assert!(pairs[0].len() >= 2 * GROUPS as usize, "writes went through");
+    for (i, child) in cluster.children.iter_mut().enumerate() {
+        assert!(child.try_wait().expect("wait").is_none(), "node {} stopped", i + 1);
+    }
+}
