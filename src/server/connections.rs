@@ -1,22 +1,24 @@
-//! The listener's accept loop, bounded: at most `max` connections are served at once.
+//! The listener's accept loop, bounded: at most `--connections-max` connections are
+//! served at once.
 //!
 //! At the limit, the client connection idle the longest (no request open for at
-//! least `EVICT_IDLE_MIN`) is closed to make room: idle connections held open (the
-//! attack of issue 14) cannot lock a restarted peer out, whose stream is never idle.
-//! In plain text, when no connection is idle, the node stops accepting, so new
+//! least `EVICT_IDLE_MIN`) is closed to make room, so idle connections held open (the
+//! attack of issue 14) cannot lock out a restarted peer, whose stream is never idle.
+//! In plain text, when no connection is idle, the node stops accepting: new
 //! connections wait in the kernel's listen backlog (and time out there) instead of
-//! costing the node memory and tasks. With TLS a connection is known by its certificate once its
-//! handshake is done, so slots are kept for the cluster's nodes: clients holding every
-//! other slot cannot lock a restarted peer out. Handshakes run in tasks of their own,
-//! at most `HANDSHAKES_MAX` at once and each under a deadline; a client past the
-//! limit waits up to `SLOT_WAIT` for a slot (at most `WAITING_MAX` of them wait),
-//! then is closed.
+//! costing the node memory and tasks. With TLS a connection is known by its
+//! certificate once its handshake is done, so slots are also kept for the cluster's
+//! nodes, against clients that keep a request open on every other slot. Handshakes
+//! run in tasks of their own, at most `HANDSHAKES_MAX` at once and each under a
+//! deadline; a client past the limit waits up to `SLOT_WAIT` for a slot (at most
+//! `WAITING_MAX` of them wait), then is closed.
 
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -50,14 +52,14 @@ const EVICT_IDLE_MIN: Duration = Duration::from_secs(1);
 
 /// The connections open now, for closing the one idle the longest at the limit.
 #[derive(Default)]
-struct OpenConnections(std::sync::Mutex<Vec<std::sync::Weak<Eviction>>>);
+struct OpenConnections(Mutex<Vec<Weak<Eviction>>>);
 
 /// One connection's side of eviction: its requests, and the flag that closes it.
 struct Eviction {
     requests: Arc<OpenRequests>,
     /// Connections of the cluster's nodes (known under TLS) are never evicted.
     member: bool,
-    evicted: std::sync::atomic::AtomicBool,
+    evicted: AtomicBool,
     reader: futures::task::AtomicWaker,
 }
 
@@ -81,13 +83,13 @@ impl OpenConnections {
         let open = self.0.lock().expect("connections lock");
         let idlest = open
             .iter()
-            .filter_map(std::sync::Weak::upgrade)
-            .filter(|c| !c.member && !c.evicted.load(std::sync::atomic::Ordering::SeqCst))
+            .filter_map(Weak::upgrade)
+            .filter(|c| !c.member && !c.evicted.load(Ordering::SeqCst))
             .filter_map(|c| c.requests.idle_since().map(|since| (since, c)))
             .filter(|(since, _)| since.elapsed() >= EVICT_IDLE_MIN)
             .min_by_key(|(since, _)| *since);
         let Some((_, connection)) = idlest else { return false };
-        connection.evicted.store(true, std::sync::atomic::Ordering::SeqCst);
+        connection.evicted.store(true, Ordering::SeqCst);
         connection.reader.wake();
         true
     }
@@ -119,7 +121,7 @@ impl Counted {
     /// Whether the connection was chosen to make room at the limit.
     fn evicted(&self, cx: &mut Context<'_>) -> bool {
         self.eviction.reader.register(cx.waker());
-        self.eviction.evicted.load(std::sync::atomic::Ordering::SeqCst)
+        self.eviction.evicted.load(Ordering::SeqCst)
     }
 
     /// Whether the connection has had no request open for its idle timeout. The timer
