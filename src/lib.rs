@@ -16,7 +16,7 @@ pub mod transport;
 
 /// Cases for the property tests that feed hostile input to the decoders and the core:
 /// `default` in the normal run, `PROPTEST_CASES` for a long one
-/// (`PROPTEST_CASES=200000 cargo test --profile ci --lib hostile forged any_bytes`).
+/// (`PROPTEST_CASES=200000 cargo test --profile ci --lib -- hostile forged any_bytes`).
 #[cfg(test)]
 pub(crate) fn fuzz_cases(default: u32) -> u32 {
     std::env::var("PROPTEST_CASES").ok().and_then(|n| n.parse().ok()).unwrap_or(default)

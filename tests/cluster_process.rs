@@ -1641,23 +1641,7 @@ async fn idle_connections_holding_every_slot_give_way_to_a_restarted_peer() {
     eprintln!("{} idle connections held against {slots} slots", held.len());
     assert!(held.len() + 3 >= slots, "the idle connections did not fill the node");
 
-    cluster.kill(3);
-    cluster.kill(2);
-    cluster.restart(2);
-    let deadline = Instant::now() + READY_DEADLINE;
-    for i in 0..(4 * GROUPS) {
-        let put =
-            PutRequest { key: Bytes::from(format!("idle-{i}")), value: Bytes::from("v"), client_id: 0, sequence: 0 };
-        loop {
-            let mut client = kv.clone();
-            let call = client.put(put.clone());
-            match tokio::time::timeout(Duration::from_secs(5), call).await {
-                Ok(Ok(_)) => break,
-                failed => assert!(Instant::now() < deadline, "node 2 never got back to node 1: {failed:?}"),
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
+    restart_node_2_without_node_3(&mut cluster, &kv, "idle").await;
     for (_, connection) in held {
         connection.abort();
     }

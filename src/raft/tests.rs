@@ -456,6 +456,9 @@ fn malformed_messages_are_refused_and_change_nothing() {
             },
         ),
         (2, MessageKind::Heartbeat { commit: 0, round: 1, quiesce: false }),
+        // A commit index, or its term, beyond any a log can reach.
+        (3, MessageKind::VoteResponse { reject: true, commit: KnownCommit { index: INDEX_MAX + 1, term: 1 } }),
+        (3, MessageKind::PreVote { last_index: 1, last_term: 1, commit: KnownCommit { index: 1, term: u64::MAX } }),
     ];
     for (from, kind) in cases {
         let m = Message { from, to: 2, term: 5, kind };

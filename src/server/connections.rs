@@ -40,7 +40,7 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Connections handed to the server but not yet taken by it.
 const READY_MAX: usize = 64;
 /// Slots kept for the cluster's nodes (TLS only), at most a quarter of the limit.
-pub const MEMBER_SLOTS: usize = 64;
+const MEMBER_SLOTS: usize = 64;
 /// TLS handshakes in progress at once.
 const HANDSHAKES_MAX: usize = 256;
 /// Connections past the limit waiting for a slot; more are closed at once.

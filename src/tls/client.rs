@@ -85,10 +85,6 @@ impl ClientTls {
         Ok(ClientTls(Some(Arc::new(RwLock::new(Arc::new(config))))))
     }
 
-    pub fn is_on(&self) -> bool {
-        self.0.is_some()
-    }
-
     /// A channel to `endpoint`, connected lazily: over TLS when on, the server's
     /// certificate checked against the endpoint's host (an IP address or a name).
     /// Connecting (TCP, and the TLS handshake) is bounded by `CONNECT_TIMEOUT`.

@@ -18,7 +18,7 @@ mod server;
 pub use certs::{Authority, Holder, Issued, Validity};
 pub use client::ClientTls;
 pub use files::TlsSettings;
-pub use identity::{identity_of, named_role, ConnInfo, Identity, NamedRole, OpenRequests, ADMIN_URI, NODE_URI_PREFIX};
+pub use identity::{identity_of, ConnInfo, Identity, OpenRequests, ADMIN_URI, NODE_URI_PREFIX};
 pub use server::ServerTls;
 
 use std::sync::Arc;

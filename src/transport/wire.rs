@@ -73,8 +73,8 @@ fn encode_vote_response(reject: bool, commit: KnownCommit) -> proto::MsgVoteResp
     proto::MsgVoteResponse { reject, commit: commit.index, commit_term: commit.term }
 }
 
-fn decode_known_commit(v: &proto::MsgVoteResponse) -> KnownCommit {
-    KnownCommit { index: v.commit, term: v.commit_term }
+fn known_commit(index: u64, term: u64) -> KnownCommit {
+    KnownCommit { index, term }
 }
 
 pub fn decode_message(m: proto::RaftMessage) -> Result<(GroupId, Message), WireError> {
@@ -83,16 +83,20 @@ pub fn decode_message(m: proto::RaftMessage) -> Result<(GroupId, Message), WireE
         Kind::PreVote(v) => MessageKind::PreVote {
             last_index: v.last_index,
             last_term: v.last_term,
-            commit: KnownCommit { index: v.commit, term: v.commit_term },
+            commit: known_commit(v.commit, v.commit_term),
         },
-        Kind::PreVoteResponse(v) => MessageKind::PreVoteResponse { reject: v.reject, commit: decode_known_commit(&v) },
+        Kind::PreVoteResponse(v) => {
+            MessageKind::PreVoteResponse { reject: v.reject, commit: known_commit(v.commit, v.commit_term) }
+        }
         Kind::Vote(v) => MessageKind::Vote {
             last_index: v.last_index,
             last_term: v.last_term,
             transfer: v.transfer,
-            commit: KnownCommit { index: v.commit, term: v.commit_term },
+            commit: known_commit(v.commit, v.commit_term),
         },
-        Kind::VoteResponse(v) => MessageKind::VoteResponse { reject: v.reject, commit: decode_known_commit(&v) },
+        Kind::VoteResponse(v) => {
+            MessageKind::VoteResponse { reject: v.reject, commit: known_commit(v.commit, v.commit_term) }
+        }
         Kind::Append(a) => MessageKind::Append {
             prev_index: a.prev_index,
             prev_term: a.prev_term,

@@ -477,3 +477,26 @@ pub fn succeeded(what: &str, out: &std::process::Output) {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Stops nodes 3 and 2 and restarts 2, then writes keys of every group through `kv`
+/// (node 1): each write needs nodes 1 and 2 to hear each other again, so this fails
+/// (at `READY_DEADLINE`) while node 2 cannot reach node 1.
+pub async fn restart_node_2_without_node_3(cluster: &mut Cluster, kv: &KvClient<Channel>, prefix: &str) {
+    cluster.kill(3);
+    cluster.kill(2);
+    cluster.restart(2);
+    let deadline = Instant::now() + READY_DEADLINE;
+    for i in 0..(4 * GROUPS) {
+        let key = Bytes::from(format!("{prefix}-{i}"));
+        let put = PutRequest { key, value: Bytes::from("v"), client_id: 0, sequence: 0 };
+        loop {
+            let mut client = kv.clone();
+            let call = client.put(put.clone());
+            match tokio::time::timeout(Duration::from_secs(5), call).await {
+                Ok(Ok(_)) => break,
+                failed => assert!(Instant::now() < deadline, "node 2 never got back to node 1: {failed:?}"),
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
