@@ -298,6 +298,11 @@ pub async fn channel(addr: &str) -> Channel {
 
 /// A channel to `addr`, retried until it connects (the node may be starting).
 pub async fn connect(addr: &str, tls: &ClientTls) -> Channel {
+    connect_or_explain(addr, tls, String::new).await
+}
+
+/// As `connect`; a node that never listens fails the test with `explain()` (its log).
+async fn connect_or_explain(addr: &str, tls: &ClientTls, explain: impl Fn() -> String) -> Channel {
     let deadline = Instant::now() + READY_DEADLINE;
     loop {
         let endpoint = quarry::transport::endpoint(addr).expect("uri");
@@ -305,7 +310,7 @@ pub async fn connect(addr: &str, tls: &ClientTls) -> Channel {
             Ok(channel) => return channel,
             Err(e) => e,
         };
-        assert!(Instant::now() < deadline, "{addr} never accepted a connection: {error:?}");
+        assert!(Instant::now() < deadline, "{addr} never accepted a connection: {error:?}\n{}", explain());
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -313,8 +318,12 @@ pub async fn connect(addr: &str, tls: &ClientTls) -> Channel {
 /// Polls every node until each sees a leader for every group.
 pub async fn wait_for_leaders(cluster: &Cluster) {
     let deadline = Instant::now() + READY_DEADLINE;
-    for addr in &cluster.addrs {
-        let mut admin = AdminClient::new(connect(addr, &client_tls(cluster.tls)).await);
+    for (i, addr) in cluster.addrs.iter().enumerate() {
+        let log = || {
+            let path = cluster.dir.path().join(format!("node{}.log", i + 1));
+            format!("node {} log:\n{}", i + 1, std::fs::read_to_string(path).unwrap_or_default())
+        };
+        let mut admin = AdminClient::new(connect_or_explain(addr, &client_tls(cluster.tls), log).await);
         loop {
             if let Ok(status) = admin.status(StatusRequest {}).await {
                 let groups = status.into_inner().groups;
