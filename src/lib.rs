@@ -10,6 +10,7 @@ pub mod server;
 pub mod shard;
 pub mod sim;
 pub mod snapshot;
+pub mod sql;
 pub mod state;
 pub mod tls;
 pub mod transport;

@@ -7,6 +7,7 @@ use std::ops::Bound;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 use crate::raft::Index;
+use crate::sql::SqlDatabases;
 
 use super::command::{Command, Operation};
 use super::{Outcome, StateError, StateMachine};
@@ -48,6 +49,8 @@ pub struct BuiltinState {
     /// it reaches the front and dropped when stale entries outnumber live ones (so the
     /// queue holds at most `2 * SESSIONS_MAX` entries).
     sessions_by_age: VecDeque<(Index, u64)>,
+    /// SQL databases by name (those whose names map to this group).
+    sql: SqlDatabases,
 }
 
 /// Equal states: the same data and sessions (the eviction queue's stale entries
@@ -58,6 +61,7 @@ impl PartialEq for BuiltinState {
             && self.kv == other.kv
             && self.logs == other.logs
             && self.sessions == other.sessions
+            && self.sql == other.sql
     }
 }
 
@@ -97,12 +101,20 @@ impl BuiltinState {
         Some(log.iter().skip(start).take(limit).cloned().collect())
     }
 
+    pub fn sql(&self) -> &SqlDatabases {
+        &self.sql
+    }
+
     pub fn log_len(&self, name: &[u8]) -> Option<u64> {
         self.logs.get(name).map(|l| l.len() as u64)
     }
 
     fn execute(&mut self, index: Index, operation: &Operation) -> Outcome {
         match operation {
+            Operation::Sql(write) => match self.sql.execute(index, write) {
+                Ok(results) => Outcome::SqlApplied(results),
+                Err(failure) => Outcome::SqlFailed(failure),
+            },
             Operation::Batch(ops) => {
                 // All conditions are checked against the state before the batch.
                 for (at, op) in ops.iter().enumerate() {
@@ -155,6 +167,7 @@ impl BuiltinState {
             }
             Operation::Custom { kind, .. } => Outcome::Rejected(format!("custom operation {kind} not supported")),
             Operation::Batch(_) => Outcome::Rejected("nested batch".into()),
+            Operation::Sql(_) => Outcome::Rejected("SQL writes cannot be part of a batch".into()),
         }
     }
 
@@ -245,6 +258,11 @@ impl StateMachine for BuiltinState {
             out.put_u64_le(s.last_index);
             put_bytes(&mut out, &s.outcome.encode());
         }
+        // Only when there are databases, so a state without SQL keeps the format
+        // it had before SQL existed.
+        if !self.sql.is_empty() {
+            self.sql.snapshot_into(&mut out);
+        }
         out.freeze()
     }
 
@@ -272,6 +290,9 @@ impl StateMachine for BuiltinState {
         let mut ages: Vec<_> = restored.sessions.iter().map(|(client, s)| (s.last_index, *client)).collect();
         ages.sort_unstable();
         restored.sessions_by_age = ages.into();
+        if !data.is_empty() {
+            restored.sql = SqlDatabases::restore_from(&mut data).map_err(StateError::Corrupt)?;
+        }
         if !data.is_empty() {
             return Err(StateError::Corrupt("trailing bytes"));
         }

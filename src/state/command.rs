@@ -6,11 +6,15 @@
 //! ```text
 //! command   = version u8 (=1) | client u64 | sequence u64 | operation
 //! operation = tag u8 | fields (bytes fields are u32 length + data)
+//! sql       = database | now_ms i64 | seed u64 | n u32 | statement*n
+//! statement = kind u8 | text | n u32 | value*n | n u32 | (name | value)*n
+//! value     = 0 (null) | 1 i64 | 2 f64 bits | 3 text | 4 blob
 //! ```
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 use super::builtin::put_bytes;
+use crate::sql::{self, StatementKind, Value};
 
 /// Operations a batch may hold; more is refused before proposal.
 pub const BATCH_OPS_MAX: usize = 128;
@@ -47,6 +51,8 @@ pub enum Operation {
         kind: u32,
         data: Bytes,
     },
+    /// Statements applied atomically to a SQL database (created by its first write).
+    Sql(sql::Execute),
 }
 
 /// An operation with the identity that makes retries apply once: a client's
@@ -77,6 +83,12 @@ pub enum CommandError {
     NestedBatch,
     #[error("trailing bytes after the command")]
     Trailing,
+    #[error("{0}")]
+    Sql(String),
+    #[error("SQL writes cannot be part of a batch")]
+    SqlInBatch,
+    #[error("text is not UTF-8")]
+    NotUtf8,
 }
 
 const TAG_PUT: u8 = 1;
@@ -85,6 +97,12 @@ const TAG_CAS: u8 = 3;
 const TAG_APPEND: u8 = 4;
 const TAG_BATCH: u8 = 5;
 const TAG_CUSTOM: u8 = 6;
+const TAG_SQL: u8 = 7;
+const VALUE_NULL: u8 = 0;
+const VALUE_INTEGER: u8 = 1;
+const VALUE_REAL: u8 = 2;
+const VALUE_TEXT: u8 = 3;
+const VALUE_BLOB: u8 = 4;
 
 impl Operation {
     /// Checks the bounds a proposal must respect (key sizes, batch shape).
@@ -97,14 +115,17 @@ impl Operation {
                     return Err(CommandError::BatchTooLarge(ops.len()));
                 }
                 for op in ops {
-                    if matches!(op, Operation::Batch(_)) {
-                        return Err(CommandError::NestedBatch);
+                    match op {
+                        Operation::Batch(_) => return Err(CommandError::NestedBatch),
+                        Operation::Sql(_) => return Err(CommandError::SqlInBatch),
+                        _ => {}
                     }
                     op.validate()?;
                 }
                 Ok(())
             }
             Operation::Custom { .. } => Ok(()),
+            Operation::Sql(write) => write.validate().map_err(CommandError::Sql),
         }
     }
 
@@ -140,6 +161,10 @@ impl Operation {
                 out.put_u32_le(*kind);
                 put_bytes(out, data);
             }
+            Operation::Sql(write) => {
+                out.put_u8(TAG_SQL);
+                encode_sql(write, out);
+            }
         }
     }
 
@@ -170,6 +195,7 @@ impl Operation {
                 let kind = buf.get_u32_le();
                 Operation::Custom { kind, data: get_bytes(buf)? }
             }
+            TAG_SQL => Operation::Sql(decode_sql(buf)?),
             tag => return Err(CommandError::UnknownTag(tag)),
         };
         Ok(op)
@@ -202,6 +228,99 @@ impl Command {
         operation.validate()?;
         Ok(Command { client, sequence, operation })
     }
+}
+
+fn encode_sql(write: &sql::Execute, out: &mut BytesMut) {
+    put_bytes(out, write.database.as_bytes());
+    out.put_i64_le(write.now_ms);
+    out.put_u64_le(write.seed);
+    out.put_u32_le(write.statements.len() as u32);
+    for statement in &write.statements {
+        out.put_u8(statement.kind as u8);
+        put_bytes(out, statement.text.as_bytes());
+        out.put_u32_le(statement.params.len() as u32);
+        statement.params.iter().for_each(|v| encode_value(v, out));
+        out.put_u32_le(statement.named.len() as u32);
+        for (name, value) in &statement.named {
+            put_bytes(out, name.as_bytes());
+            encode_value(value, out);
+        }
+    }
+}
+
+fn encode_value(value: &Value, out: &mut BytesMut) {
+    match value {
+        Value::Null => out.put_u8(VALUE_NULL),
+        Value::Integer(i) => {
+            out.put_u8(VALUE_INTEGER);
+            out.put_i64_le(*i);
+        }
+        Value::Real(r) => {
+            out.put_u8(VALUE_REAL);
+            out.put_u64_le(r.to_bits());
+        }
+        Value::Text(t) => {
+            out.put_u8(VALUE_TEXT);
+            put_bytes(out, t.as_bytes());
+        }
+        Value::Blob(b) => {
+            out.put_u8(VALUE_BLOB);
+            put_bytes(out, b);
+        }
+    }
+}
+
+fn decode_sql(buf: &mut Bytes) -> Result<sql::Execute, CommandError> {
+    let database = get_text(buf)?;
+    need(buf, 20)?;
+    let now_ms = buf.get_i64_le();
+    let seed = buf.get_u64_le();
+    let n = get_count(buf, sql::STATEMENTS_MAX)?;
+    let mut statements = Vec::with_capacity(n);
+    for _ in 0..n {
+        need(buf, 1)?;
+        let kind = buf.get_u8();
+        let kind = StatementKind::from_u8(kind).ok_or(CommandError::Sql(format!("unknown statement kind {kind}")))?;
+        let text = get_text(buf)?;
+        let params = (0..get_count(buf, sql::PARAMS_MAX)?).map(|_| decode_value(buf)).collect::<Result<_, _>>()?;
+        let named = (0..get_count(buf, sql::PARAMS_MAX)?)
+            .map(|_| Ok((get_text(buf)?, decode_value(buf)?)))
+            .collect::<Result<_, CommandError>>()?;
+        statements.push(sql::Statement { kind, text, params, named });
+    }
+    Ok(sql::Execute { database, now_ms, seed, statements })
+}
+
+fn decode_value(buf: &mut Bytes) -> Result<Value, CommandError> {
+    need(buf, 1)?;
+    Ok(match buf.get_u8() {
+        VALUE_NULL => Value::Null,
+        VALUE_INTEGER => {
+            need(buf, 8)?;
+            Value::Integer(buf.get_i64_le())
+        }
+        VALUE_REAL => {
+            need(buf, 8)?;
+            Value::Real(f64::from_bits(buf.get_u64_le()))
+        }
+        VALUE_TEXT => Value::Text(get_text(buf)?),
+        VALUE_BLOB => Value::Blob(get_bytes(buf)?),
+        tag => return Err(CommandError::Sql(format!("unknown SQL value type {tag}"))),
+    })
+}
+
+/// A u32 count, refused past `max` before anything is allocated for it.
+fn get_count(buf: &mut Bytes, max: usize) -> Result<usize, CommandError> {
+    need(buf, 4)?;
+    let n = buf.get_u32_le() as usize;
+    if n > max {
+        return Err(CommandError::Sql(format!("{n} items exceed {max}")));
+    }
+    Ok(n)
+}
+
+fn get_text(buf: &mut Bytes) -> Result<String, CommandError> {
+    String::from_utf8(get_bytes(buf)?.to_vec()).map_err(|_| CommandError::NotUtf8)
 }
 
 fn check_key(key: &[u8]) -> Result<(), CommandError> {
@@ -251,8 +370,26 @@ mod tests {
         ]
     }
 
+    fn arb_value() -> impl Strategy<Value = Value> {
+        prop_oneof![
+            Just(Value::Null),
+            any::<i64>().prop_map(Value::Integer),
+            any::<f64>().prop_map(Value::Real),
+            ".{0,16}".prop_map(Value::Text),
+            arb_bytes(16).prop_map(Value::Blob),
+        ]
+    }
+
+    fn arb_sql() -> impl Strategy<Value = Operation> {
+        let statement = ("[a-z ]{1,40}", vec(arb_value(), 0..4), vec(("[a-z]{1,8}", arb_value()), 0..3))
+            .prop_map(|(text, params, named)| sql::Statement { kind: StatementKind::Data, text, params, named });
+        ("[a-z]{1,12}", any::<i64>(), any::<u64>(), vec(statement, 1..4)).prop_map(|(database, now_ms, seed, statements)| {
+            Operation::Sql(sql::Execute { database, now_ms, seed, statements })
+        })
+    }
+
     fn arb_op() -> impl Strategy<Value = Operation> {
-        prop_oneof![arb_simple_op(), vec(arb_simple_op(), 0..8).prop_map(Operation::Batch)]
+        prop_oneof![arb_simple_op(), vec(arb_simple_op(), 0..8).prop_map(Operation::Batch), arb_sql()]
     }
 
     proptest! {

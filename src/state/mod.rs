@@ -11,6 +11,7 @@ mod command;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 use crate::raft::Index;
+use crate::sql::{FailureCause, SqlFailure, StatementResult, STATEMENTS_MAX};
 
 pub use builtin::{BuiltinState, Versioned, SESSIONS_MAX};
 pub use command::{Command, CommandError, Operation, BATCH_OPS_MAX, KEY_MAX_BYTES};
@@ -40,6 +41,10 @@ pub enum Outcome {
     Custom(Bytes),
     /// The command was refused deterministically (nothing changed).
     Rejected(String),
+    /// A SQL write applied: what each statement did.
+    SqlApplied(Vec<StatementResult>),
+    /// A SQL write failed at one statement; nothing of it applied.
+    SqlFailed(SqlFailure),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -70,6 +75,8 @@ const OUTCOME_BATCH: u8 = 5;
 const OUTCOME_BATCH_ABORTED: u8 = 6;
 const OUTCOME_CUSTOM: u8 = 7;
 const OUTCOME_REJECTED: u8 = 8;
+const OUTCOME_SQL_APPLIED: u8 = 9;
+const OUTCOME_SQL_FAILED: u8 = 10;
 
 impl Outcome {
     /// Encoding used for remembered session outcomes in snapshots.
@@ -115,6 +122,20 @@ impl Outcome {
                 out.put_u8(OUTCOME_REJECTED);
                 builtin::put_bytes(out, reason.as_bytes());
             }
+            Outcome::SqlApplied(results) => {
+                out.put_u8(OUTCOME_SQL_APPLIED);
+                out.put_u32_le(results.len() as u32);
+                for r in results {
+                    out.put_u64_le(r.rows_affected);
+                    out.put_i64_le(r.last_insert_rowid);
+                }
+            }
+            Outcome::SqlFailed(failure) => {
+                out.put_u8(OUTCOME_SQL_FAILED);
+                out.put_u32_le(failure.statement);
+                out.put_u8(failure.cause as u8);
+                builtin::put_bytes(out, failure.message.as_bytes());
+            }
         }
     }
 
@@ -148,6 +169,22 @@ impl Outcome {
                 let reason = builtin::get_bytes(data).ok()?;
                 Outcome::Rejected(String::from_utf8_lossy(&reason).into_owned())
             }
+            OUTCOME_SQL_APPLIED if data.len() >= 4 => {
+                let n = data.get_u32_le() as usize;
+                if n > STATEMENTS_MAX || data.len() < n * 16 {
+                    return None;
+                }
+                let results = (0..n)
+                    .map(|_| StatementResult { rows_affected: data.get_u64_le(), last_insert_rowid: data.get_i64_le() })
+                    .collect();
+                Outcome::SqlApplied(results)
+            }
+            OUTCOME_SQL_FAILED if data.len() >= 5 => {
+                let statement = data.get_u32_le();
+                let cause = FailureCause::from_u8(data.get_u8());
+                let message = String::from_utf8_lossy(&builtin::get_bytes(data).ok()?).into_owned();
+                Outcome::SqlFailed(SqlFailure { statement, cause, message })
+            }
             _ => return None,
         })
     }
@@ -168,6 +205,8 @@ mod tests {
             Outcome::BatchAborted { failed_at: 2, current_revision: 5 },
             Outcome::Custom(Bytes::from_static(b"x")),
             Outcome::Rejected("no".into()),
+            Outcome::SqlApplied(vec![StatementResult { rows_affected: 2, last_insert_rowid: -1 }]),
+            Outcome::SqlFailed(SqlFailure { statement: 1, cause: FailureCause::Constraint, message: "x".into() }),
         ];
         for outcome in outcomes {
             assert_eq!(Outcome::decode(outcome.encode()), Some(outcome));
