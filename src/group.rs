@@ -31,6 +31,10 @@ pub enum RequestError {
     Dropped,
     #[error("not found: {0}")]
     NotFound(String),
+    /// The request was applied and failed the same way on every replica, through
+    /// the caller's mistake (a SQL syntax error, say); nothing changed.
+    #[error("invalid: {0}")]
+    Invalid(String),
     /// The node cannot take the request now (a queue or window is full); nothing was
     /// done. Retry after a pause.
     #[error("overloaded: {0}")]

@@ -24,6 +24,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use tonic::transport::Channel;
 
+mod sql_commands;
+
 #[derive(Parser)]
 #[command(name = "quarryctl", about = "Quarry command-line client")]
 struct Cli {
@@ -98,6 +100,11 @@ enum Cmd {
         #[command(subcommand)]
         command: CertsCmd,
     },
+    /// Apply SQL statements to a database atomically (created by its first write);
+    /// `sql schema DB` shows its tables, indexes and latest schema changes.
+    Sql(sql_commands::SqlArgs),
+    /// Run a read-only SQL statement; rows as an aligned table (or --json).
+    Query(sql_commands::QueryArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions { shell: clap_complete::Shell },
 }
@@ -306,11 +313,24 @@ async fn run(client: &Client, command: Cmd, json: bool) -> Result<ExitCode, Clie
         Cmd::Member { command } => member(client, command, json).await?,
         Cmd::Leader { command } => leader(client, command, json).await?,
         Cmd::Snapshot { command: SnapshotCmd::Save { file } } => snapshot_save(client, &file, json).await?,
+        Cmd::Sql(args) => return sql_outcome(sql_commands::sql(client, args, json).await),
+        Cmd::Query(args) => return sql_outcome(sql_commands::query(client, args, json).await),
         Cmd::Snapshot { .. } | Cmd::Certs { .. } | Cmd::Completions { .. } => {
             unreachable!("handled before connecting")
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn sql_outcome(outcome: Result<(), sql_commands::SqlError>) -> Result<ExitCode, ClientError> {
+    match outcome {
+        Ok(()) => Ok(ExitCode::SUCCESS),
+        Err(sql_commands::SqlError::Usage(usage)) => {
+            eprintln!("quarryctl: {}", usage.0);
+            Ok(ExitCode::from(2))
+        }
+        Err(sql_commands::SqlError::Client(e)) => Err(e),
+    }
 }
 
 /// Tries to fetch one group's snapshot this many times (a newer snapshot may replace

@@ -20,6 +20,7 @@ use tonic::{Code, Status};
 use crate::group::group_of_key;
 use crate::proto::admin_client::AdminClient;
 use crate::proto::kv_client::KvClient;
+use crate::proto::sql_client::SqlClient;
 use crate::proto::{
     session_answer, session_call, CasRequest, DeleteRequest, GetRequest, KeyValue, LogAppendRequest, PutRequest,
     RangeRequest, ResponseHeader, StatusRequest, StatusResponse,
@@ -383,6 +384,66 @@ impl Client {
             session_answer::Result::Append(answer) => Ok(answer.index),
             other => Err(unexpected(other)),
         }
+    }
+
+    /// Applies `statements` to `database` atomically (creating it on first use). A
+    /// retry carries the same client id and sequence, so the write applies once.
+    pub async fn sql_execute(
+        &self,
+        database: &str,
+        statements: Vec<crate::proto::SqlStatement>,
+    ) -> Result<crate::proto::SqlExecuteResponse, ClientError> {
+        let lane = self.lane();
+        let request = crate::proto::SqlExecuteRequest {
+            database: database.to_string(),
+            statements,
+            client_id: lane.lane.client_id,
+            sequence: lane.lane.next_sequence,
+        };
+        let answer = self
+            .retry(database.as_bytes(), |r: &tonic::Response<crate::proto::SqlExecuteResponse>| r.get_ref().header.as_ref(), |ch| {
+                let request = request.clone();
+                async move { SqlClient::new(ch).execute(request).await }
+            })
+            .await?;
+        Ok(answer.into_inner())
+    }
+
+    /// Runs a read-only statement on `database` (linearizable unless `serializable`).
+    pub async fn sql_query(
+        &self,
+        database: &str,
+        statement: crate::proto::SqlStatement,
+        serializable: bool,
+        max_rows: u32,
+    ) -> Result<crate::proto::SqlQueryResponse, ClientError> {
+        let request = crate::proto::SqlQueryRequest {
+            database: database.to_string(),
+            statement: Some(statement),
+            serializable,
+            max_rows,
+        };
+        let answer = self
+            .retry(database.as_bytes(), |r: &tonic::Response<crate::proto::SqlQueryResponse>| r.get_ref().header.as_ref(), |ch| {
+                let request = request.clone();
+                async move {
+                    SqlClient::new(ch).max_decoding_message_size(session::RESPONSE_MAX_BYTES).query(request).await
+                }
+            })
+            .await?;
+        Ok(answer.into_inner())
+    }
+
+    /// The schema objects of `database` and its latest schema changes.
+    pub async fn sql_schema(&self, database: &str) -> Result<crate::proto::SqlSchemaResponse, ClientError> {
+        let request = crate::proto::SqlSchemaRequest { database: database.to_string(), serializable: false };
+        let answer = self
+            .retry(database.as_bytes(), |r: &tonic::Response<crate::proto::SqlSchemaResponse>| r.get_ref().header.as_ref(), |ch| {
+                let request = request.clone();
+                async move { SqlClient::new(ch).schema(request).await }
+            })
+            .await?;
+        Ok(answer.into_inner())
     }
 
     /// The status of the node at position `node` in the address list (unavailable

@@ -20,6 +20,7 @@ mod router;
 mod service;
 mod session;
 mod shard_thread;
+mod sql;
 mod systemd;
 
 use std::time::Duration;
@@ -28,7 +29,9 @@ use arrow_flight::flight_service_server::FlightServiceServer;
 use tonic::transport::Server;
 
 use crate::log::ShardLogConfig;
-use crate::proto::{admin_server::AdminServer, kv_server::KvServer, log_server::LogServer, peer_server::PeerServer};
+use crate::proto::{
+    admin_server::AdminServer, kv_server::KvServer, log_server::LogServer, peer_server::PeerServer, sql_server::SqlServer,
+};
 use crate::raft::Config;
 use crate::shard::ShardConfig;
 use crate::state::KEY_MAX_BYTES;
@@ -224,6 +227,7 @@ async fn serve(
         .max_concurrent_streams(STREAMS_PER_CONNECTION_MAX)
         .add_service(KvServer::new(services.clone()).max_decoding_message_size(client_message_max))
         .add_service(LogServer::new(services.clone()).max_decoding_message_size(client_message_max))
+        .add_service(SqlServer::new(services.clone()).max_decoding_message_size(client_message_max))
         .add_service(AdminServer::new(services.clone()))
         .add_service(PeerServer::new(services).max_decoding_message_size(peer_message_max))
         .add_service(FlightServiceServer::new(flight))

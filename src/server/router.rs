@@ -15,6 +15,7 @@ use crate::log::GroupId;
 use crate::proto::admin_client::AdminClient;
 use crate::proto::kv_client::KvClient;
 use crate::proto::log_client::LogClient;
+use crate::proto::sql_client::SqlClient;
 use crate::raft::NodeId;
 use crate::shard::Query;
 use crate::state::{BuiltinState, Command, Outcome};
@@ -173,6 +174,10 @@ impl Router {
     pub fn log_client(&self, node: NodeId) -> Option<LogClient<Channel>> {
         self.channel(node).map(LogClient::new)
     }
+
+    pub fn sql_client(&self, node: NodeId) -> Option<SqlClient<Channel>> {
+        self.channel(node).map(SqlClient::new)
+    }
 }
 
 async fn wait<T>(answer: flume::Receiver<Result<T, RequestError>>) -> Result<T, RequestError> {
@@ -197,6 +202,7 @@ pub fn status_of(e: RequestError) -> Status {
         ),
         RequestError::Dropped => Status::aborted("the write was dropped by a leader change; retry"),
         RequestError::NotFound(what) => Status::not_found(what),
+        RequestError::Invalid(what) => Status::invalid_argument(what),
         RequestError::Overloaded(reason) => Status::resource_exhausted(format!("node overloaded ({reason}); retry")),
         RequestError::DiskFull(reason) => {
             Status::resource_exhausted(format!("the leader's disk is full; the write was not made: {reason}"))

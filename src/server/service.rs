@@ -64,14 +64,14 @@ pub(super) fn check_key(key: &[u8]) -> Result<(), Status> {
 
 impl Services {
     /// Carries out a write at this node (its group's leader) and answers it.
-    async fn write<C: WriteCall>(&self, call: &C) -> Result<C::Response, RequestError> {
+    pub(super) async fn write<C: WriteCall>(&self, call: &C) -> Result<C::Response, RequestError> {
         let group = self.router.group_of(&call.routing_key());
         let outcome = self.router.propose(group, call.command()).await?;
         C::answer(proto::ResponseHeader { group, leader: self.router.node }, outcome)
     }
 
     /// Where to forward a request this node cannot serve, if anywhere.
-    fn forward_target(&self, error: &RequestError, already_forwarded: bool) -> Option<NodeId> {
+    pub(super) fn forward_target(&self, error: &RequestError, already_forwarded: bool) -> Option<NodeId> {
         match error {
             RequestError::NotLeader { leader: Some(leader) } if *leader != self.router.node && !already_forwarded => {
                 Some(*leader)
@@ -81,11 +81,11 @@ impl Services {
     }
 }
 
-fn forwarded<T>(request: &Request<T>) -> bool {
+pub(super) fn forwarded<T>(request: &Request<T>) -> bool {
     request.metadata().contains_key(FORWARDED)
 }
 
-fn forward_request<T>(inner: T) -> Request<T> {
+pub(super) fn forward_request<T>(inner: T) -> Request<T> {
     let mut request = Request::new(inner);
     request.metadata_mut().insert(FORWARDED, tonic::metadata::MetadataValue::from_static("1"));
     request
@@ -113,7 +113,7 @@ macro_rules! serve_or_forward {
 /// transport lost (the leader died or the connection broke mid-call; tonic says
 /// `Unknown`/`Cancelled`) may or may not have been carried out, so the client hears
 /// that the outcome is unknown, not an error it could take for a failure.
-fn forwarding_failed(leader: NodeId, status: Status) -> Status {
+pub(super) fn forwarding_failed(leader: NodeId, status: Status) -> Status {
     match status.code() {
         tonic::Code::Unknown | tonic::Code::Cancelled => Status::unavailable(format!(
             "outcome unknown: the leader (node {leader}) did not answer ({}); retrying with the same client_id and \
