@@ -39,6 +39,8 @@ async fn a_cluster_restored_from_a_saved_snapshot_has_the_same_data() {
     }
     let saved = all_pairs(&old.addrs[0]).await;
     assert_eq!(saved.len(), 1_000);
+    let sql = "CREATE TABLE users(name TEXT, value INTEGER); INSERT INTO users VALUES ('ann', 1), ('bob', 2)";
+    succeeded("sql", &quarryctl(&old, &["--endpoints", &old.addrs.join(","), "sql", "app", sql]));
 
     let file = old.dir.path().join("cluster.backup");
     let file = file.to_str().expect("utf-8 path");
@@ -97,6 +99,12 @@ async fn a_cluster_restored_from_a_saved_snapshot_has_the_same_data() {
     let records = log.read(read).await.expect("read the restored log").into_inner().entries;
     let expected: Vec<Bytes> = (1..=RECORDS).map(|n| Bytes::from(format!("rec{n}"))).collect();
     assert_eq!(records, expected);
+    let query =
+        ["--json", "--endpoints", &new.addrs[1], "query", "app", "SELECT * FROM users ORDER BY name", "--serializable"];
+    let out = quarryctl(&new, &query);
+    succeeded("query the restored database", &out);
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(rows["rows"], serde_json::json!([["ann", 1], ["bob", 2]]));
     // The restored cluster takes writes, and its members are its own.
     let kv = KvClient::new(channel(&new.addrs[0]).await);
     let put = PutRequest { key: "after-restore".into(), value: "y".into(), client_id: 0, sequence: 0 };

@@ -60,7 +60,9 @@ fn value(text: &str) -> proto::SqlValue {
         Some(V::Integer(i))
     } else if let Ok(r) = text.parse::<f64>() {
         Some(V::Real(r))
-    } else if let Some(hex) = text.strip_prefix("x'").or_else(|| text.strip_prefix("X'")).and_then(|t| t.strip_suffix('\'')) {
+    } else if let Some(hex) =
+        text.strip_prefix("x'").or_else(|| text.strip_prefix("X'")).and_then(|t| t.strip_suffix('\''))
+    {
         match decode_hex(hex) {
             Some(blob) => Some(V::Blob(blob.into())),
             None => Some(V::Text(text.to_string())),
@@ -110,8 +112,11 @@ pub async fn sql(client: &Client, args: SqlArgs, json: bool) -> Result<(), SqlEr
     if has_params && parts.len() > 1 {
         return Err(SqlError::Usage(Usage("parameters need a single statement".into())));
     }
-    let statements =
-        parts.iter().map(|p| statement(p.clone(), &args.params)).collect::<Result<Vec<_>, _>>().map_err(SqlError::Usage)?;
+    let statements = parts
+        .iter()
+        .map(|p| statement(p.clone(), &args.params))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(SqlError::Usage)?;
     let answer = client.sql_execute(&args.database, statements).await?;
     if json {
         let results: Vec<_> = answer
@@ -125,7 +130,14 @@ pub async fn sql(client: &Client, args: SqlArgs, json: bool) -> Result<(), SqlEr
             .results
             .iter()
             .enumerate()
-            .map(|(i, r)| vec![i.to_string(), kind_name(r.kind).into(), r.rows_affected.to_string(), r.last_insert_rowid.to_string()])
+            .map(|(i, r)| {
+                vec![
+                    i.to_string(),
+                    kind_name(r.kind).into(),
+                    r.rows_affected.to_string(),
+                    r.last_insert_rowid.to_string(),
+                ]
+            })
             .collect();
         print_table(&["#", "kind", "rows_affected", "last_insert_rowid"], &rows);
     }
@@ -134,14 +146,14 @@ pub async fn sql(client: &Client, args: SqlArgs, json: bool) -> Result<(), SqlEr
 
 fn kind_name(kind: i32) -> &'static str {
     proto::SqlStatementKind::try_from(kind).map_or("unknown", |k| match k {
-            proto::SqlStatementKind::SqlDataChange => "data change",
-            proto::SqlStatementKind::SqlCreateTable => "create table",
-            proto::SqlStatementKind::SqlDropTable => "drop table",
-            proto::SqlStatementKind::SqlAlterTable => "alter table",
-            proto::SqlStatementKind::SqlCreateIndex => "create index",
-            proto::SqlStatementKind::SqlDropIndex => "drop index",
-            proto::SqlStatementKind::SqlOtherSchemaChange => "schema change",
-            proto::SqlStatementKind::Unspecified => "unknown",
+        proto::SqlStatementKind::SqlDataChange => "data change",
+        proto::SqlStatementKind::SqlCreateTable => "create table",
+        proto::SqlStatementKind::SqlDropTable => "drop table",
+        proto::SqlStatementKind::SqlAlterTable => "alter table",
+        proto::SqlStatementKind::SqlCreateIndex => "create index",
+        proto::SqlStatementKind::SqlDropIndex => "drop index",
+        proto::SqlStatementKind::SqlOtherSchemaChange => "schema change",
+        proto::SqlStatementKind::Unspecified => "unknown",
     })
 }
 
@@ -167,16 +179,20 @@ pub async fn query(client: &Client, args: QueryArgs, json: bool) -> Result<(), S
 }
 
 async fn schema(client: &Client, database: &str, json: bool) -> Result<(), SqlError> {
-    let answer = client.sql_schema(database).await?;
+    let answer = client.sql_schema(database, false).await?;
     if json {
         let objects: Vec<_> = answer
             .objects
             .iter()
             .map(|o| serde_json::json!({ "type": o.r#type, "name": o.name, "table": o.table, "sql": o.sql }))
             .collect();
-        let changes: Vec<_> =
-            answer.changes.iter().map(|c| serde_json::json!({ "index": c.index, "kind": kind_name(c.kind), "sql": c.sql })).collect();
-        println!("{}", serde_json::json!({ "objects": objects, "changes": changes }));
+        let changes: Vec<_> = answer
+            .changes
+            .iter()
+            .map(|c| serde_json::json!({ "index": c.index, "kind": kind_name(c.kind), "sql": c.sql }))
+            .collect();
+        let image = serde_json::json!({ "bytes": answer.image_bytes, "crc32": answer.image_crc32 });
+        println!("{}", serde_json::json!({ "objects": objects, "changes": changes, "image": image }));
         return Ok(());
     }
     let objects: Vec<Vec<String>> =
@@ -186,6 +202,7 @@ async fn schema(client: &Client, database: &str, json: bool) -> Result<(), SqlEr
     let changes: Vec<Vec<String>> =
         answer.changes.iter().map(|c| vec![c.index.to_string(), kind_name(c.kind).into(), c.sql.clone()]).collect();
     print_table(&["log index", "kind", "sql"], &changes);
+    println!("\ndatabase file: {} bytes, crc32 {:08x}", answer.image_bytes, answer.image_crc32);
     Ok(())
 }
 
@@ -222,7 +239,14 @@ fn print_table(header: &[&str], rows: &[Vec<String>]) {
         println!("{}", padded.join("  ").trim_end());
     };
     line(header.to_vec());
-    line(widths.iter().map(|w| &"--------------------------------------------------------------------------------"[..(*w).min(80)]).collect());
+    line(
+        widths
+            .iter()
+            .map(|w| {
+                &"--------------------------------------------------------------------------------"[..(*w).min(80)]
+            })
+            .collect(),
+    );
     for row in rows {
         line(row.iter().map(String::as_str).collect());
     }

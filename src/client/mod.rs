@@ -401,10 +401,14 @@ impl Client {
             sequence: lane.lane.next_sequence,
         };
         let answer = self
-            .retry(database.as_bytes(), |r: &tonic::Response<crate::proto::SqlExecuteResponse>| r.get_ref().header.as_ref(), |ch| {
-                let request = request.clone();
-                async move { SqlClient::new(ch).execute(request).await }
-            })
+            .retry(
+                database.as_bytes(),
+                |r: &tonic::Response<crate::proto::SqlExecuteResponse>| r.get_ref().header.as_ref(),
+                |ch| {
+                    let request = request.clone();
+                    async move { SqlClient::new(ch).execute(request).await }
+                },
+            )
             .await?;
         Ok(answer.into_inner())
     }
@@ -424,24 +428,36 @@ impl Client {
             max_rows,
         };
         let answer = self
-            .retry(database.as_bytes(), |r: &tonic::Response<crate::proto::SqlQueryResponse>| r.get_ref().header.as_ref(), |ch| {
-                let request = request.clone();
-                async move {
-                    SqlClient::new(ch).max_decoding_message_size(session::RESPONSE_MAX_BYTES).query(request).await
-                }
-            })
+            .retry(
+                database.as_bytes(),
+                |r: &tonic::Response<crate::proto::SqlQueryResponse>| r.get_ref().header.as_ref(),
+                |ch| {
+                    let request = request.clone();
+                    async move {
+                        SqlClient::new(ch).max_decoding_message_size(session::RESPONSE_MAX_BYTES).query(request).await
+                    }
+                },
+            )
             .await?;
         Ok(answer.into_inner())
     }
 
     /// The schema objects of `database` and its latest schema changes.
-    pub async fn sql_schema(&self, database: &str) -> Result<crate::proto::SqlSchemaResponse, ClientError> {
-        let request = crate::proto::SqlSchemaRequest { database: database.to_string(), serializable: false };
+    pub async fn sql_schema(
+        &self,
+        database: &str,
+        serializable: bool,
+    ) -> Result<crate::proto::SqlSchemaResponse, ClientError> {
+        let request = crate::proto::SqlSchemaRequest { database: database.to_string(), serializable };
         let answer = self
-            .retry(database.as_bytes(), |r: &tonic::Response<crate::proto::SqlSchemaResponse>| r.get_ref().header.as_ref(), |ch| {
-                let request = request.clone();
-                async move { SqlClient::new(ch).schema(request).await }
-            })
+            .retry(
+                database.as_bytes(),
+                |r: &tonic::Response<crate::proto::SqlSchemaResponse>| r.get_ref().header.as_ref(),
+                |ch| {
+                    let request = request.clone();
+                    async move { SqlClient::new(ch).schema(request).await }
+                },
+            )
             .await?;
         Ok(answer.into_inner())
     }

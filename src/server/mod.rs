@@ -30,7 +30,8 @@ use tonic::transport::Server;
 
 use crate::log::ShardLogConfig;
 use crate::proto::{
-    admin_server::AdminServer, kv_server::KvServer, log_server::LogServer, peer_server::PeerServer, sql_server::SqlServer,
+    admin_server::AdminServer, kv_server::KvServer, log_server::LogServer, peer_server::PeerServer,
+    sql_server::SqlServer,
 };
 use crate::raft::Config;
 use crate::shard::ShardConfig;

@@ -188,22 +188,25 @@ impl Services {
     async fn query_sql(&self, req: &proto::SqlQueryRequest) -> Result<proto::SqlQueryResponse, RequestError> {
         let group = self.router.group_of(req.database.as_bytes());
         let database = req.database.clone();
-        let statement = statement_of(req.statement.as_ref().unwrap_or(&proto::SqlStatement::default()), StatementKind::Data);
+        let statement =
+            statement_of(req.statement.as_ref().unwrap_or(&proto::SqlStatement::default()), StatementKind::Data);
         let max_rows = req.max_rows as usize;
         let query = Box::new(move |s: &BuiltinState| {
-            encode_answer(s.sql().query(&database, &statement, max_rows).map(|answer| proto::SqlQueryResponse {
-                header: None,
-                columns: answer
-                    .columns
-                    .into_iter()
-                    .map(|(name, declared_type)| proto::SqlColumn { name, declared_type })
-                    .collect(),
-                rows: answer
-                    .rows
-                    .into_iter()
-                    .map(|row| proto::SqlRow { values: row.into_iter().map(proto_value).collect() })
-                    .collect(),
-                more: answer.more,
+            encode_answer(s.sql().query(&database, &statement, max_rows).map(|answer| {
+                proto::SqlQueryResponse {
+                    header: None,
+                    columns: answer
+                        .columns
+                        .into_iter()
+                        .map(|(name, declared_type)| proto::SqlColumn { name, declared_type })
+                        .collect(),
+                    rows: answer
+                        .rows
+                        .into_iter()
+                        .map(|row| proto::SqlRow { values: row.into_iter().map(proto_value).collect() })
+                        .collect(),
+                    more: answer.more,
+                }
             }))
         });
         let data = self.router.read(group, query, req.serializable).await?;
@@ -221,18 +224,22 @@ impl Services {
                 cause: FailureCause::NotFound,
                 message: format!("no database named {database:?}"),
             });
-            encode_answer(schema.map(|schema| proto::SqlSchemaResponse {
-                header: None,
-                objects: schema
-                    .objects
-                    .into_iter()
-                    .map(|[r#type, name, table, sql]| proto::SqlSchemaObject { r#type, name, table, sql })
-                    .collect(),
-                changes: schema
-                    .changes
-                    .into_iter()
-                    .map(|c| proto::SqlSchemaChange { index: c.index, kind: proto_kind(c.kind), sql: c.text })
-                    .collect(),
+            encode_answer(schema.map(|schema| {
+                proto::SqlSchemaResponse {
+                    header: None,
+                    objects: schema
+                        .objects
+                        .into_iter()
+                        .map(|[r#type, name, table, sql]| proto::SqlSchemaObject { r#type, name, table, sql })
+                        .collect(),
+                    changes: schema
+                        .changes
+                        .into_iter()
+                        .map(|c| proto::SqlSchemaChange { index: c.index, kind: proto_kind(c.kind), sql: c.text })
+                        .collect(),
+                    image_bytes: schema.image_bytes,
+                    image_crc32: schema.image_crc32,
+                }
             }))
         });
         let data = self.router.read(group, query, req.serializable).await?;
@@ -270,7 +277,10 @@ impl Sql for Services {
         serve_or_forward_sql!(self, request, execute, |req| self.execute_sql(&req).await)
     }
 
-    async fn query(&self, request: Request<proto::SqlQueryRequest>) -> Result<Response<proto::SqlQueryResponse>, Status> {
+    async fn query(
+        &self,
+        request: Request<proto::SqlQueryRequest>,
+    ) -> Result<Response<proto::SqlQueryResponse>, Status> {
         let req = request.get_ref();
         sql::check_database_name(&req.database).map_err(Status::invalid_argument)?;
         let statement = req.statement.as_ref().ok_or_else(|| Status::invalid_argument("no statement"))?;
@@ -278,7 +288,10 @@ impl Sql for Services {
         serve_or_forward_sql!(self, request, query, |req| self.query_sql(&req).await)
     }
 
-    async fn schema(&self, request: Request<proto::SqlSchemaRequest>) -> Result<Response<proto::SqlSchemaResponse>, Status> {
+    async fn schema(
+        &self,
+        request: Request<proto::SqlSchemaRequest>,
+    ) -> Result<Response<proto::SqlSchemaResponse>, Status> {
         sql::check_database_name(&request.get_ref().database).map_err(Status::invalid_argument)?;
         serve_or_forward_sql!(self, request, schema, |req| self.sql_schema(&req).await)
     }

@@ -8,8 +8,8 @@ use rusqlite::{Connection, ErrorCode, Statement as Prepared, ToSql};
 
 use super::determinism::{self, ApplyContext, Mode};
 use super::{
-    classify, Execute, Statement, StatementKind, StatementResult, Value, DATABASES_PER_GROUP_MAX,
-    DATABASE_BYTES_MAX, QUERY_BYTES_MAX, QUERY_ROWS_MAX, SCHEMA_HISTORY_MAX,
+    classify, Execute, Statement, StatementKind, StatementResult, Value, DATABASES_PER_GROUP_MAX, DATABASE_BYTES_MAX,
+    QUERY_BYTES_MAX, QUERY_ROWS_MAX, SCHEMA_HISTORY_MAX,
 };
 
 /// Why a statement failed; nothing of its write was applied. The same on every
@@ -99,6 +99,9 @@ pub struct QueryAnswer {
 pub struct SchemaAnswer {
     pub objects: Vec<[String; 4]>,
     pub changes: Vec<SchemaChange>,
+    /// Size and CRC-32 of the database file, to compare replicas.
+    pub image_bytes: u64,
+    pub image_crc32: u32,
 }
 
 struct Database {
@@ -164,7 +167,8 @@ impl SqlDatabases {
     pub fn execute(&mut self, index: u64, write: &Execute) -> Result<Vec<StatementResult>, SqlFailure> {
         write.validate().map_err(|e| SqlFailure::new(0, FailureCause::Invalid, e))?;
         for (at, statement) in write.statements.iter().enumerate() {
-            let kind = classify(&statement.text).map_err(|e| SqlFailure::new(at, FailureCause::Invalid, e.to_string()))?;
+            let kind =
+                classify(&statement.text).map_err(|e| SqlFailure::new(at, FailureCause::Invalid, e.to_string()))?;
             if kind != statement.kind {
                 let why = format!("labelled {} but the statement is a {}", statement.kind.name(), kind.name());
                 return Err(SqlFailure::new(at, FailureCause::Invalid, why));
@@ -196,9 +200,10 @@ impl SqlDatabases {
     /// Runs a read-only statement. `max_rows` 0 means "up to the bound, and past it
     /// the query is refused"; otherwise the answer stops there with `more` set.
     pub fn query(&self, database: &str, statement: &Statement, max_rows: usize) -> Result<QueryAnswer, SqlFailure> {
-        let db = self.databases.get(database).ok_or_else(|| {
-            SqlFailure::new(0, FailureCause::NotFound, format!("no database named {database:?}"))
-        })?;
+        let db = self
+            .databases
+            .get(database)
+            .ok_or_else(|| SqlFailure::new(0, FailureCause::NotFound, format!("no database named {database:?}")))?;
         determinism::enter_query();
         determinism::begin_statement(Mode::Query);
         let sqlite = |e: rusqlite::Error| SqlFailure::from_sqlite(0, &e);
@@ -226,7 +231,8 @@ impl SqlDatabases {
                 answer.more = true;
                 break;
             }
-            let values: Vec<Value> = (0..width).map(|i| row.get_ref(i).map(value_of)).collect::<Result<_, _>>().map_err(sqlite)?;
+            let values: Vec<Value> =
+                (0..width).map(|i| row.get_ref(i).map(value_of)).collect::<Result<_, _>>().map_err(sqlite)?;
             bytes += values.iter().map(Value::size).sum::<usize>();
             if bytes > QUERY_BYTES_MAX {
                 let why = format!("the query returns more than {} MiB: add a LIMIT", QUERY_BYTES_MAX >> 20);
@@ -248,7 +254,11 @@ impl SqlDatabases {
                 s.query_map([], |r| Ok([r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?]))?.collect::<Result<Vec<_>, _>>()
             })
             .unwrap_or_default();
-        Some(SchemaAnswer { objects, changes: db.changes.iter().cloned().collect() })
+        let (image_bytes, image_crc32) = match db.conn.serialize(rusqlite::MAIN_DB) {
+            Ok(image) => (image.len() as u64, crc32fast::hash(&image)),
+            Err(_) => (0, 0),
+        };
+        Some(SchemaAnswer { objects, changes: db.changes.iter().cloned().collect(), image_bytes, image_crc32 })
     }
 
     /// Appends every database (name, image, schema history) to a state snapshot.
@@ -286,7 +296,8 @@ impl SqlDatabases {
                 return Err("SQL database image too large");
             }
             let conn = determinism::open(&image).map_err(|_| "SQL database image")?;
-            let check: String = conn.query_row("PRAGMA quick_check", [], |r| r.get(0)).map_err(|_| "SQL database image")?;
+            let check: String =
+                conn.query_row("PRAGMA quick_check", [], |r| r.get(0)).map_err(|_| "SQL database image")?;
             if check != "ok" {
                 return Err("SQL database image fails its integrity check");
             }
@@ -375,7 +386,9 @@ fn bind(prepared: &mut Prepared<'_>, statement: &Statement) -> Result<(), String
         let index = if name.starts_with([':', '@', '$']) {
             prepared.parameter_index(name).ok().flatten()
         } else {
-            [":", "@", "$"].iter().find_map(|prefix| prepared.parameter_index(&format!("{prefix}{name}")).ok().flatten())
+            [":", "@", "$"]
+                .iter()
+                .find_map(|prefix| prepared.parameter_index(&format!("{prefix}{name}")).ok().flatten())
         };
         let index = index.ok_or_else(|| format!("the statement has no parameter named {name:?}"))?;
         prepared.raw_bind_parameter(index, value).map_err(|e| e.to_string())?;

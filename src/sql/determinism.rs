@@ -79,7 +79,9 @@ impl ApplyContext {
         RANDOM.set(seed);
         // SAFETY: a documented test-control call with its documented arguments; the
         // seed is nonzero (zero would mean "seed from the host").
-        unsafe { ffi::sqlite3_test_control(TESTCTRL_PRNG_SEED, (seed as c_int) | 1, std::ptr::null_mut::<ffi::sqlite3>()) };
+        unsafe {
+            ffi::sqlite3_test_control(TESTCTRL_PRNG_SEED, (seed as c_int) | 1, std::ptr::null_mut::<ffi::sqlite3>())
+        };
         ApplyContext { _lock: lock }
     }
 }
@@ -216,16 +218,28 @@ fn refusal(mode: Mode, action: &AuthAction<'_>) -> Option<String> {
         Transaction { .. } | Savepoint { .. } => {
             Some("each Execute is one transaction already; send the statements together".into())
         }
-        CreateTempIndex { .. } | CreateTempTable { .. } | CreateTempTrigger { .. } | CreateTempView { .. }
-        | DropTempIndex { .. } | DropTempTable { .. } | DropTempTrigger { .. } | DropTempView { .. } => {
-            Some("temporary objects live outside the database and are not replicated".into())
-        }
+        CreateTempIndex { .. }
+        | CreateTempTable { .. }
+        | CreateTempTrigger { .. }
+        | CreateTempView { .. }
+        | DropTempIndex { .. }
+        | DropTempTable { .. }
+        | DropTempTrigger { .. }
+        | DropTempView { .. } => Some("temporary objects live outside the database and are not replicated".into()),
         CreateVtable { .. } | DropVtable { .. } => Some("virtual tables are not replicated".into()),
         Function { function_name } if is_history_function(function_name) => {
             Some(format!("{function_name}() reads the connection's history, which replicas do not share"))
         }
-        CreateTable { .. } | DropTable { .. } | AlterTable { .. } | CreateIndex { .. } | DropIndex { .. }
-        | CreateView { .. } | DropView { .. } | CreateTrigger { .. } | DropTrigger { .. } | Analyze { .. }
+        CreateTable { .. }
+        | DropTable { .. }
+        | AlterTable { .. }
+        | CreateIndex { .. }
+        | DropIndex { .. }
+        | CreateView { .. }
+        | DropView { .. }
+        | CreateTrigger { .. }
+        | DropTrigger { .. }
+        | Analyze { .. }
         | Reindex { .. }
             if !kind.is_schema_change() =>
         {

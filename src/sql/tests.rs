@@ -106,7 +106,8 @@ fn runaway_statements_and_oversized_answers_are_stopped() {
     assert_eq!(stopped.cause, FailureCause::Limit, "{stopped:?}");
     assert!(stopped.message.contains("steps"));
     assert_eq!(query(&dbs, "SELECT count(*) FROM t").unwrap().rows, vec![vec![Value::Integer(0)]]);
-    let many = "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n LIMIT 20000) INSERT INTO t SELECT i FROM n";
+    let many =
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n LIMIT 20000) INSERT INTO t SELECT i FROM n";
     run(&mut dbs, 3, &[many]).unwrap();
     assert_eq!(query(&dbs, "SELECT a FROM t").unwrap_err().cause, FailureCause::Limit);
     let page = Statement { kind: StatementKind::Data, text: "SELECT a FROM t".into(), params: vec![], named: vec![] };

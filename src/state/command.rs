@@ -383,9 +383,9 @@ mod tests {
     fn arb_sql() -> impl Strategy<Value = Operation> {
         let statement = ("[a-z ]{1,40}", vec(arb_value(), 0..4), vec(("[a-z]{1,8}", arb_value()), 0..3))
             .prop_map(|(text, params, named)| sql::Statement { kind: StatementKind::Data, text, params, named });
-        ("[a-z]{1,12}", any::<i64>(), any::<u64>(), vec(statement, 1..4)).prop_map(|(database, now_ms, seed, statements)| {
-            Operation::Sql(sql::Execute { database, now_ms, seed, statements })
-        })
+        ("[a-z]{1,12}", any::<i64>(), any::<u64>(), vec(statement, 1..4)).prop_map(
+            |(database, now_ms, seed, statements)| Operation::Sql(sql::Execute { database, now_ms, seed, statements }),
+        )
     }
 
     fn arb_op() -> impl Strategy<Value = Operation> {
