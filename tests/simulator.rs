@@ -145,6 +145,11 @@ fn pinned_regression_seeds() {
         // pre-votes of the one node that could win. It now forgets the leader at the
         // timeout it does not campaign on (same unit test as 175238).
         291739,
+        // The first seeds with SQL writes: a schema change answered the row count of
+        // the connection's previous write, which a replica restored from a snapshot
+        // never made, so replicas answered one entry differently
+        // (sql::tests::answers_do_not_depend_on_the_connection_s_history).
+        398,
     ];
     for seed in pinned {
         if let Err(failure) = run_seed(seed) {

@@ -15,7 +15,14 @@ pub type Value = u64;
 pub enum OpKind {
     Put(Value),
     Get,
-    Cas { expected: Option<Value>, new: Value },
+    Cas {
+        expected: Option<Value>,
+        new: Value,
+    },
+    /// A SQL write: no register changes (left out of the check).
+    Sql {
+        failing: bool,
+    },
 }
 
 /// What the client observed.

@@ -68,6 +68,9 @@ pub struct Profile {
     /// Idle groups sleep (drawn from its own stream, so that adding it left every
     /// other draw of a seed as it was).
     pub quiesce: bool,
+    /// Some writes are SQL statements (its own stream too; seeds without SQL draw
+    /// nothing more than before).
+    pub sql: bool,
 }
 
 impl Profile {
@@ -96,6 +99,7 @@ impl Profile {
             clients: rng.random_range(2..=5),
             keys: rng.random_range(1..=4),
             quiesce: false,
+            sql: false,
         }
     }
 }
@@ -310,6 +314,26 @@ fn image_hash(state: &BuiltinState) -> u64 {
     hasher.finish()
 }
 
+/// A SQL write for `key`: the row's value, with the entry's clock and randomness; a
+/// failing one inserts the row twice, so it must fail whole, the same way everywhere.
+fn sql_write(key: Key, value: Value, now: u64, failing: bool) -> crate::sql::Execute {
+    use crate::sql::{Statement, StatementKind, Value as V};
+    let statement = |kind, text: &str, params| Statement { kind, text: text.into(), params, named: Vec::new() };
+    let row = vec![V::Integer(i64::from(key)), V::Integer(value as i64)];
+    let mut statements = vec![
+        statement(StatementKind::CreateTable, "CREATE TABLE IF NOT EXISTS t(k INTEGER PRIMARY KEY, v, at, r)", vec![]),
+        statement(StatementKind::Data, "INSERT OR REPLACE INTO t VALUES (?, ?, datetime('now'), random())", row),
+    ];
+    if failing {
+        statements.push(statement(
+            StatementKind::Data,
+            "INSERT INTO t(k) VALUES (?)",
+            vec![V::Integer(i64::from(key))],
+        ));
+    }
+    crate::sql::Execute { database: "sim".into(), now_ms: now as i64, seed: value, statements }
+}
+
 fn key_bytes(key: Key) -> Bytes {
     Bytes::from(vec![b'k', key])
 }
@@ -332,6 +356,7 @@ impl Simulation {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let mut profile = Profile::draw(&mut rng);
         profile.quiesce = ChaCha8Rng::seed_from_u64(seed ^ 0x5149_4553_4345_4e54).random_ratio(3, 4);
+        profile.sql = ChaCha8Rng::seed_from_u64(seed ^ 0x5351_4c5f_5752_4954).random_ratio(1, 2);
         if let Some(forced) = std::env::var_os("SIM_QUIESCE") {
             profile.quiesce = forced == "1";
         }
@@ -931,7 +956,12 @@ impl Simulation {
         let group = group_of_key(&key_bytes(key), self.profile.groups);
         let op = self.history.len();
         let value = op as Value + 1;
+        let sql = self.profile.sql && self.rng.random_ratio(1, 8);
         let (kind, operation) = match self.rng.random_range(0..10) {
+            _ if sql => {
+                let failing = self.rng.random_ratio(1, 4);
+                (OpKind::Sql { failing }, Some(Op::Sql(sql_write(key, value, self.now, failing))))
+            }
             0..=3 => (
                 OpKind::Put(value),
                 Some(Op::Put { key: key_bytes(key), value: Bytes::from(value.to_be_bytes().to_vec()) }),
@@ -972,7 +1002,8 @@ impl Simulation {
             ret: u64::MAX,
             outcome: Outcome::Unknown,
         });
-        self.discarded.push(false);
+        // SQL writes touch no register: the replicas' equal images check them.
+        self.discarded.push(sql);
         self.identities.push(identity);
     }
 
@@ -1083,6 +1114,8 @@ impl Simulation {
                 Outcome::CasResult(true)
             }
             (OpKind::Cas { .. }, Answer::CasFailed { .. }) => Outcome::CasResult(false),
+            (OpKind::Sql { failing: false }, Answer::SqlApplied(_)) => Outcome::Done,
+            (OpKind::Sql { failing: true }, Answer::SqlFailed(f)) if f.message.contains("UNIQUE") => Outcome::Done,
             (kind, answer) => return Err(format!("client {c}: {kind:?} answered {answer:?}")),
         };
         Ok(())
@@ -1114,14 +1147,15 @@ impl Simulation {
 
     /// A plausible current value, so that some CAS operations succeed.
     fn latest_known_value(&self, key: Key) -> Option<Value> {
-        self.history.iter().rev().find(|o| o.key == key && o.outcome != Outcome::Unknown).and_then(|o| {
-            match (o.kind, o.outcome) {
+        let register_op = |o: &&Operation| !matches!(o.kind, OpKind::Sql { .. });
+        self.history.iter().rev().filter(register_op).find(|o| o.key == key && o.outcome != Outcome::Unknown).and_then(
+            |o| match (o.kind, o.outcome) {
                 (OpKind::Put(v), _) => Some(v),
                 (OpKind::Cas { new, .. }, Outcome::CasResult(true)) => Some(new),
                 (_, Outcome::Read(v)) => v,
                 _ => None,
-            }
-        })
+            },
+        )
     }
 
     fn check_history(&mut self) -> Result<(), String> {

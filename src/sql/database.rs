@@ -367,9 +367,16 @@ impl Database {
             return Err(invalid("a read-only statement: send it with Query, not Execute".into()));
         }
         bind(&mut prepared, statement).map_err(invalid)?;
+        let changes_before = self.conn.total_changes();
         let mut rows = prepared.raw_query();
         while rows.next().map_err(sqlite)?.is_some() {} // RETURNING rows are not answered.
-        Ok(StatementResult { rows_affected: self.conn.changes(), last_insert_rowid: self.conn.last_insert_rowid() })
+        drop(rows);
+        // `changes()` keeps the count of the connection's last INSERT, UPDATE or
+        // DELETE, which a schema change does not reset: history a restored replica
+        // does not share. A statement that changed no row changed none.
+        let changed_rows = self.conn.total_changes() != changes_before;
+        let rows_affected = if changed_rows { self.conn.changes() } else { 0 };
+        Ok(StatementResult { rows_affected, last_insert_rowid: self.conn.last_insert_rowid() })
     }
 }
 

@@ -59,6 +59,20 @@ fn replicas_reach_the_same_bytes_whether_fresh_or_restored_midway() {
 }
 
 #[test]
+fn answers_do_not_depend_on_the_connection_s_history() {
+    // Found by the simulator (seed 398): a schema change answered the row count of
+    // the connection's previous write, which a replica restored from a snapshot
+    // never made.
+    let mut live = SqlDatabases::default();
+    run(&mut live, 1, &["CREATE TABLE t(a)", "INSERT INTO t VALUES (1)"]).unwrap();
+    let mut restored = restored(&live);
+    let texts = ["CREATE TABLE IF NOT EXISTS t(a)", "CREATE TABLE u(b)", "UPDATE t SET a = 2 WHERE a = 9"];
+    let a = run(&mut live, 2, &texts).unwrap();
+    assert_eq!(run(&mut restored, 2, &texts).unwrap(), a);
+    assert!(a.iter().all(|r| r.rows_affected == 0 && r.last_insert_rowid == 0), "{a:?}");
+}
+
+#[test]
 fn a_failing_statement_fails_the_same_way_everywhere_and_changes_nothing() {
     let mut a = SqlDatabases::default();
     run(&mut a, 1, &["CREATE TABLE users(name TEXT UNIQUE NOT NULL, value INTEGER)"]).unwrap();
