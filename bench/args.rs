@@ -32,6 +32,16 @@ pub enum Workload {
     Cas,
     /// Appends to named logs (Quarry only); `--keys` names the logs.
     Append,
+    /// SQL: `INSERT OR REPLACE` of a row per key into one of 16 databases (Quarry only).
+    SqlInsert,
+    /// SQL: `SELECT` of a row by its primary key, rows loaded first (Quarry only).
+    SqlQuery,
+}
+
+impl Workload {
+    pub fn is_sql(self) -> bool {
+        matches!(self, Workload::SqlInsert | Workload::SqlQuery)
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, serde::Serialize)]
@@ -197,6 +207,9 @@ impl Args {
         }
         if a.system == System::Etcd && a.workload == Workload::Append {
             return Err("--workload append is Quarry's named logs; etcd has none".into());
+        }
+        if a.workload.is_sql() && (a.system == System::Etcd || a.routing == Routing::Fixed) {
+            return Err("SQL workloads run against Quarry with --routing leader".into());
         }
         if a.verify {
             if !matches!(a.workload, Workload::Put | Workload::Get | Workload::Mixed) {

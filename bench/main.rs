@@ -56,6 +56,7 @@ async fn bench(plan: Plan) -> Result<ExitCode, String> {
     let prefix = if a.verify { format!("v{:06x}-", rand::rng().next_u32() & 0xff_ffff) } else { "k".to_string() };
     let workload = Arc::new(workload::Generator::new(&plan, &prefix)?);
     let target = Arc::new(target::Target::connect(&plan)?);
+    target.prepare(&plan, &workload).await.map_err(|e| format!("preparing the SQL tables: {e}"))?;
     let progress = if a.no_progress || a.json { ProgressBar::hidden() } else { ProgressBar::new_spinner() };
     progress.set_style(ProgressStyle::with_template("{spinner} {elapsed} {msg}").expect("a valid template"));
 

@@ -7,6 +7,7 @@ use bytes::Bytes;
 use quarry::client::{Client, ClientError};
 use quarry::proto::kv_client::KvClient;
 use quarry::proto::log_client::LogClient;
+use quarry::proto::{sql_value, SqlStatement, SqlValue};
 use quarry::tls::ClientTls;
 use tonic::transport::Channel;
 
@@ -101,6 +102,20 @@ impl Target {
                         let log = String::from_utf8_lossy(&key).into_owned();
                         client.append(&log, value).await.map(|_| Observed::Written).map_err(kind)
                     }
+                    OpKind::SqlInsert => {
+                        let blob = SqlValue { value: Some(sql_value::Value::Blob(value)) };
+                        let insert = sql_statement(SQL_INSERT, vec![text(&key), blob]);
+                        client.sql_execute(&sql_database(op.key), vec![insert]).await.map(|_| Observed::Written).map_err(kind)
+                    }
+                    OpKind::SqlQuery => {
+                        let select = sql_statement(SQL_SELECT, vec![text(&key)]);
+                        let answer = client.sql_query(&sql_database(op.key), select, serializable, 0).await.map_err(kind)?;
+                        let value = answer.rows.first().and_then(|row| row.values.first()).and_then(|v| match &v.value {
+                            Some(sql_value::Value::Blob(b)) => Some(b.clone()),
+                            _ => None,
+                        });
+                        Ok(Observed::Read(value))
+                    }
                 }
             }
             Target::QuarryFixed(clients) => {
@@ -133,6 +148,9 @@ impl Target {
                         };
                         log.append(request).await.map(|_| Observed::Written).map_err(kind)
                     }
+                    OpKind::SqlInsert | OpKind::SqlQuery => {
+                        Err(("Unsupported".into(), "SQL workloads use --routing leader".into()))
+                    }
                 }
             }
             Target::Etcd(clients) => {
@@ -156,11 +174,62 @@ impl Target {
                         Ok(Observed::Cas { succeeded })
                     }
                     OpKind::Append => Err(("Unsupported".into(), "etcd has no named logs".into())),
+                    OpKind::SqlInsert | OpKind::SqlQuery => Err(("Unsupported".into(), "etcd has no SQL".into())),
                 }
             }
         }
     }
 }
+
+/// Databases the SQL workloads spread their rows over (key `n` in database `n % 16`).
+const SQL_DATABASES: u64 = 16;
+/// Rows loaded per write before a `sql-query` run.
+const SQL_LOAD_BATCH: u64 = 100;
+
+fn sql_database(key: u64) -> String {
+    format!("bench{}", key % SQL_DATABASES)
+}
+
+fn sql_statement(sql: &str, params: Vec<SqlValue>) -> SqlStatement {
+    SqlStatement { sql: sql.into(), params, named: Default::default() }
+}
+
+fn text(key: &Bytes) -> SqlValue {
+    SqlValue { value: Some(sql_value::Value::Text(String::from_utf8_lossy(key).into_owned())) }
+}
+
+impl Target {
+    /// Creates the SQL workloads' tables and, for `sql-query`, a row for every key.
+    pub async fn prepare(&self, plan: &Plan, workload: &Generator) -> Result<(), String> {
+        let Target::QuarryRouted(clients) = self else { return Ok(()) };
+        if !plan.args.workload.is_sql() {
+            return Ok(());
+        }
+        let client = &clients[0];
+        let create = "CREATE TABLE IF NOT EXISTS kv(k TEXT PRIMARY KEY, v BLOB)";
+        for db in 0..SQL_DATABASES.min(plan.args.keys) {
+            client.sql_execute(&sql_database(db), vec![sql_statement(create, vec![])]).await.map_err(|e| e.to_string())?;
+        }
+        if plan.args.workload != crate::args::Workload::SqlQuery {
+            return Ok(());
+        }
+        let value = SqlValue { value: Some(sql_value::Value::Blob(Bytes::from(vec![b'v'; plan.args.value_size]))) };
+        for db in 0..SQL_DATABASES.min(plan.args.keys) {
+            let keys: Vec<u64> = (db..plan.args.keys).step_by(SQL_DATABASES as usize).collect();
+            for chunk in keys.chunks(SQL_LOAD_BATCH as usize) {
+                let inserts = chunk
+                    .iter()
+                    .map(|&k| sql_statement(SQL_INSERT, vec![text(&workload.key(k)), value.clone()]))
+                    .collect();
+                client.sql_execute(&sql_database(db), inserts).await.map_err(|e| e.to_string())?;
+            }
+        }
+        Ok(())
+    }
+}
+
+const SQL_INSERT: &str = "INSERT OR REPLACE INTO kv VALUES (?, ?)";
+const SQL_SELECT: &str = "SELECT v FROM kv WHERE k = ?";
 
 fn status_kind(s: tonic::Status) -> (String, String) {
     (format!("{:?}", s.code()), s.message().to_string())

@@ -13,6 +13,8 @@ pub enum OpKind {
     Get,
     Cas,
     Append,
+    SqlInsert,
+    SqlQuery,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -64,6 +66,8 @@ impl Generator {
             Workload::Mixed => OpKind::Put,
             Workload::Cas => OpKind::Cas,
             Workload::Append => OpKind::Append,
+            Workload::SqlInsert => OpKind::SqlInsert,
+            Workload::SqlQuery => OpKind::SqlQuery,
         };
         let key = match &self.zipf {
             // Zipf draws 1..=n, most often 1: key 0 is the hottest.

@@ -23,7 +23,7 @@ use rusqlite::functions::FunctionFlags;
 use rusqlite::hooks::{AuthAction, AuthContext, Authorization};
 use rusqlite::{Connection, OpenFlags};
 
-use super::{StatementKind, DATABASE_BYTES_MAX, STATEMENT_STEPS_MAX};
+use super::{StatementKind, DATABASE_BYTES_MAX, QUERY_STEPS_MAX, STATEMENT_STEPS_MAX};
 
 const VFS_NAME: &CStr = c"quarry-replica";
 const PAGE_BYTES: u64 = 4096;
@@ -180,8 +180,13 @@ fn next_random() -> u64 {
 fn count_steps() -> bool {
     let steps = STEPS.get() + STEPS_PER_PROGRESS_CALL;
     STEPS.set(steps);
-    if MODE.get() != Mode::Internal && steps > STATEMENT_STEPS_MAX {
-        stop(format!("the statement was stopped after {STATEMENT_STEPS_MAX} steps"));
+    let limit = match MODE.get() {
+        Mode::Internal => return false,
+        Mode::Apply(_) => STATEMENT_STEPS_MAX,
+        Mode::Query => QUERY_STEPS_MAX,
+    };
+    if steps > limit {
+        stop(format!("the statement was stopped after {limit} steps"));
         return true;
     }
     false

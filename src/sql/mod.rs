@@ -36,9 +36,13 @@ pub const DATABASE_BYTES_MAX: u64 = 64 << 20;
 pub const QUERY_ROWS_MAX: usize = 10_000;
 /// Bytes of values one query may return; a query that would return more is refused.
 pub const QUERY_BYTES_MAX: usize = 4 << 20;
-/// SQLite virtual-machine steps one statement may take before it is stopped. The
-/// count is the same on every replica, so a write stopped here fails everywhere.
-pub const STATEMENT_STEPS_MAX: u64 = 50_000_000;
+/// SQLite virtual-machine steps one write statement may take before it is stopped
+/// (about a fifth of a second here). The count is the same on every replica, so a write
+/// stopped here fails everywhere.
+pub const STATEMENT_STEPS_MAX: u64 = 20_000_000;
+/// Steps one query may take: a query runs on the shard thread, between the Raft
+/// work of every group there, so it gets half of a write's budget.
+pub const QUERY_STEPS_MAX: u64 = 10_000_000;
 /// Schema changes remembered per database for `quarryctl sql schema`.
 pub const SCHEMA_HISTORY_MAX: usize = 64;
 
