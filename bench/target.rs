@@ -105,15 +105,21 @@ impl Target {
                     OpKind::SqlInsert => {
                         let blob = SqlValue { value: Some(sql_value::Value::Blob(value)) };
                         let insert = sql_statement(SQL_INSERT, vec![text(&key), blob]);
-                        client.sql_execute(&sql_database(op.key), vec![insert]).await.map(|_| Observed::Written).map_err(kind)
+                        client
+                            .sql_execute(&sql_database(op.key), vec![insert])
+                            .await
+                            .map(|_| Observed::Written)
+                            .map_err(kind)
                     }
                     OpKind::SqlQuery => {
                         let select = sql_statement(SQL_SELECT, vec![text(&key)]);
-                        let answer = client.sql_query(&sql_database(op.key), select, serializable, 0).await.map_err(kind)?;
-                        let value = answer.rows.first().and_then(|row| row.values.first()).and_then(|v| match &v.value {
-                            Some(sql_value::Value::Blob(b)) => Some(b.clone()),
-                            _ => None,
-                        });
+                        let answer =
+                            client.sql_query(&sql_database(op.key), select, serializable, 0).await.map_err(kind)?;
+                        let value =
+                            answer.rows.first().and_then(|row| row.values.first()).and_then(|v| match &v.value {
+                                Some(sql_value::Value::Blob(b)) => Some(b.clone()),
+                                _ => None,
+                            });
                         Ok(Observed::Read(value))
                     }
                 }
@@ -208,7 +214,10 @@ impl Target {
         let client = &clients[0];
         let create = "CREATE TABLE IF NOT EXISTS kv(k TEXT PRIMARY KEY, v BLOB)";
         for db in 0..SQL_DATABASES.min(plan.args.keys) {
-            client.sql_execute(&sql_database(db), vec![sql_statement(create, vec![])]).await.map_err(|e| e.to_string())?;
+            client
+                .sql_execute(&sql_database(db), vec![sql_statement(create, vec![])])
+                .await
+                .map_err(|e| e.to_string())?;
         }
         if plan.args.workload != crate::args::Workload::SqlQuery {
             return Ok(());

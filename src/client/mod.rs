@@ -80,6 +80,13 @@ fn retryable(code: Code) -> bool {
     matches!(code, Code::Unavailable | Code::Aborted | Code::ResourceExhausted)
 }
 
+/// Whether the call's connection broke before an answer came (tonic reports
+/// `Cancelled` or `Unknown` with a transport error as the source).
+fn lost_in_transport(status: &Status) -> bool {
+    matches!(status.code(), Code::Cancelled | Code::Unknown)
+        && std::error::Error::source(status).is_some_and(|e| e.downcast_ref::<tonic::transport::Error>().is_some())
+}
+
 pub struct Client {
     /// How channels to the nodes (and to members learned later) are made.
     tls: ClientTls,
@@ -239,13 +246,22 @@ impl Client {
             let attempt = tokio::time::timeout(ATTEMPT_TIMEOUT, call(self.channel_for(key)));
             let answer = attempt.await.unwrap_or_else(|_| Err(Status::unavailable("the node did not answer in time")));
             match answer {
-                Err(s) if retryable(s.code()) && Instant::now() < deadline => {
+                // A connection that broke mid-call (the node died) loses the answer,
+                // not the call's safety: a write carries its client id and sequence.
+                Err(s) if (retryable(s.code()) || lost_in_transport(&s)) && Instant::now() < deadline => {
                     self.learn(None, key, true);
                     tokio::time::sleep(RETRY_PAUSE).await;
                 }
                 Ok(answer) => {
                     self.learn(header(&answer), key, false);
                     return Ok(answer);
+                }
+                Err(s) if lost_in_transport(&s) => {
+                    return Err(ClientError::from(Status::unavailable(format!(
+                        "outcome unknown: the connection broke before an answer came ({}); retrying with the same \
+                         client_id and sequence is safe",
+                        s.message()
+                    ))))
                 }
                 Err(s) => return Err(ClientError::from(s)),
             }
