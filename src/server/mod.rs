@@ -17,6 +17,7 @@ mod metrics;
 mod placement;
 mod restore;
 mod router;
+#[macro_use]
 mod service;
 mod session;
 mod shard_thread;

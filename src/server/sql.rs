@@ -249,24 +249,6 @@ impl Services {
     }
 }
 
-/// Runs `local`; if this node is not the leader, sends the request to the leader once.
-macro_rules! serve_or_forward_sql {
-    ($self:ident, $request:ident, $method:ident, |$req:ident| $local:expr) => {{
-        let already = forwarded(&$request);
-        let $req = $request.into_inner();
-        match $local {
-            Ok(response) => Ok(Response::new(response)),
-            Err(error) => match $self.forward_target(&error, already) {
-                Some(leader) => {
-                    let mut client = $self.router.sql_client(leader).ok_or_else(|| status_of(error))?;
-                    client.$method(forward_request($req)).await.map_err(|s| forwarding_failed(leader, s))
-                }
-                None => Err(status_of(error)),
-            },
-        }
-    }};
-}
-
 #[tonic::async_trait]
 impl Sql for Services {
     async fn execute(
@@ -274,7 +256,7 @@ impl Sql for Services {
         request: Request<proto::SqlExecuteRequest>,
     ) -> Result<Response<proto::SqlExecuteResponse>, Status> {
         request.get_ref().check(self.router.max_value_bytes)?;
-        serve_or_forward_sql!(self, request, execute, |req| self.execute_sql(&req).await)
+        serve_or_forward!(self, request, sql_client, execute, |req| self.execute_sql(&req).await)
     }
 
     async fn query(
@@ -285,7 +267,7 @@ impl Sql for Services {
         sql::check_database_name(&req.database).map_err(Status::invalid_argument)?;
         let statement = req.statement.as_ref().ok_or_else(|| Status::invalid_argument("no statement"))?;
         check_statement(statement).map_err(Status::invalid_argument)?;
-        serve_or_forward_sql!(self, request, query, |req| self.query_sql(&req).await)
+        serve_or_forward!(self, request, sql_client, query, |req| self.query_sql(&req).await)
     }
 
     async fn schema(
@@ -293,6 +275,6 @@ impl Sql for Services {
         request: Request<proto::SqlSchemaRequest>,
     ) -> Result<Response<proto::SqlSchemaResponse>, Status> {
         sql::check_database_name(&request.get_ref().database).map_err(Status::invalid_argument)?;
-        serve_or_forward_sql!(self, request, schema, |req| self.sql_schema(&req).await)
+        serve_or_forward!(self, request, sql_client, schema, |req| self.sql_schema(&req).await)
     }
 }
