@@ -1431,8 +1431,85 @@ mod client_fuzz {
         "/quarry.v1.Log/Read",
         "/quarry.v1.Admin/Status",
         "/quarry.v1.Admin/Members",
+        "/quarry.v1.Sql/Execute",
+        "/quarry.v1.Sql/Query",
+        "/quarry.v1.Sql/Schema",
         "/arrow.flight.protocol.FlightService/DoGet",
     ];
+
+    /// SQL writes that apply (given the table): the host-dependent functions, the
+    /// largest rowid, schema changes, and writes that fail on a constraint of theirs.
+    const SQL_WRITES: &[&str] = &[
+        "CREATE TABLE IF NOT EXISTS f(a UNIQUE, b)",
+        "INSERT INTO f VALUES (?, ?)",
+        "INSERT OR REPLACE INTO f VALUES (:a, :b)",
+        "INSERT INTO f(rowid, a) VALUES (9223372036854775807, random())",
+        "INSERT INTO f(b) VALUES (datetime('now', 'localtime'))",
+        "INSERT INTO f(b) VALUES (randomblob(16))",
+        "UPDATE f SET b = ? WHERE a = ?",
+        "DELETE FROM f WHERE rowid % 3 = ?",
+        "CREATE INDEX IF NOT EXISTS fb ON f(b)",
+    ];
+
+    /// SQL that Quarry refuses or that fails: reads sent as writes, pragmas, ATTACH,
+    /// transactions, temporary tables, connection history, runaway statements, two
+    /// statements in one, broken text.
+    const SQL_OTHERS: &[&str] = &[
+        "SELECT * FROM f WHERE a = ?",
+        "SELECT changes(), total_changes()",
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n) INSERT INTO f SELECT i, i FROM n",
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n) SELECT count(*) FROM n",
+        "PRAGMA writable_schema = ON",
+        "ATTACH '/etc/passwd' AS p",
+        "BEGIN; DELETE FROM f; COMMIT",
+        "CREATE TEMP TABLE t(a)",
+        "DROP TABLE f",
+        "INSERT INTO f VALUES (1, 2); INSERT INTO f VALUES (3, 4)",
+        "INSERT INTO f VALUES ('\\0', x'00')",
+        "SELEC",
+        "",
+    ];
+
+    fn sql_value(rng: &mut ChaCha8Rng) -> proto::SqlValue {
+        use proto::sql_value::Value;
+        let value = match rng.random_range(0..6) {
+            0 => None,
+            1 => Some(Value::Integer(number(rng) as i64)),
+            2 => Some(Value::Real([f64::NAN, f64::INFINITY, -0.0, 1e308][rng.random_range(0..4)])),
+            3 => Some(Value::Text(text(rng))),
+            _ => Some(Value::Blob(bytes(rng))),
+        };
+        proto::SqlValue { value }
+    }
+
+    fn sql_statement(rng: &mut ChaCha8Rng, writes_only: bool) -> proto::SqlStatement {
+        let sql = match rng.random_range(0..8) {
+            _ if writes_only => SQL_WRITES[rng.random_range(0..SQL_WRITES.len())].to_string(),
+            0 => text(rng),
+            1..=3 => SQL_OTHERS[rng.random_range(0..SQL_OTHERS.len())].to_string(),
+            _ => SQL_WRITES[rng.random_range(0..SQL_WRITES.len())].to_string(),
+        };
+        if writes_only {
+            // The parameters it takes, so that it applies (or fails on a constraint).
+            let params = (0..sql.matches('?').count()).map(|_| sql_value(rng)).collect();
+            let names: &[&str] = if sql.contains(":a") { &["a", ":b"] } else { &[] };
+            let named = names.iter().map(|n| (n.to_string(), sql_value(rng))).collect();
+            return proto::SqlStatement { sql, params, named };
+        }
+        let params = (0..rng.random_range(0..4)).map(|_| sql_value(rng)).collect();
+        let named = (0..rng.random_range(0..3))
+            .map(|_| (["a", ":b", "zz", ""][rng.random_range(0..4)].to_string(), sql_value(rng)))
+            .collect();
+        proto::SqlStatement { sql, params, named }
+    }
+
+    fn database(rng: &mut ChaCha8Rng) -> String {
+        match rng.random_range(0..6) {
+            0 => text(rng),
+            1 => "fz2".into(),
+            _ => "fz".into(),
+        }
+    }
 
     fn number(rng: &mut ChaCha8Rng) -> u64 {
         match rng.random_range(0..5) {
@@ -1528,6 +1605,34 @@ mod client_fuzz {
                 };
                 read.encode_to_vec()
             }
+            "/quarry.v1.Sql/Execute" => {
+                // Half the writes are well formed, so that databases exist and change.
+                let writes_only = rng.random_bool(0.5);
+                let mut statements: Vec<_> =
+                    (0..rng.random_range(0..6)).map(|_| sql_statement(rng, writes_only)).collect();
+                if writes_only {
+                    statements.insert(0, proto::SqlStatement { sql: SQL_WRITES[0].into(), ..Default::default() });
+                }
+                let execute = proto::SqlExecuteRequest {
+                    database: database(rng),
+                    statements,
+                    client_id: number(rng),
+                    sequence: number(rng),
+                };
+                execute.encode_to_vec()
+            }
+            "/quarry.v1.Sql/Query" => {
+                let query = proto::SqlQueryRequest {
+                    database: database(rng),
+                    statement: rng.random_bool(0.9).then(|| sql_statement(rng, false)),
+                    serializable: rng.random(),
+                    max_rows: number(rng) as u32,
+                };
+                query.encode_to_vec()
+            }
+            "/quarry.v1.Sql/Schema" => {
+                proto::SqlSchemaRequest { database: database(rng), serializable: rng.random() }.encode_to_vec()
+            }
             "/arrow.flight.protocol.FlightService/DoGet" => {
                 let ticket = match rng.random_range(0..4) {
                     0 => format!("snapshot/{}/{}/{}", number(rng), number(rng), number(rng)),
@@ -1549,6 +1654,17 @@ mod client_fuzz {
             _ => {}
         }
         encoded
+    }
+
+    /// Size and CRC of the fuzz's SQL databases at one replica (None: not created).
+    async fn sql_images(addr: &str) -> Vec<Option<(u64, u32)>> {
+        let mut sql = proto::sql_client::SqlClient::new(super::channel(addr).await);
+        let mut images = Vec::new();
+        for database in ["fz", "fz2"] {
+            let request = proto::SqlSchemaRequest { database: database.into(), serializable: true };
+            images.push(sql.schema(request).await.ok().map(|a| a.into_inner()).map(|a| (a.image_bytes, a.image_crc32)));
+        }
+        images
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1596,6 +1712,7 @@ mod client_fuzz {
         }
         driver.abort();
         assert!(cluster.children[0].try_wait().expect("wait").is_none(), "node 1 stopped");
+        eprintln!("client fuzz: SQL databases at node 1: {:?}", sql_images(&cluster.addrs[0]).await);
         // Whatever the fuzz wrote, every replica holds the same.
         let deadline = std::time::Instant::now() + super::READY_DEADLINE;
         loop {
@@ -1604,10 +1721,14 @@ mod client_fuzz {
                 super::all_pairs(&cluster.addrs[1]).await,
                 super::all_pairs(&cluster.addrs[2]).await,
             ];
-            if pairs[0] == pairs[1] && pairs[1] == pairs[2] {
+            let mut images = Vec::new();
+            for addr in &cluster.addrs {
+                images.push(sql_images(addr).await);
+            }
+            if pairs[0] == pairs[1] && pairs[1] == pairs[2] && images[0] == images[1] && images[1] == images[2] {
                 break;
             }
-            assert!(std::time::Instant::now() < deadline, "the replicas disagree after the fuzz");
+            assert!(std::time::Instant::now() < deadline, "the replicas disagree after the fuzz: {images:?}");
             tokio::time::sleep(std::time::Duration::from_millis(200)).await;
         }
         cluster.kill(1);

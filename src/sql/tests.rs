@@ -121,9 +121,7 @@ fn runaway_statements_and_oversized_answers_are_stopped() {
     assert!(stopped.message.contains("steps"));
     assert_eq!(query(&dbs, "SELECT count(*) FROM t").unwrap().rows, vec![vec![Value::Integer(0)]]);
     let slow_read = "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n) SELECT count(*) FROM n";
-    let started = std::time::Instant::now();
-    assert_eq!(query(&dbs, slow_read).unwrap_err().cause, FailureCause::Limit);
-    eprintln!("a query stopped at its step limit after {:?}", started.elapsed());
+    assert_eq!(query(&dbs, slow_read).unwrap_err().cause, FailureCause::Limit, "a query has a step limit too");
     let many =
         "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n LIMIT 20000) INSERT INTO t SELECT i FROM n";
     run(&mut dbs, 3, &[many]).unwrap();
