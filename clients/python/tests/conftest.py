@@ -36,7 +36,7 @@ def free_ports(n: int) -> list[int]:
 
 
 class Cluster:
-    def __init__(self, directory: pathlib.Path):
+    def __init__(self, directory: pathlib.Path, tls: bool = False):
         ports = free_ports(6)
         self.dir = directory
         self.addrs = [f"127.0.0.1:{p}" for p in ports[:3]]
@@ -44,6 +44,22 @@ class Cluster:
         self.initial = ",".join(f"{i + 1}={a}" for i, a in enumerate(self.addrs))
         self.procs: dict[int, subprocess.Popen] = {}
         self.binary = quarryd_binary()
+        self.tls = tls
+        if tls:
+            self.make_certificates()
+
+    def make_certificates(self) -> None:
+        """A CA, a certificate per node and one for a client, made by quarryctl."""
+        ctl = str(pathlib.Path(self.binary).with_name("quarryctl"))
+        pki = self.dir / "pki"
+        commands = [["ca"], ["client", "alice"]] + [["node", str(n), "--hosts", "127.0.0.1"] for n in (1, 2, 3)]
+        for args in commands:
+            subprocess.run([ctl, "certs", *args, "--dir", str(pki)], check=True, capture_output=True)
+
+    def credentials(self) -> dict:
+        """What a client passes to connect to a TLS cluster."""
+        pki = self.dir / "pki"
+        return {"ca": str(pki / "ca.pem"), "cert": str(pki / "alice.pem"), "key": str(pki / "alice.key")}
 
     @property
     def endpoints(self) -> str:
@@ -60,10 +76,26 @@ class Cluster:
                 "--tick-ms", "20",
                 "--metrics-listen", self.metrics[node - 1],
                 "--data-dir", str(self.dir / f"node{node}"),
+                *self.tls_flags(node),
             ],
             stdout=subprocess.DEVNULL,
             stderr=log,
         )
+
+    def tls_flags(self, node: int) -> list[str]:
+        if not self.tls:
+            return []
+        pki = self.dir / "pki"
+        return [
+            "--cert-file", str(pki / f"node-{node}.pem"),
+            "--key-file", str(pki / f"node-{node}.key"),
+            "--trusted-ca-file", str(pki / "ca.pem"),
+            "--client-cert-auth",
+        ]
+
+    def client(self, endpoints: str | None = None, **options) -> quarry.Client:
+        credentials = self.credentials() if self.tls else {}
+        return quarry.Client(endpoints or self.endpoints, **credentials, **options)
 
     def kill(self, node: int) -> None:
         """SIGKILL to this node's PID only."""
@@ -84,7 +116,7 @@ class Cluster:
         while time.monotonic() < deadline:
             for i in self.procs:
                 try:
-                    with quarry.Client(self.addrs[i - 1]) as client:
+                    with self.client(self.addrs[i - 1]) as client:
                         leader = client.status().groups[group].leader
                     if leader:
                         return leader
@@ -96,7 +128,7 @@ class Cluster:
     def wait_for_leaders(self) -> None:
         deadline = time.monotonic() + READY_DEADLINE
         for node in self.procs:
-            with quarry.Client(self.addrs[node - 1]) as client:
+            with self.client(self.addrs[node - 1]) as client:
                 while True:
                     try:
                         groups = client.status().groups
@@ -110,9 +142,7 @@ class Cluster:
                     time.sleep(0.05)
 
 
-@pytest.fixture
-def cluster(tmp_path):
-    c = Cluster(tmp_path)
+def running(c: Cluster):
     try:
         for node in (1, 2, 3):
             c.start(node)
@@ -120,6 +150,16 @@ def cluster(tmp_path):
         yield c
     finally:
         c.stop_all()
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    yield from running(Cluster(tmp_path))
+
+
+@pytest.fixture
+def tls_cluster(tmp_path):
+    yield from running(Cluster(tmp_path, tls=True))
 
 
 @pytest.fixture

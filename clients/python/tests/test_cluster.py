@@ -197,6 +197,22 @@ def test_command_line(cluster):
     assert unreachable.returncode == 1 and "is the cluster running?" in unreachable.stderr
 
 
+def test_mutual_tls(tls_cluster):
+    with tls_cluster.client(timeout=30.0) as client:
+        client.put("k", "v")
+        assert client.get("k") == b"v"
+        client.execute("app", "CREATE TABLE users(name TEXT, value INTEGER)")
+        client.execute("app", "INSERT INTO users VALUES (?, ?)", ["ann", 1])
+        assert client.query("app", "SELECT * FROM users").rows == [("ann", 1)]
+        client.append("wal", "r1")
+        assert next(client.tail("wal", 1, timeout=5)) == (1, b"r1")
+    # Without a client certificate the nodes refuse the call (and it is not retried).
+    ca = tls_cluster.credentials()["ca"]
+    with quarry.Client(tls_cluster.endpoints, ca=ca, timeout=3.0) as anonymous:
+        with pytest.raises(quarry.QuarryError):
+            anonymous.get("k")
+
+
 def test_committed_stubs_match_the_proto():
     import pathlib
 
