@@ -64,7 +64,7 @@ pub enum Routing {
 /// Load generator for Quarry (and etcd, for comparison): closed or open loop,
 /// latency percentiles from hdrhistogram.
 #[derive(Parser, Debug, Clone)]
-#[command(name = "quarry-bench", version)]
+#[command(name = "quarry-bench", version = quarry::VERSION)]
 pub struct Args {
     /// System under test.
     #[arg(long, value_enum, default_value = "quarry")]

@@ -1,6 +1,9 @@
 //! Quarry: a strongly consistent, replicated key-value store and log service built on
 //! multi-Raft. See `docs/architecture.md` for how the pieces fit.
 
+/// The version every binary reports: the crate's and the git commit it was built from.
+pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("QUARRY_GIT_COMMIT"), ")");
+
 pub mod client;
 pub mod group;
 pub mod log;

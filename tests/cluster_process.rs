@@ -607,6 +607,78 @@ async fn quarryctl_puts_gets_deletes_and_reports_status() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quarryctl_covers_cas_batch_logs_stdin_and_explains_errors() {
+    let cluster = start_cluster();
+    wait_for_leaders(&cluster).await;
+    let endpoints = cluster.addrs.join(",");
+    let ctl_with = |args: &[&str], stdin: &[u8]| {
+        use std::io::Write as _;
+        let mut child = Command::new(env!("CARGO_BIN_EXE_quarryctl"))
+            .envs(cluster.ctl_env())
+            .env("QUARRY_ENDPOINTS", &endpoints)
+            .args(args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("runs");
+        child.stdin.take().expect("stdin").write_all(stdin).expect("write stdin");
+        child.wait_with_output().expect("exits")
+    };
+    let ctl = |args: &[&str]| ctl_with(args, b"");
+    let stdout = |out: &std::process::Output| String::from_utf8_lossy(&out.stdout).trim().to_string();
+
+    // Values from standard input and from a file.
+    succeeded("put from stdin", &ctl_with(&["put", "piped"], b"from stdin"));
+    assert_eq!(stdout(&ctl(&["get", "piped"])), "from stdin");
+    let file = cluster.dir.path().join("value.txt");
+    std::fs::write(&file, "from a file").expect("write");
+    succeeded("put --file", &ctl(&["put", "filed", "--file", file.to_str().expect("utf-8")]));
+    assert_eq!(stdout(&ctl(&["get", "filed"])), "from a file");
+
+    // cas: succeeds at the current revision, exits 4 naming the current one otherwise.
+    let out = ctl(&["--json", "cas", "counter", "0", "1"]);
+    succeeded("cas on an absent key", &out);
+    let revision = serde_json::from_slice::<serde_json::Value>(&out.stdout).expect("JSON")["revision"].as_u64();
+    let revision = revision.expect("a revision").to_string();
+    let stale = ctl(&["cas", "counter", "0", "2"]);
+    assert_eq!(stale.status.code(), Some(4));
+    assert_eq!(stdout(&stale), format!("FAILED current revision {revision}"));
+    succeeded("cas at the revision", &ctl(&["cas", "counter", &revision, "2"]));
+    assert_eq!(stdout(&ctl(&["get", "counter"])), "2");
+
+    // batch: keys of one group, all or nothing.
+    let group = quarry::group::group_of_key(b"b-0", GROUPS);
+    let keys: Vec<String> = (0..)
+        .map(|i| format!("b-{i}"))
+        .filter(|k| quarry::group::group_of_key(k.as_bytes(), GROUPS) == group)
+        .take(3)
+        .collect();
+    let aborted = ctl(&["batch", "put", &keys[0], "x", "cas", &keys[1], "99", "y"]);
+    assert_eq!(aborted.status.code(), Some(4), "{}", stdout(&aborted));
+    assert_eq!(ctl(&["get", &keys[0]]).status.code(), Some(3), "an aborted batch wrote nothing");
+    succeeded("batch", &ctl(&["batch", "put", &keys[0], "x", "put", &keys[1], "y", "delete", &keys[2]]));
+    assert_eq!(stdout(&ctl(&["get", &keys[1]])), "y");
+    assert_eq!(ctl(&["batch", "put", &keys[0]]).status.code(), Some(2), "a malformed batch is bad usage");
+
+    // Named logs: append (argument and stdin), read, tail over Flight.
+    assert_eq!(stdout(&ctl(&["log", "append", "audit", "one"])), "OK index 1");
+    assert_eq!(stdout(&ctl_with(&["log", "append", "audit"], b"two")), "OK index 2");
+    assert_eq!(stdout(&ctl(&["log", "read", "audit", "--from", "2"])), "2\ttwo");
+    assert_eq!(stdout(&ctl(&["log", "tail", "audit", "--count", "2"])), "1\tone\n2\ttwo");
+
+    // Errors in Quarry's words; --version names the commit.
+    let down = ctl(&["--endpoints", "127.0.0.1:1", "--timeout", "1", "get", "k"]);
+    assert_eq!(down.status.code(), Some(1));
+    let said = String::from_utf8_lossy(&down.stderr);
+    assert!(said.contains("no node answered at 127.0.0.1:1") && said.contains("QUARRY_ENDPOINTS"), "{said}");
+    let missing = ctl(&["log", "read", "no-such-log"]);
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("not found: no log named"), "{missing:?}");
+    let version = stdout(&ctl(&["--version"]));
+    assert!(version.starts_with("quarryctl ") && version.contains('('), "{version}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_rust_client_learns_leaders_and_sends_keys_straight_to_them() {
     let cluster = start_cluster();
     wait_for_leaders(&cluster).await;

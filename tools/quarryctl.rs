@@ -1,7 +1,8 @@
 //! quarryctl: Quarry's command-line client. `quarryctl --help`.
 //!
 //! Exit codes: 0 success, 1 the cluster refused or failed the request (or a snapshot
-//! file is damaged), 2 bad usage, 3 a key that `get` did not find.
+//! file is damaged), 2 bad usage, 3 a key that `get` did not find, 4 a `cas` or
+//! `batch` whose condition did not hold (nothing was written).
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -24,10 +25,11 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use tonic::transport::Channel;
 
+mod kv_commands;
 mod sql_commands;
 
 #[derive(Parser)]
-#[command(name = "quarryctl", about = "Quarry command-line client")]
+#[command(name = "quarryctl", about = "Quarry command-line client", version = quarry::VERSION)]
 struct Cli {
     /// Nodes to talk to, host:port, comma-separated.
     #[arg(
@@ -51,29 +53,68 @@ struct Cli {
     /// Print JSON instead of text.
     #[arg(long, global = true)]
     json: bool,
+    /// Seconds a call keeps retrying (no leader, a node down) before it fails.
+    #[arg(long, global = true, env = "QUARRY_TIMEOUT", default_value_t = 10.0, value_name = "SECONDS")]
+    timeout: f64,
     #[command(subcommand)]
     command: Cmd,
 }
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Write a value.
-    Put { key: String, value: String },
+    /// Write a value (from the argument, --file, or standard input).
+    Put {
+        /// The key.
+        key: String,
+        #[command(flatten)]
+        value: kv_commands::ValueSource,
+    },
+    /// Write a value only if the key is at REVISION (0: the key must not exist).
+    /// Exits 4 when it is not, printing the current revision.
+    Cas {
+        /// The key.
+        key: String,
+        /// The revision the key must have.
+        revision: u64,
+        #[command(flatten)]
+        value: kv_commands::ValueSource,
+    },
+    /// Several writes to keys of one group, atomically: `put KEY VALUE`, `delete KEY`,
+    /// `cas KEY REVISION VALUE`, in any number. Exits 4 when a cas does not hold.
+    Batch {
+        /// The operations, e.g. `put a 1 delete b cas c 7 x`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true, value_name = "OP")]
+        ops: Vec<String>,
+    },
+    /// Named append-only logs: append, read, tail.
+    Log {
+        #[command(subcommand)]
+        command: kv_commands::LogCmd,
+    },
     /// Read a value (linearizable unless --serializable).
     Get {
+        /// The key.
         key: String,
+        /// Read this node's replica without confirming leadership (may be stale).
         #[arg(long)]
         serializable: bool,
     },
     /// Delete a key.
-    Delete { key: String },
+    Delete {
+        /// The key.
+        key: String,
+    },
     /// Keys in [start, end) across all groups, in key order (empty end: to the last key).
     Range {
+        /// The first key.
         start: String,
+        /// The key after the last (empty: to the last key).
         #[arg(default_value = "")]
         end: String,
+        /// Most keys to print.
         #[arg(long, default_value_t = 100)]
         limit: u32,
+        /// Read each group at this node's replica without confirming leadership.
         #[arg(long)]
         serializable: bool,
     },
@@ -260,8 +301,12 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if !(cli.timeout > 0.0 && cli.timeout.is_finite()) {
+        eprintln!("quarryctl: --timeout must be a positive number of seconds");
+        return ExitCode::from(2);
+    }
     let client = match Client::with_tls(&cli.endpoints, tls) {
-        Ok(client) => client,
+        Ok(client) => client.with_deadline(Duration::from_secs_f64(cli.timeout)),
         Err(e) => {
             eprintln!("quarryctl: {e}");
             return ExitCode::from(2);
@@ -270,7 +315,7 @@ async fn main() -> ExitCode {
     match run(&client, cli.command, cli.json).await {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("quarryctl: {e}");
+            eprintln!("quarryctl: {}", explain(&e, &client));
             ExitCode::FAILURE
         }
     }
@@ -279,7 +324,11 @@ async fn main() -> ExitCode {
 async fn run(client: &Client, command: Cmd, json: bool) -> Result<ExitCode, ClientError> {
     match command {
         Cmd::Put { key, value } => {
-            let revision = client.put(Bytes::from(key), Bytes::from(value)).await?;
+            let value = match value.read() {
+                Ok(value) => value,
+                Err(e) => return Ok(usage(&e)),
+            };
+            let revision = client.put(Bytes::from(key), value).await?;
             print(json, &serde_json::json!({ "revision": revision }), &format!("OK revision {revision}"));
         }
         Cmd::Get { key, serializable } => match client.get(Bytes::from(key.clone()), serializable).await? {
@@ -313,6 +362,11 @@ async fn run(client: &Client, command: Cmd, json: bool) -> Result<ExitCode, Clie
         Cmd::Member { command } => member(client, command, json).await?,
         Cmd::Leader { command } => leader(client, command, json).await?,
         Cmd::Snapshot { command: SnapshotCmd::Save { file } } => snapshot_save(client, &file, json).await?,
+        Cmd::Cas { key, revision, value } => {
+            return kv_outcome(kv_commands::cas(client, key, revision, &value, json).await)
+        }
+        Cmd::Batch { ops } => return kv_outcome(kv_commands::batch(client, &ops, json).await),
+        Cmd::Log { command } => return kv_outcome(kv_commands::log(client, command, json).await),
         Cmd::Sql(args) => return sql_outcome(sql_commands::sql(client, args, json).await),
         Cmd::Query(args) => return sql_outcome(sql_commands::query(client, args, json).await),
         Cmd::Snapshot { .. } | Cmd::Certs { .. } | Cmd::Completions { .. } => {
@@ -320,6 +374,48 @@ async fn run(client: &Client, command: Cmd, json: bool) -> Result<ExitCode, Clie
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn usage(why: &str) -> ExitCode {
+    eprintln!("quarryctl: {why}");
+    ExitCode::from(2)
+}
+
+fn kv_outcome(outcome: Result<kv_commands::Outcome, kv_commands::Failure>) -> Result<ExitCode, ClientError> {
+    match outcome {
+        Ok(kv_commands::Outcome::Done) => Ok(ExitCode::SUCCESS),
+        Ok(kv_commands::Outcome::ConditionFailed) => Ok(ExitCode::from(4)),
+        Err(kv_commands::Failure::Usage(why)) => Ok(usage(&why)),
+        Err(kv_commands::Failure::Client(e)) => Err(e),
+    }
+}
+
+/// A failed call in Quarry's words: what happened, where, and what to do.
+fn explain(error: &ClientError, client: &Client) -> String {
+    let endpoints = client.endpoints();
+    let ClientError::Status(status) = error else {
+        return error.to_string();
+    };
+    let message = status.message();
+    match status.code() {
+        tonic::Code::Unavailable | tonic::Code::DeadlineExceeded if message.contains("outcome unknown") => {
+            format!("{message} (endpoints {endpoints})")
+        }
+        tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Unknown | tonic::Code::Cancelled => {
+            format!(
+                "no node answered at {endpoints} ({message}): is the cluster running? set --endpoints or \
+                 QUARRY_ENDPOINTS"
+            )
+        }
+        tonic::Code::InvalidArgument => format!("invalid request: {message}"),
+        tonic::Code::FailedPrecondition => format!("refused: {message}"),
+        tonic::Code::NotFound => format!("not found: {message}"),
+        tonic::Code::PermissionDenied | tonic::Code::Unauthenticated => {
+            format!("not allowed: {message} (check --cert and --key)")
+        }
+        tonic::Code::ResourceExhausted => format!("the cluster is overloaded or full: {message}"),
+        code => format!("{message} ({code:?})"),
+    }
 }
 
 fn sql_outcome(outcome: Result<(), sql_commands::SqlError>) -> Result<ExitCode, ClientError> {
@@ -709,7 +805,7 @@ async fn leader(client: &Client, command: LeaderCmd, json: bool) -> Result<(), C
     Ok(())
 }
 
-fn print(json: bool, value: &serde_json::Value, text: &str) {
+pub(crate) fn print(json: bool, value: &serde_json::Value, text: &str) {
     let mut out = std::io::stdout().lock();
     let _ = if json { writeln!(out, "{value}") } else { writeln!(out, "{text}") };
 }

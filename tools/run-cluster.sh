@@ -12,8 +12,17 @@ keep=false
 base=${QUARRY_BASE_PORT:-7001}
 data=$(mktemp -d -t quarry-cluster-XXXXXX)
 
-cargo build --profile ci --bin quarryd --bin quarryctl
 bin=target/ci
+# `cargo test --profile ci` builds these binaries too: use them when no source is
+# newer, rather than asking cargo (which would rebuild some dependencies with the
+# features a plain build resolves).
+if [ -x "$bin/quarryd" ] && [ -x "$bin/quarryctl" ] &&
+    [ -z "$(find src tools proto bench build.rs Cargo.toml Cargo.lock -newer "$bin/quarryd" -print -quit)" ] &&
+    [ -z "$(find src tools proto bench build.rs Cargo.toml Cargo.lock -newer "$bin/quarryctl" -print -quit)" ]; then
+    echo "using $bin/quarryd and $bin/quarryctl (up to date)"
+else
+    cargo build --profile ci --bin quarryd --bin quarryctl
+fi
 
 cluster="1=127.0.0.1:${base},2=127.0.0.1:$((base + 1)),3=127.0.0.1:$((base + 2))"
 pids=()
@@ -33,8 +42,9 @@ for id in 1 2 3; do
 done
 
 endpoints="127.0.0.1:${base},127.0.0.1:$((base + 1)),127.0.0.1:$((base + 2))"
+# Ready when every node answers (nothing is written into the key space).
 for _ in $(seq 1 100); do
-    if "$bin/quarryctl" --endpoints "$endpoints" put quarry:ready yes >/dev/null 2>&1; then break; fi
+    if "$bin/quarryctl" --endpoints "$endpoints" --timeout 2 status >/dev/null 2>&1; then break; fi
     sleep 0.2
 done
 

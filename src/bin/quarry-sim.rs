@@ -12,7 +12,7 @@ use clap::Parser;
 use quarry::sim::{run_seed, Report};
 
 #[derive(Parser)]
-#[command(about = "Deterministic simulation of Quarry's shards under faults")]
+#[command(about = "Deterministic simulation of Quarry's shards under faults", version = quarry::VERSION)]
 struct Args {
     /// Replay exactly this seed and print its report.
     #[arg(long, conflicts_with = "seeds")]

@@ -60,7 +60,8 @@ struct Routing {
 }
 
 /// How long a call keeps retrying while the cluster has no leader for its group (or
-/// is overloaded); past it, a write whose outcome is not known is reported unknown.
+/// is overloaded), unless set with [`Client::with_deadline`]; past it, a write whose
+/// outcome is not known is reported unknown.
 pub const RETRY_DEADLINE: Duration = Duration::from_secs(10);
 const RETRY_PAUSE: Duration = Duration::from_millis(50);
 /// The longest pause between retries (pauses double from `RETRY_PAUSE`).
@@ -98,6 +99,8 @@ pub struct Client {
     lanes: Mutex<Vec<Lane>>,
     next: AtomicU64,
     routing: Mutex<Routing>,
+    /// How long one call keeps retrying.
+    deadline: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -108,6 +111,16 @@ pub enum ClientError {
     Status(#[from] Status),
     #[error("the node answered a different call: {0}")]
     Unexpected(String),
+}
+
+/// The key a batch operation writes.
+fn batch_key(op: &crate::proto::BatchOp) -> Option<Bytes> {
+    use crate::proto::batch_op::Op;
+    match op.op.as_ref()? {
+        Op::Put(p) => Some(p.key.clone()),
+        Op::Delete(d) => Some(d.key.clone()),
+        Op::Cas(c) => Some(c.key.clone()),
+    }
 }
 
 fn unexpected(answer: session_answer::Result) -> ClientError {
@@ -153,7 +166,20 @@ impl Client {
             lanes: Mutex::default(),
             next: AtomicU64::new(0),
             routing,
+            deadline: RETRY_DEADLINE,
         })
+    }
+
+    /// How long each call keeps retrying before it fails (or, for a write whose
+    /// answer never came, is reported unknown).
+    pub fn with_deadline(mut self, deadline: Duration) -> Client {
+        self.deadline = deadline;
+        self
+    }
+
+    /// The endpoints this client was given, comma-separated (for messages).
+    pub fn endpoints(&self) -> String {
+        self.endpoints.join(",")
     }
 
     /// How this client connects (for channels to other members, e.g. over Flight).
@@ -241,7 +267,7 @@ impl Client {
         Fut: std::future::Future<Output = Result<T, Status>>,
     {
         self.discover().await;
-        let deadline = Instant::now() + RETRY_DEADLINE;
+        let deadline = Instant::now() + self.deadline;
         loop {
             let attempt = tokio::time::timeout(ATTEMPT_TIMEOUT, call(self.channel_for(key)));
             let answer = attempt.await.unwrap_or_else(|_| Err(Status::unavailable("the node did not answer in time")));
@@ -273,7 +299,7 @@ impl Client {
     /// leader names it, and the call goes there at once.
     async fn call(&self, key: &[u8], op: session_call::Op) -> Result<session_answer::Result, ClientError> {
         self.discover().await;
-        let deadline = Instant::now() + RETRY_DEADLINE;
+        let deadline = Instant::now() + self.deadline;
         let mut pause = RETRY_PAUSE;
         loop {
             let endpoint = self.endpoint_for(key);
@@ -292,10 +318,16 @@ impl Client {
                 // This node did not answer in time: try another (the write carries its
                 // client id and sequence, so it applies once).
                 Err(_) if Instant::now() < deadline => (Status::unavailable("the node did not answer in time"), false),
+                // A read changed nothing: it simply failed.
+                Err(_) if matches!(op, session_call::Op::Get(_)) => (
+                    Status::unavailable(format!("no node answered within {:?}", self.deadline)),
+                    false,
+                ),
                 Err(_) => (
                     Status::deadline_exceeded(format!(
-                        "outcome unknown: no answer within {RETRY_DEADLINE:?}; retrying with the same client_id and \
-                     sequence is safe"
+                        "outcome unknown: no answer within {:?}; retrying with the same client_id and \
+                     sequence is safe",
+                        self.deadline
                     )),
                     false,
                 ),
@@ -400,6 +432,54 @@ impl Client {
             session_answer::Result::Append(answer) => Ok(answer.index),
             other => Err(unexpected(other)),
         }
+    }
+
+    /// Applies `ops` atomically (every key must map to one group): all or none. A
+    /// retry carries the same client id and sequence, so the batch applies once.
+    pub async fn batch(&self, ops: Vec<crate::proto::BatchOp>) -> Result<crate::proto::BatchResponse, ClientError> {
+        let key = ops.iter().find_map(batch_key).unwrap_or_default();
+        let lane = self.lane();
+        let request =
+            crate::proto::BatchRequest { ops, client_id: lane.lane.client_id, sequence: lane.lane.next_sequence };
+        let answer = self
+            .retry(
+                &key,
+                |r: &tonic::Response<crate::proto::BatchResponse>| r.get_ref().header.as_ref(),
+                |ch| {
+                    let request = request.clone();
+                    async move { KvClient::new(ch).batch(request).await }
+                },
+            )
+            .await?;
+        Ok(answer.into_inner())
+    }
+
+    /// Records of the named log from 1-based `from`, at most `limit` (linearizable
+    /// unless `serializable`).
+    pub async fn read_log(
+        &self,
+        log: &str,
+        from: u64,
+        limit: u32,
+        serializable: bool,
+    ) -> Result<crate::proto::LogReadResponse, ClientError> {
+        let request = crate::proto::LogReadRequest { log: log.to_string(), from, limit, serializable };
+        let answer = self
+            .retry(
+                log.as_bytes(),
+                |r: &tonic::Response<crate::proto::LogReadResponse>| r.get_ref().header.as_ref(),
+                |ch| {
+                    let request = request.clone();
+                    async move {
+                        crate::proto::log_client::LogClient::new(ch)
+                            .max_decoding_message_size(session::RESPONSE_MAX_BYTES)
+                            .read(request)
+                            .await
+                    }
+                },
+            )
+            .await?;
+        Ok(answer.into_inner())
     }
 
     /// Applies `statements` to `database` atomically (creating it on first use). A

@@ -12,7 +12,7 @@ use crate::raft::NodeId;
 use crate::tls::TlsSettings;
 
 #[derive(Parser, Debug, Clone, Default)]
-#[command(name = "quarryd", about = "Quarry server: replicated key-value store and logs over multi-Raft")]
+#[command(name = "quarryd", about = "Quarry server: replicated key-value store and logs over multi-Raft", version = crate::VERSION)]
 pub struct Args {
     /// A TOML file with any of the settings below (snake_case keys); flags override it.
     #[arg(long)]
