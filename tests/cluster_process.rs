@@ -667,6 +667,19 @@ async fn quarryctl_covers_cas_batch_logs_stdin_and_explains_errors() {
     assert_eq!(stdout(&ctl(&["log", "read", "audit", "--from", "2"])), "2\ttwo");
     assert_eq!(stdout(&ctl(&["log", "tail", "audit", "--count", "2"])), "1\tone\n2\ttwo");
 
+    // status leads with a summary; member list says whether each member answers.
+    let status: serde_json::Value = serde_json::from_slice(&ctl(&["--json", "status"]).stdout).expect("JSON");
+    assert_eq!(status["summary"]["nodes_up"], 3);
+    assert_eq!(status["summary"]["groups_with_leader"], GROUPS);
+    let text = stdout(&ctl(&["status"]));
+    assert!(text.starts_with(&format!("3 of 3 nodes up; {GROUPS} of {GROUPS} groups with a leader")), "{text}");
+    assert!(!text.contains("GROUP"), "the per-group table waits for --groups");
+    assert!(stdout(&ctl(&["status", "--groups"])).contains("GROUP"));
+    let members: serde_json::Value = serde_json::from_slice(&ctl(&["--json", "member", "list"]).stdout).expect("JSON");
+    let answers: Vec<&str> =
+        members["members"].as_array().expect("members").iter().filter_map(|m| m["answers"].as_str()).collect();
+    assert_eq!(answers, ["yes", "yes", "yes"]);
+
     // Errors in Quarry's words; --version names the commit.
     let down = ctl(&["--endpoints", "127.0.0.1:1", "--timeout", "1", "get", "k"]);
     assert_eq!(down.status.code(), Some(1));

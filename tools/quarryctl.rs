@@ -118,9 +118,15 @@ enum Cmd {
         #[arg(long)]
         serializable: bool,
     },
-    /// Every node's health and view of every group: leader, term, commit, applied,
-    /// lag, members. Exits 1 when a node does not answer.
-    Status,
+    /// A one-screen summary of the cluster (nodes up, groups with a leader, lagging
+    /// groups, leaders per node); --groups adds every node's view of every group.
+    /// Exits 1 when a node does not answer.
+    Status {
+        /// Also print every node's view of every group: leader, term, commit, applied,
+        /// lag, members.
+        #[arg(long)]
+        groups: bool,
+    },
     /// Cluster members: list, add, promote, remove, replace.
     Member {
         #[command(subcommand)]
@@ -358,7 +364,7 @@ async fn run(client: &Client, command: Cmd, json: bool) -> Result<ExitCode, Clie
             let more_line = if more { "\n(more)" } else { "" };
             print(json, &serde_json::json!({ "kvs": rows, "more": more }), &format!("{}{more_line}", lines.join("\n")));
         }
-        Cmd::Status => status(client, json).await?,
+        Cmd::Status { groups } => status(client, json, groups).await?,
         Cmd::Member { command } => member(client, command, json).await?,
         Cmd::Leader { command } => leader(client, command, json).await?,
         Cmd::Snapshot { command: SnapshotCmd::Save { file } } => snapshot_save(client, &file, json).await?,
@@ -599,10 +605,16 @@ fn snapshot_status(file: &Path, json: bool) -> ExitCode {
 
 /// Prints every node's health and its view of every group; an error when a node
 /// does not answer (after printing what the others said), so scripts can check.
-async fn status(client: &Client, json: bool) -> Result<(), ClientError> {
+/// Entries a replica may trail its leader (or its own commit) by before its group
+/// counts as lagging.
+const LAGGING_ENTRIES: u64 = 1_000;
+
+async fn status(client: &Client, json: bool, show_groups: bool) -> Result<(), ClientError> {
     let mut nodes = Vec::new();
     let mut rows = Vec::new();
     let mut unreachable = 0;
+    let mut led = BTreeMap::new(); // group -> leader, as any node sees it
+    let mut lagging = std::collections::BTreeSet::new();
     for endpoint in 0..client.nodes() {
         let status = match client.status(endpoint).await {
             Ok(status) => status,
@@ -626,6 +638,17 @@ async fn status(client: &Client, json: bool) -> Result<(), ClientError> {
             (n, _) => format!("{n} groups without a leader"),
         };
         nodes.push(NodeRow { endpoint: client.endpoint(endpoint), node: status.node, health, leading });
+        for g in &status.groups {
+            if g.leader != 0 {
+                led.insert(g.group, g.leader);
+            } else {
+                led.entry(g.group).or_insert(0);
+            }
+            let behind = g.progress.iter().any(|p| g.last_index.saturating_sub(p.matched) > LAGGING_ENTRIES);
+            if behind || g.commit.saturating_sub(g.applied) > LAGGING_ENTRIES {
+                lagging.insert(g.group);
+            }
+        }
         rows.extend(status.groups.into_iter().map(|g| GroupRow {
             node: status.node,
             group: g.group,
@@ -639,21 +662,50 @@ async fn status(client: &Client, json: bool) -> Result<(), ClientError> {
             learners: ids(&g.learners),
         }));
     }
+    let up = nodes.len() - unreachable;
+    let with_leader = led.values().filter(|l| **l != 0).count();
+    let summary = serde_json::json!({
+        "nodes": nodes.len(),
+        "nodes_up": up,
+        "groups": led.len(),
+        "groups_with_leader": with_leader,
+        "groups_lagging": lagging.len(),
+    });
     // Output errors (a closed pipe, say) are ignored: there is no one left to tell.
     let mut out = std::io::stdout().lock();
     if json {
-        let value = serde_json::json!({ "nodes": nodes, "groups": rows });
+        let value = serde_json::json!({ "summary": summary, "nodes": nodes, "groups": rows });
         let _ = writeln!(out, "{}", serde_json::to_string_pretty(&value).expect("rows serialize"));
     } else {
+        let lagging_text = if lagging.is_empty() {
+            "none lagging".to_string()
+        } else {
+            format!(
+                "{} lagging (groups {})",
+                lagging.len(),
+                lagging.iter().map(u64::to_string).collect::<Vec<_>>().join(",")
+            )
+        };
+        let _ = writeln!(
+            out,
+            "{up} of {} nodes up; {with_leader} of {} groups with a leader; {lagging_text}\n",
+            nodes.len(),
+            led.len()
+        );
         let _ = writeln!(out, "{:<22} {:>4} {:>7}  HEALTH", "ENDPOINT", "NODE", "LEADING");
         for n in &nodes {
             let _ = writeln!(out, "{:<22} {:>4} {:>7}  {}", n.endpoint, n.node, n.leading, n.health);
         }
-        let _ = writeln!(
-            out,
-            "\n{:>4} {:>5} {:<13} {:>6} {:>6} {:>8} {:>8} {:>5}  {:<12} LEARNERS",
-            "NODE", "GROUP", "ROLE", "LEADER", "TERM", "COMMIT", "APPLIED", "LAG", "VOTERS"
-        );
+        if !show_groups {
+            rows.clear();
+        }
+        if !rows.is_empty() {
+            let _ = writeln!(
+                out,
+                "\n{:>4} {:>5} {:<13} {:>6} {:>6} {:>8} {:>8} {:>5}  {:<12} LEARNERS",
+                "NODE", "GROUP", "ROLE", "LEADER", "TERM", "COMMIT", "APPLIED", "LAG", "VOTERS"
+            );
+        }
         for r in rows {
             let _ = writeln!(
                 out,
@@ -711,6 +763,39 @@ fn spinner(message: String) -> ProgressBar {
     bar
 }
 
+/// Whether the member at `address` answers as node `node`, within 2 s.
+async fn probe(client: &Client, node: u64, address: &str) -> String {
+    let Ok(endpoint) = quarry::transport::endpoint(address) else {
+        return format!("no: bad address {address:?}");
+    };
+    let ask = async {
+        let channel = client.tls().connect(endpoint).await.map_err(|e| e.to_string())?;
+        AdminClient::new(channel).status(proto::StatusRequest {}).await.map_err(|e| e.message().to_string())
+    };
+    match tokio::time::timeout(Duration::from_secs(2), ask).await {
+        Ok(Ok(status)) if status.get_ref().node == node => "yes".into(),
+        Ok(Ok(status)) => format!("no: node {} answers there", status.get_ref().node),
+        Ok(Err(e)) => format!("no: {e}"),
+        Err(_) => "no: no answer within 2s".into(),
+    }
+}
+
+fn print_members_answering(json: bool, members: &[proto::Member], change: &str, answers: &[String]) {
+    let rows: Vec<_> = members
+        .iter()
+        .zip(answers)
+        .map(|(m, a)| serde_json::json!({ "node": m.node, "address": m.address, "voter": m.voter, "answers": a }))
+        .collect();
+    let mut text = format!("{:>4} {:<22} {:<8} ANSWERS", "NODE", "ADDRESS", "ROLE");
+    for (m, a) in members.iter().zip(answers) {
+        text += &format!("\n{:>4} {:<22} {:<8} {a}", m.node, m.address, if m.voter { "voter" } else { "learner" });
+    }
+    if !change.is_empty() {
+        text += &format!("\nin progress: {change}");
+    }
+    print(json, &serde_json::json!({ "members": rows, "change": change }), &text);
+}
+
 fn print_members(json: bool, members: &[proto::Member], change: &str) {
     let rows: Vec<_> =
         members.iter().map(|m| serde_json::json!({ "node": m.node, "address": m.address, "voter": m.voter })).collect();
@@ -732,7 +817,8 @@ async fn member(client: &Client, command: MemberCmd, json: bool) -> Result<(), C
     match command {
         MemberCmd::List => {
             let r = admin_call(client, |mut a| async move { a.members(proto::MembersRequest {}).await }).await?;
-            print_members(json, &r.members, &r.change);
+            let answers = futures::future::join_all(r.members.iter().map(|m| probe(client, m.node, &m.address))).await;
+            print_members_answering(json, &r.members, &r.change, &answers);
         }
         MemberCmd::Add { node, address, learner } => {
             let bar = spinner(format!("adding node {node}: learner in every group, catching up, promoting"));

@@ -319,10 +319,9 @@ impl Client {
                 // client id and sequence, so it applies once).
                 Err(_) if Instant::now() < deadline => (Status::unavailable("the node did not answer in time"), false),
                 // A read changed nothing: it simply failed.
-                Err(_) if matches!(op, session_call::Op::Get(_)) => (
-                    Status::unavailable(format!("no node answered within {:?}", self.deadline)),
-                    false,
-                ),
+                Err(_) if matches!(op, session_call::Op::Get(_)) => {
+                    (Status::unavailable(format!("no node answered within {:?}", self.deadline)), false)
+                }
                 Err(_) => (
                     Status::deadline_exceeded(format!(
                         "outcome unknown: no answer within {:?}; retrying with the same client_id and \
