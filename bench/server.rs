@@ -14,7 +14,7 @@ const BODY_MAX_BYTES: u64 = 16 << 20;
 /// Counter names per system: (fsyncs, entries written, process CPU seconds).
 fn names(system: System) -> [&'static str; 3] {
     match system {
-        System::Quarry => ["quarry_fdatasyncs_total", "quarry_log_entries_total", "quarry_process_cpu_seconds"],
+        System::Quarry => ["quarry_fdatasyncs_total", "quarry_log_entries_total", "process_cpu_seconds_total"],
         System::Etcd => [
             "etcd_disk_wal_fsync_duration_seconds_count",
             "etcd_server_proposals_committed_total",

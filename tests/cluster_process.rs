@@ -490,13 +490,25 @@ async fn metrics_and_health_describe_the_node() {
     .await
     .expect("put");
     let addr = cluster.metrics[0].clone();
-    let (status, body) = tokio::task::spawn_blocking(move || http_get(&addr, "/metrics")).await.expect("get");
+    let (status, head, body) =
+        tokio::task::spawn_blocking(move || http_response(&addr, "/metrics")).await.expect("get");
     assert_eq!(status, 200);
-    for name in
-        ["quarry_group_commit_index", "quarry_group_leader", "quarry_fdatasyncs_total", "quarry_request_seconds"]
-    {
+    for name in [
+        "quarry_group_commit_index",
+        "quarry_group_leader",
+        "quarry_fdatasyncs_total",
+        "quarry_request_seconds",
+        "process_cpu_seconds_total",
+        "process_resident_memory_bytes",
+        "process_open_fds",
+        "process_start_time_seconds",
+        "quarry_build_info{",
+    ] {
         assert!(body.contains(name), "/metrics lacks {name}:\n{body}");
     }
+    // OpenMetrics text, and labelled as such.
+    assert!(body.ends_with("# EOF\n"), "{body}");
+    assert!(head.to_lowercase().contains("content-type: application/openmetrics-text; version=1.0.0"), "{head}");
     // Heartbeats of all groups between a node pair travel together, packed.
     let counter = |name: &str| -> u64 {
         let line = body.lines().find(|l| l.starts_with(name)).unwrap_or_else(|| panic!("no {name}:\n{body}"));
@@ -511,6 +523,31 @@ async fn metrics_and_health_describe_the_node() {
     let (status, body) = tokio::task::spawn_blocking(move || http_get(&addr, "/health")).await.expect("get");
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("\"groups_without_leader\":0"), "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_says_503_once_groups_stay_without_a_leader() {
+    let mut cluster = start_cluster();
+    wait_for_leaders(&cluster).await;
+    let health = |addr: String| async move {
+        tokio::task::spawn_blocking(move || http_response(&addr, "/health")).await.expect("get")
+    };
+    let (status, head, body) = health(cluster.metrics[0].clone()).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(head.to_lowercase().contains("content-type: application/json"), "{head}");
+    // Node 1 alone cannot elect anyone: past the grace period it is not serving.
+    cluster.kill(2);
+    cluster.kill(3);
+    let deadline = Instant::now() + READY_DEADLINE;
+    loop {
+        let (status, _, body) = health(cluster.metrics[0].clone()).await;
+        if status == 503 {
+            assert!(body.contains("\"status\":\"unavailable\"") && !body.contains("past_grace\":0"), "{body}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "node 1 stayed healthy without a quorum: {body}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -2,13 +2,14 @@
 //! metrics address. Counters are updated by the shards as they work; per-group gauges
 //! are filled from the shards' status when scraped, so idle groups cost nothing.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::AtomicU64;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
 use axum::routing::get;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -21,6 +22,7 @@ use crate::raft::Role;
 use crate::shard::GroupStatus;
 use crate::transport::peer::PeerCounters;
 
+use super::process_metrics::ProcessMetrics;
 use super::shard_thread::ShardInput;
 
 /// How long a scrape or health check waits for each shard.
@@ -56,7 +58,7 @@ pub struct Metrics {
     pub peer_messages_refused: Counter,
     /// TLS handshakes failed and calls refused for want of a trusted identity.
     pub unauthorized: Family<RefusedLabel, Counter>,
-    process_cpu_seconds: Gauge<f64, AtomicU64>,
+    process: ProcessMetrics,
     pub request_seconds: Family<MethodLabel, Histogram>,
     pub peer: PeerCounters,
     group_leader: Family<GroupLabel, Gauge>,
@@ -106,12 +108,6 @@ impl Metrics {
             "TLS handshakes failed, and calls refused for want of a trusted identity, by what was refused",
             unauthorized.clone(),
         );
-        let process_cpu_seconds = Gauge::<f64, AtomicU64>::default();
-        registry.register(
-            "process_cpu_seconds",
-            "CPU time (user + system) this process used",
-            process_cpu_seconds.clone(),
-        );
         registry.register(
             "snapshots_taken",
             "Group snapshots written (then the log compacted)",
@@ -152,7 +148,7 @@ impl Metrics {
             log_entries,
             peer_messages_refused,
             unauthorized,
-            process_cpu_seconds,
+            process: ProcessMetrics::new(),
             request_seconds,
             peer,
             group_leader,
@@ -175,18 +171,13 @@ impl Metrics {
         }
     }
 
-    fn record_cpu(&self) {
-        // SAFETY: getrusage only writes the struct it is given.
-        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-        if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) } == 0 {
-            let seconds = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
-            self.process_cpu_seconds.set(seconds(usage.ru_utime) + seconds(usage.ru_stime));
-        }
-    }
-
     fn encode(&self) -> String {
         let mut out = String::new();
-        prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String cannot fail");
+        use prometheus_client::encoding::text::{encode_eof, encode_registry};
+        let written = encode_registry(&mut out, &self.registry)
+            .and_then(|()| encode_registry(&mut out, &self.process.registry))
+            .and_then(|()| encode_eof(&mut out));
+        written.expect("writing to a String cannot fail");
         out
     }
 }
@@ -195,6 +186,8 @@ impl Metrics {
 struct Endpoint {
     metrics: Arc<Metrics>,
     shards: Vec<flume::Sender<ShardInput>>,
+    /// Since when each group the health check saw without a leader has had none.
+    leaderless_since: Arc<Mutex<HashMap<u64, Instant>>>,
 }
 
 /// Every shard's group status, or `None` if a shard does not answer in time.
@@ -208,26 +201,52 @@ pub(super) async fn collect_status(shards: &[flume::Sender<ShardInput>]) -> Opti
     Some(all)
 }
 
-async fn scrape(State(endpoint): State<Endpoint>) -> (StatusCode, String) {
+/// The body is OpenMetrics text (it ends with `# EOF`), and says so.
+const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+async fn scrape(State(endpoint): State<Endpoint>) -> impl IntoResponse {
     if let Some(groups) = collect_status(&endpoint.shards).await {
         endpoint.metrics.record_groups(&groups);
     }
-    endpoint.metrics.record_cpu();
-    (StatusCode::OK, endpoint.metrics.encode())
+    endpoint.metrics.process.record();
+    ([(header::CONTENT_TYPE, OPENMETRICS)], endpoint.metrics.encode())
 }
 
-/// 200 when every shard answers; the body counts groups without a known leader.
-async fn health(State(endpoint): State<Endpoint>) -> (StatusCode, String) {
-    match collect_status(&endpoint.shards).await {
-        Some(groups) => {
-            let leaderless = groups.iter().filter(|g| g.leader.is_none()).count();
-            (
-                StatusCode::OK,
-                format!("{{\"status\":\"ok\",\"groups\":{},\"groups_without_leader\":{leaderless}}}\n", groups.len()),
-            )
+/// How long a group may be without a leader (an election takes well under a second)
+/// before `/health` says the node is not serving.
+const LEADERLESS_GRACE: Duration = Duration::from_secs(5);
+
+const JSON: &str = "application/json";
+
+/// 200 when every shard answers and every group has had a leader within
+/// [`LEADERLESS_GRACE`]; otherwise 503, so a load balancer can act on the code. The
+/// body (JSON) says why. A group's leaderless time counts from the first check that
+/// saw it without one.
+async fn health(State(endpoint): State<Endpoint>) -> impl IntoResponse {
+    let unavailable = StatusCode::SERVICE_UNAVAILABLE;
+    let Some(groups) = collect_status(&endpoint.shards).await else {
+        let body = format!(
+            "{{\"status\":\"unavailable\",\"reason\":\"a shard did not answer within {SHARD_ANSWER_TIMEOUT:?}\"}}\n"
+        );
+        return (unavailable, [(header::CONTENT_TYPE, JSON)], body);
+    };
+    let now = Instant::now();
+    let stale = {
+        let mut since = endpoint.leaderless_since.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        since.retain(|group, _| groups.iter().any(|g| g.group == *group && g.leader.is_none()));
+        for g in groups.iter().filter(|g| g.leader.is_none()) {
+            since.entry(g.group).or_insert(now);
         }
-        None => (StatusCode::SERVICE_UNAVAILABLE, "{\"status\":\"shard not answering\"}\n".into()),
-    }
+        since.values().filter(|t| now.duration_since(**t) >= LEADERLESS_GRACE).count()
+    };
+    let leaderless = groups.iter().filter(|g| g.leader.is_none()).count();
+    let (code, status) = if stale > 0 { (unavailable, "unavailable") } else { (StatusCode::OK, "ok") };
+    let body = format!(
+        "{{\"status\":\"{status}\",\"groups\":{},\"groups_without_leader\":{leaderless},\
+         \"groups_without_leader_past_grace\":{stale}}}\n",
+        groups.len()
+    );
+    (code, [(header::CONTENT_TYPE, JSON)], body)
 }
 
 /// Serves `/metrics` and `/health` on `addr` until the runtime stops.
@@ -236,10 +255,11 @@ pub async fn serve(
     metrics: Arc<Metrics>,
     shards: Vec<flume::Sender<ShardInput>>,
 ) -> Result<(), String> {
-    let app = axum::Router::new()
-        .route("/metrics", get(scrape))
-        .route("/health", get(health))
-        .with_state(Endpoint { metrics, shards });
+    let app = axum::Router::new().route("/metrics", get(scrape)).route("/health", get(health)).with_state(Endpoint {
+        metrics,
+        shards,
+        leaderless_since: Arc::default(),
+    });
     let listener =
         tokio::net::TcpListener::bind(addr).await.map_err(|e| format!("cannot listen for metrics on {addr}: {e}"))?;
     tokio::spawn(async move {

@@ -15,6 +15,7 @@ mod inflight;
 mod members;
 mod metrics;
 mod placement;
+mod process_metrics;
 mod restore;
 mod router;
 #[macro_use]

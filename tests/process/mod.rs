@@ -454,6 +454,12 @@ pub async fn run_clients(
 
 /// A plain HTTP/1.0 GET: (status code, body).
 pub fn http_get(addr: &str, path: &str) -> (u16, String) {
+    let (status, _, body) = http_response(addr, path);
+    (status, body)
+}
+
+/// An HTTP/1.0 GET: the status code, the header lines and the body.
+pub fn http_response(addr: &str, path: &str) -> (u16, String, String) {
     use std::io::{Read, Write};
     let mut stream = std::net::TcpStream::connect(addr).expect("metrics port accepts");
     stream.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
@@ -461,8 +467,8 @@ pub fn http_get(addr: &str, path: &str) -> (u16, String) {
     let mut response = String::new();
     stream.read_to_string(&mut response).expect("response");
     let status = response.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
-    (status, body)
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    (status, head.to_string(), body.to_string())
 }
 
 /// The value of a counter in a node's `/metrics` text (0 when absent).
