@@ -16,18 +16,33 @@ fn main() -> ExitCode {
             quarry::server::fail_node(name, "panicked (see above)");
         }
     }));
-    let config = match Args::parse().check() {
+    let args = Args::parse();
+    init_logging();
+    let config = match args.check() {
         Ok(config) => config,
         Err(e) => {
-            eprintln!("quarryd: {e}");
+            tracing::error!("{e}");
             return ExitCode::from(2);
         }
     };
     match run(config) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("quarryd: {e}");
+            tracing::error!("{e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// One line per event on stderr, filtered by `RUST_LOG` (default `info`, e.g.
+/// `RUST_LOG=quarry=debug`). Under systemd, journald stamps the time itself.
+fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(false);
+    if std::env::var_os("JOURNAL_STREAM").is_some() {
+        logs.without_time().init();
+    } else {
+        logs.init();
     }
 }

@@ -42,9 +42,9 @@ pub fn speak_for(router: &Router, identity: Identity, node: NodeId) -> Result<()
 /// Counts a refusal, logs it when due, and says why to the caller.
 pub fn refuse(router: &Router, what: &'static str, why: String) -> Status {
     if router.metrics().count_refusal(what) {
-        eprintln!(
-            "quarryd: node {}: refused: {why} (logged at powers of two; counted in quarry_unauthorized_total)",
-            router.node
+        tracing::warn!(
+            node = router.node,
+            "refused: {why} (logged at powers of two; counted in quarry_unauthorized_total)"
         );
     }
     Status::permission_denied(why)

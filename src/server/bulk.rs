@@ -59,9 +59,12 @@ pub fn start_snapshot_fetch(router: &Router, transfers: &Arc<BulkTransfers>, off
                 // A full shard queue drops it like any message; the leader offers again.
                 let _ = router.shard_of(group).try_send(ShardInput::Peer { group, message });
             }
-            Err(e) => eprintln!(
-                "node {}: snapshot of group {} at index {} from node {} not installed: {e}",
-                router.node, offer.group, offer.meta.index, offer.from
+            Err(e) => tracing::warn!(
+                node = router.node,
+                group = offer.group,
+                "snapshot at index {} from node {} not installed: {e}",
+                offer.meta.index,
+                offer.from
             ),
         }
     });
@@ -84,7 +87,7 @@ pub fn start_catch_up(router: &Router, transfers: &Arc<BulkTransfers>, leader: N
             }
             Err(e) => {
                 let (node, group) = (router.node, offer.group);
-                eprintln!("node {node}: bulk catch-up of group {group} from node {leader} stopped: {}", e.message());
+                tracing::warn!(node, group, "bulk catch-up from node {leader} stopped: {}", e.message());
             }
         }
     });

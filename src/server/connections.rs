@@ -234,9 +234,9 @@ async fn accept_tls(listener: TcpListener, limits: Limits, tls: Arc<ServerTls>, 
                             Ok(Err(e)) => e.to_string(),
                             _ => "no handshake in time".to_string(),
                         };
-                        eprintln!(
-                            "quarryd: TLS handshake from {} failed: {why} (logged at powers of two; \
-                             counted in quarry_unauthorized_total)",
+                        tracing::warn!(
+                            "TLS handshake from {} failed: {why} (logged at powers of two; counted in \
+                             quarry_unauthorized_total)",
                             remote.map_or_else(|| "?".into(), |a| a.to_string())
                         );
                     }

@@ -106,7 +106,7 @@ pub fn run(config: NodeConfig) -> Result<(), String> {
         .on_thread_start(move || {
             if let Some(cpus) = &network_cpus {
                 if let Err(e) = placement::pin_current_thread(cpus) {
-                    eprintln!("quarryd: cannot pin a network thread to CPUs {cpus:?}: {e}");
+                    tracing::warn!("cannot pin a network thread to CPUs {cpus:?}: {e}");
                 }
             }
         })
@@ -190,9 +190,9 @@ async fn serve(
         .with_records(std::sync::Arc::new(services.clone()))
         .with_entries(std::sync::Arc::new(services.clone()))
         .with_gate(std::sync::Arc::new(services.clone()));
-    eprintln!(
-        "quarryd: node {} serving on {} ({} shards, {} network threads; {})",
-        config.node_id,
+    tracing::info!(
+        node = config.node_id,
+        "serving on {} ({} shards, {} network threads; {})",
         config.listen,
         config.shards,
         config.network_threads,
@@ -200,10 +200,11 @@ async fn serve(
     );
     match &tls {
         Some(tls) => reload_on_sighup(tls.clone(), config.node_id),
-        None => eprintln!(
-            "quarryd: node {} serves plain text without authentication: anyone who reaches {} may read, \
-             write and administer the cluster (set --cert-file, --key-file and the CA files for TLS)",
-            config.node_id, config.listen
+        None => tracing::warn!(
+            node = config.node_id,
+            "serving plain text without authentication: anyone who reaches {} may read, write and administer \
+             the cluster (set --cert-file, --key-file and the CA files for TLS)",
+            config.listen
         ),
     }
     systemd::announce_when_ready(shards);
@@ -241,7 +242,7 @@ async fn serve(
     tokio::select! {
         result = &mut server => result.map_err(|e| format!("server failed: {e}"))?,
         () = shutdown_signal() => {
-            eprintln!("quarryd: node {} stopping", config.node_id);
+            tracing::info!(node = config.node_id, "stopping");
             systemd::stopping();
             let _ = stop.send(());
             // Requests in flight get a grace period; peers' streams never end by
@@ -257,14 +258,14 @@ async fn serve(
 fn reload_on_sighup(tls: std::sync::Arc<crate::tls::ServerTls>, node: crate::raft::NodeId) {
     use tokio::signal::unix::{signal, SignalKind};
     let Ok(mut hangups) = signal(SignalKind::hangup()) else {
-        eprintln!("quarryd: node {node}: cannot catch SIGHUP; TLS files reload only at restart");
+        tracing::warn!(node, "cannot catch SIGHUP; TLS files reload only at restart");
         return;
     };
     tokio::spawn(async move {
         while hangups.recv().await.is_some() {
             match tls.reload() {
-                Ok(()) => eprintln!("quarryd: node {node}: TLS files reloaded"),
-                Err(e) => eprintln!("quarryd: node {node}: TLS files not reloaded, the old ones stay: {e}"),
+                Ok(()) => tracing::info!(node, "TLS files reloaded"),
+                Err(e) => tracing::warn!(node, "TLS files not reloaded, the old ones stay: {e}"),
             }
         }
     });

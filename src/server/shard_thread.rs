@@ -88,7 +88,7 @@ pub const SHARD_FAILED_EXIT: i32 = 70;
 /// sees why. Nothing acknowledged is lost by stopping: acknowledgements follow
 /// fdatasync, and clients waiting on the shard learn their outcome is unknown.
 pub fn fail_node(shard: &str, cause: &str) -> ! {
-    eprintln!("quarryd: {shard} failed: {cause}; stopping the node (exit status {SHARD_FAILED_EXIT})");
+    tracing::error!("{shard} failed: {cause}; stopping the node (exit status {SHARD_FAILED_EXIT})");
     std::process::exit(SHARD_FAILED_EXIT)
 }
 
@@ -218,9 +218,10 @@ fn handle(shard: &mut Shard<BuiltinState>, input: ShardInput, metrics: &Metrics)
             // not fit. The first refusal is logged with its cause, the rest counted.
             if let Err(refused) = shard.step(group, message) {
                 if metrics.peer_messages_refused.inc() == 0 {
-                    eprintln!(
-                        "quarryd: group {group}: refused a peer message: {refused} (further refusals are counted \
-                         in quarry_peer_messages_refused_total)"
+                    tracing::warn!(
+                        group,
+                        "refused a peer message: {refused} (further refusals are counted in \
+                         quarry_peer_messages_refused_total)"
                     );
                 }
             }

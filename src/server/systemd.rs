@@ -16,7 +16,7 @@ const RECOVERY_POLL: Duration = Duration::from_millis(100);
 
 fn notify(state: &[NotifyState]) {
     if let Err(e) = sd_notify::notify(state) {
-        eprintln!("quarryd: cannot notify systemd: {e}");
+        tracing::warn!("cannot notify systemd: {e}");
     }
 }
 

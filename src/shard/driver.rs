@@ -107,13 +107,13 @@ impl<S: StateMachine + Default> LocalShard<S> {
         self.shard.finish_flush(job, result)?;
         if let Some(reason) = self.shard.disk_full() {
             if self.retry_no_space_at.is_none() {
-                eprintln!("node {}: {reason}", self.shard.node());
+                tracing::warn!(node = self.shard.node(), "{reason}");
             }
             self.retry_no_space_at = Some(Instant::now() + NO_SPACE_RETRY);
             return Ok(TurnStats::default());
         }
         if self.retry_no_space_at.take().is_some() {
-            eprintln!("node {}: disk space is back; writes resume", self.shard.node());
+            tracing::info!(node = self.shard.node(), "disk space is back; writes resume");
         }
         let mut stats = self.acknowledge_durable();
         stats.fdatasyncs = 1;
@@ -170,7 +170,7 @@ impl<S: StateMachine + Default> LocalShard<S> {
 
 fn log_notices<S: StateMachine + Default>(node: u64, shard: &mut Shard<S>) {
     for notice in shard.take_notices() {
-        eprintln!("node {node}: {notice}");
+        tracing::warn!(node, "{notice}");
     }
 }
 

@@ -181,7 +181,7 @@ async fn sender(node: NodeId, cluster_id: u64, channel: Channel, queue: flume::R
             let mut answers = response.into_inner();
             // The peer answers only to refuse us (e.g. another cluster's id).
             if let Err(status) = answers.message().await {
-                eprintln!("node {node} (cluster {cluster_id}): peer stream refused: {}", status.message());
+                tracing::warn!(node, cluster_id, "peer stream refused: {}", status.message());
             }
         }
         // What was queued for a broken stream is stale by the time one reopens (a

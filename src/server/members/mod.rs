@@ -178,7 +178,7 @@ pub fn follow_registry(router: Router) {
                 Ok(Some(registry)) => registry,
                 Ok(None) => continue,
                 Err(e) => {
-                    eprintln!("node {}: {e}", router.node);
+                    tracing::warn!(node = router.node, "member registry: {e}");
                     continue;
                 }
             };
