@@ -170,7 +170,11 @@ impl<S: StateMachine + Default> LocalShard<S> {
 
 fn log_notices<S: StateMachine + Default>(node: u64, shard: &mut Shard<S>) {
     for notice in shard.take_notices() {
-        tracing::warn!(node, "{notice}");
+        if notice.warning {
+            tracing::warn!(node, "{notice}");
+        } else {
+            tracing::info!(node, "{notice}");
+        }
     }
 }
 

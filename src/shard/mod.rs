@@ -94,6 +94,32 @@ struct Group<S> {
     touched: bool,
     /// In `Shard::awake` (kept beside the set so an input costs no set lookup).
     awake: bool,
+    /// The leader last announced in a notice, so each change is told once.
+    announced_leader: Option<NodeId>,
+}
+
+/// Something operators should hear of (a damaged log, a snapshot not written, a new
+/// leader); the host logs it, the shard itself prints nothing.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Notice {
+    pub warning: bool,
+    pub text: String,
+}
+
+impl Notice {
+    pub fn warn(text: String) -> Notice {
+        Notice { warning: true, text }
+    }
+
+    pub fn info(text: String) -> Notice {
+        Notice { warning: false, text }
+    }
+}
+
+impl std::fmt::Display for Notice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.text)
+    }
 }
 
 /// Static description of a shard's groups.
@@ -156,7 +182,7 @@ pub struct Shard<S: StateMachine + Default> {
     abstention_marker: Option<PathBuf>,
     /// What operators must hear of (a damaged log, a snapshot not written), oldest
     /// first, for the host to log: the shard itself prints nothing.
-    notices: Vec<String>,
+    notices: Vec<Notice>,
     pub fdatasyncs: u64,
     pub snapshots_taken: u64,
     pub snapshots_installed: u64,
@@ -186,7 +212,8 @@ impl<S: StateMachine + Default> Shard<S> {
         let mut notices = Vec::new();
         if let Some(damage) = log.borrow().recovered_damage() {
             recovery::persist_marker(&marker, damage)?;
-            notices.push(format!("shard log {damage}; every group abstains from elections until caught up"));
+            notices
+                .push(Notice::warn(format!("shard log {damage}; every group abstains from elections until caught up")));
         }
         let abstain = marker.exists();
         let damaged = log.borrow().recovered_damage().is_some();
@@ -226,6 +253,7 @@ impl<S: StateMachine + Default> Shard<S> {
                 clock: 0,
                 touched: true,
                 awake: true,
+                announced_leader: None,
             };
             groups.insert(group, group_state);
         }
@@ -371,7 +399,7 @@ impl<S: StateMachine + Default> Shard<S> {
     }
 
     /// Notices for operators since the last call (see `notices`).
-    pub fn take_notices(&mut self) -> Vec<String> {
+    pub fn take_notices(&mut self) -> Vec<Notice> {
         std::mem::take(&mut self.notices)
     }
 

@@ -10,7 +10,7 @@ use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use super::{GroupId, Shard};
+use super::{GroupId, Notice, Shard};
 use crate::log::{LogError, LogStore, ShardLog};
 use crate::state::StateMachine;
 
@@ -60,7 +60,7 @@ impl<S: StateMachine + Default> Shard<S> {
             Ok(()) => format!("{}: every group caught up with its leader; voting again", marker.display()),
             Err(e) => format!("{}: not removed: {e} (the groups will abstain again after a restart)", marker.display()),
         };
-        self.notices.push(notice);
+        self.notices.push(Notice::info(notice));
         self.abstention_marker = None;
     }
 }

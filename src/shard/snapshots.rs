@@ -132,7 +132,7 @@ impl<S: StateMachine + Default> Shard<S> {
                         "snapshot of group {group} at {} not written: {e}; next try in {SNAPSHOT_RETRY_TICKS} ticks",
                         meta.index
                     );
-                    self.notices.push(notice);
+                    self.notices.push(super::Notice::warn(notice));
                     self.snapshot_failed_at.insert(group, self.ticks);
                     continue;
                 }

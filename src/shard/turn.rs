@@ -86,6 +86,14 @@ impl<S: StateMachine + Default> Shard<S> {
                 if ready.soft_state.is_some_and(|s| s.role != Role::Leader) {
                     fail_pending(g);
                 }
+                if let Some(leader) = ready.soft_state.and_then(|s| s.leader) {
+                    if g.announced_leader != Some(leader) {
+                        g.announced_leader = Some(leader);
+                        let term = g.raft.term();
+                        let text = format!("group {group}: node {leader} leads (term {term})");
+                        self.notices.push(super::Notice::info(text));
+                    }
+                }
                 if let Some(snapshot) = &ready.snapshot {
                     snapshots::install(&self.log, &self.snapshots, group, g, snapshot)?;
                     let ticket = self.log.borrow().staged_ticket();
