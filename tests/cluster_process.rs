@@ -704,6 +704,14 @@ async fn quarryctl_covers_cas_batch_logs_stdin_and_explains_errors() {
     assert_eq!(stdout(&ctl(&["log", "read", "audit", "--from", "2"])), "2\ttwo");
     assert_eq!(stdout(&ctl(&["log", "tail", "audit", "--count", "2"])), "1\tone\n2\ttwo");
 
+    // The same --client-id and --sequence again: applied once, answered the same.
+    for _ in 0..2 {
+        let out = ctl(&["--client-id", "42", "--sequence", "7", "log", "append", "once", "x"]);
+        assert_eq!(stdout(&out), "OK index 1", "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    assert_eq!(stdout(&ctl(&["log", "read", "once"])), "1\tx");
+    assert_eq!(ctl(&["--client-id", "42", "log", "append", "once", "y"]).status.code(), Some(2));
+
     // status leads with a summary; member list says whether each member answers.
     let status: serde_json::Value = serde_json::from_slice(&ctl(&["--json", "status"]).stdout).expect("JSON");
     assert_eq!(status["summary"]["nodes_up"], 3);

@@ -53,6 +53,14 @@ struct Cli {
     /// Print JSON instead of text.
     #[arg(long, global = true)]
     json: bool,
+    /// With --sequence: the write carries this client id and sequence number, so
+    /// running the command again with the same pair applies it once (and answers as
+    /// the first time).
+    #[arg(long, global = true, requires = "sequence", value_parser = clap::value_parser!(u64).range(1..))]
+    client_id: Option<u64>,
+    /// See --client-id.
+    #[arg(long, global = true, requires = "client_id", value_parser = clap::value_parser!(u64).range(1..))]
+    sequence: Option<u64>,
     /// Seconds a call keeps retrying (no leader, a node down) before it fails.
     #[arg(long, global = true, env = "QUARRY_TIMEOUT", default_value_t = 10.0, value_name = "SECONDS")]
     timeout: f64,
@@ -312,7 +320,13 @@ async fn main() -> ExitCode {
         return ExitCode::from(2);
     }
     let client = match Client::with_tls(&cli.endpoints, tls) {
-        Ok(client) => client.with_deadline(Duration::from_secs_f64(cli.timeout)),
+        Ok(client) => {
+            let client = client.with_deadline(Duration::from_secs_f64(cli.timeout));
+            match cli.client_id.zip(cli.sequence) {
+                Some((id, sequence)) => client.with_identity(id, sequence),
+                None => client,
+            }
+        }
         Err(e) => {
             eprintln!("quarryctl: {e}");
             return ExitCode::from(2);

@@ -177,6 +177,14 @@ impl Client {
         self
     }
 
+    /// The next write this client makes carries `client_id` and `sequence` (nonzero),
+    /// so running the same command again with the same pair applies it once. Writes
+    /// after it continue that client's sequence.
+    pub fn with_identity(self, client_id: u64, sequence: u64) -> Client {
+        self.lanes.lock().expect("lanes lock").push(Lane { client_id, next_sequence: sequence });
+        self
+    }
+
     /// The endpoints this client was given, comma-separated (for messages).
     pub fn endpoints(&self) -> String {
         self.endpoints.join(",")
