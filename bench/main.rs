@@ -57,8 +57,10 @@ async fn bench(plan: Plan) -> Result<ExitCode, String> {
     let workload = Arc::new(workload::Generator::new(&plan, &prefix)?);
     let target = Arc::new(target::Target::connect(&plan)?);
     target.prepare(&plan, &workload).await.map_err(|e| format!("preparing the SQL tables: {e}"))?;
-    let progress = if a.no_progress || a.json { ProgressBar::hidden() } else { ProgressBar::new_spinner() };
-    progress.set_style(ProgressStyle::with_template("{spinner} {elapsed} {msg}").expect("a valid template"));
+    let warmup_millis = plan.warmup.as_millis().max(1) as u64;
+    let progress = if a.no_progress || a.json { ProgressBar::hidden() } else { ProgressBar::new(warmup_millis) };
+    let template = "{prefix:>9} [{bar:30}] {percent:>3}% {elapsed:>4} ETA {eta:>4}  {msg}";
+    progress.set_style(ProgressStyle::with_template(template).expect("a valid template").progress_chars("=> "));
 
     // Server counters are read when warm-up ends and again after the last answer.
     let before = {

@@ -68,7 +68,11 @@ pub async fn run(plan: &Plan, target: Arc<Target>, workload: Arc<Generator>, pro
         let (clock, shared) = (clock.clone(), shared.clone());
         clients.spawn(async move { one_client(client, &plan, &target, &workload, &clock, &shared).await });
     }
-    let ticker = tokio::spawn(show_progress(progress.clone(), shared.clone(), measure_from));
+    let goal = match plan.args.requests {
+        Some(n) => Goal::Requests(n),
+        None => Goal::Time(plan.duration),
+    };
+    let ticker = tokio::spawn(show_progress(progress.clone(), shared.clone(), start, measure_from, goal));
     let mut outcome = Outcome {
         histogram: new_histogram(),
         requests: 0,
@@ -192,19 +196,44 @@ fn checked(
     Operation { client: client as u64, key: op.key as u8, kind, call: nanos(call), ret, outcome }
 }
 
-async fn show_progress(bar: ProgressBar, shared: Arc<Shared>, measure_from: Instant) {
+/// What ends the measured part of a run.
+#[derive(Clone, Copy)]
+enum Goal {
+    Time(Duration),
+    Requests(u64),
+}
+
+/// The progress bar: the warm-up first (its own bar, in seconds), then the measured
+/// part (in seconds or requests) with the rate and an ETA.
+async fn show_progress(bar: ProgressBar, shared: Arc<Shared>, start: Instant, measure_from: Instant, goal: Goal) {
     let mut last = (Instant::now(), 0);
+    let mut measuring = false;
+    bar.set_prefix("warm-up");
+    bar.set_length(measure_from.duration_since(start).as_millis() as u64);
     loop {
-        tokio::time::sleep(PROGRESS_EVERY).await;
         let now = Instant::now();
         let done = shared.completed.load(Ordering::Relaxed);
-        let rate = (done - last.1) as f64 / now.duration_since(last.0).as_secs_f64();
+        let rate = (done - last.1) as f64 / now.duration_since(last.0).as_secs_f64().max(1e-3);
         last = (now, done);
         if now < measure_from {
-            bar.set_message("warming up".to_string());
+            bar.set_position(now.duration_since(start).as_millis() as u64);
+            bar.set_message("requests not measured yet");
         } else {
+            if !measuring {
+                measuring = true;
+                bar.set_prefix("measuring");
+                bar.set_length(match goal {
+                    Goal::Time(d) => d.as_millis() as u64,
+                    Goal::Requests(n) => n,
+                });
+                bar.reset_eta();
+            }
+            bar.set_position(match goal {
+                Goal::Time(_) => now.duration_since(measure_from).as_millis() as u64,
+                Goal::Requests(_) => done,
+            });
             bar.set_message(format!("{done} requests, {rate:.0} req/s"));
         }
-        bar.tick();
+        tokio::time::sleep(PROGRESS_EVERY).await;
     }
 }
