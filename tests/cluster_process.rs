@@ -503,6 +503,9 @@ async fn metrics_and_health_describe_the_node() {
         "process_open_fds",
         "process_start_time_seconds",
         "quarry_build_info{",
+        "quarry_fdatasync_seconds_bucket",
+        "quarry_leader_changes_total",
+        "quarry_request_seconds_count{method=\"write\",outcome=",
     ] {
         assert!(body.contains(name), "/metrics lacks {name}:\n{body}");
     }

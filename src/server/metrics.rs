@@ -42,6 +42,30 @@ pub struct RefusedLabel {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct MethodLabel {
     pub method: &'static str,
+    /// `ok`, or why the request failed (see [`outcome_of`]).
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: &'static str,
+}
+
+/// A request's outcome as a label value.
+pub fn outcome_of<T>(result: &Result<T, crate::group::RequestError>) -> &'static str {
+    use crate::group::RequestError as E;
+    match result {
+        Ok(_) => "ok",
+        Err(E::UnknownGroup(_)) => "unknown_group",
+        Err(E::NotLeader { .. }) => "not_leader",
+        Err(E::Refused(_)) => "refused",
+        Err(E::Unknown) => "outcome_unknown",
+        Err(E::Dropped) => "dropped",
+        Err(E::NotFound(_)) => "not_found",
+        Err(E::Invalid(_)) => "invalid",
+        Err(E::Overloaded(_)) => "overloaded",
+        Err(E::DiskFull(_)) => "disk_full",
+    }
 }
 
 pub struct Metrics {
@@ -60,6 +84,12 @@ pub struct Metrics {
     pub unauthorized: Family<RefusedLabel, Counter>,
     process: ProcessMetrics,
     pub request_seconds: Family<MethodLabel, Histogram>,
+    /// Writes that were not carried out, or whose outcome is unknown, by reason.
+    pub proposals_failed: Family<ReasonLabel, Counter>,
+    /// One log flush (write and fdatasync), averaged over a turn's flushes.
+    pub fdatasync_seconds: Histogram,
+    /// Groups whose leader changed, as this node learned.
+    pub leader_changes: Counter,
     pub peer: PeerCounters,
     group_leader: Family<GroupLabel, Gauge>,
     group_is_leader: Family<GroupLabel, Gauge>,
@@ -86,6 +116,24 @@ impl Metrics {
             Histogram::new(exponential_buckets(1e-4, 2.0, 18))
         });
         registry.register("proposals", "Writes proposed to Raft groups led here", proposals.clone());
+        let proposals_failed = Family::<ReasonLabel, Counter>::default();
+        registry.register(
+            "proposals_failed",
+            "Writes not carried out (or whose outcome is unknown), by reason",
+            proposals_failed.clone(),
+        );
+        let fdatasync_seconds = Histogram::new(exponential_buckets(1e-5, 2.0, 20));
+        registry.register(
+            "fdatasync_seconds",
+            "Duration of one shard-log flush (write and fdatasync)",
+            fdatasync_seconds.clone(),
+        );
+        let leader_changes = Counter::default();
+        registry.register(
+            "leader_changes",
+            "Groups whose leader changed, as this node learned",
+            leader_changes.clone(),
+        );
         registry.register("fdatasyncs", "fdatasync calls of the shard logs", fdatasyncs.clone());
         registry.register(
             "readies_per_fdatasync",
@@ -114,7 +162,11 @@ impl Metrics {
             snapshots_taken.clone(),
         );
         registry.register("snapshots_installed", "Group snapshots received from leaders", snapshots_installed.clone());
-        registry.register("request_seconds", "Client request latency by method", request_seconds.clone());
+        registry.register(
+            "request_seconds",
+            "Client request latency at this node by method and outcome",
+            request_seconds.clone(),
+        );
         let peer = PeerCounters::default();
         registry.register("peer_batches_sent", "Batches queued to peer streams", peer.batches_sent.clone());
         registry.register("peer_batches_dropped", "Batches dropped at a full peer queue", peer.batches_dropped.clone());
@@ -150,6 +202,9 @@ impl Metrics {
             unauthorized,
             process: ProcessMetrics::new(),
             request_seconds,
+            proposals_failed,
+            fdatasync_seconds,
+            leader_changes,
             peer,
             group_leader,
             group_is_leader,

@@ -72,8 +72,8 @@ impl Router {
         &self.metrics
     }
 
-    fn observe(&self, method: &'static str, started: Instant) {
-        let label = MethodLabel { method };
+    fn observe(&self, method: &'static str, outcome: &'static str, started: Instant) {
+        let label = MethodLabel { method, outcome };
         self.metrics.request_seconds.get_or_create(&label).observe(started.elapsed().as_secs_f64());
     }
 
@@ -111,7 +111,12 @@ impl Router {
         let started = Instant::now();
         self.submit(group, ShardInput::Propose { group, command, reply: reply.into() });
         let result = wait(answer).await;
-        self.observe("write", started);
+        let outcome = super::metrics::outcome_of(&result);
+        self.observe("write", outcome, started);
+        // Not being the leader is routing, not failure: the request goes on to the leader.
+        if result.is_err() && outcome != "not_leader" {
+            self.metrics.proposals_failed.get_or_create(&super::metrics::ReasonLabel { reason: outcome }).inc();
+        }
         result
     }
 
@@ -121,12 +126,24 @@ impl Router {
         query: Query<BuiltinState>,
         serializable: bool,
     ) -> Result<Bytes, RequestError> {
-        let (reply, answer) = flume::bounded(1);
         let started = Instant::now();
-        self.submit(group, ShardInput::Read { group, query, reply: reply.into(), serializable });
-        let result = wait(answer).await;
-        self.observe(if serializable { "read_serializable" } else { "read" }, started);
+        let result = self.read_internal(group, query, serializable).await;
+        let method = if serializable { "read_serializable" } else { "read" };
+        self.observe(method, super::metrics::outcome_of(&result), started);
         result
+    }
+
+    /// A read Quarry makes for itself (the member registry, say): not counted as a
+    /// client request.
+    pub async fn read_internal(
+        &self,
+        group: GroupId,
+        query: Query<BuiltinState>,
+        serializable: bool,
+    ) -> Result<Bytes, RequestError> {
+        let (reply, answer) = flume::bounded(1);
+        self.submit(group, ShardInput::Read { group, query, reply: reply.into(), serializable });
+        wait(answer).await
     }
 
     /// A channel to `node`'s gRPC address, connected lazily and reused.

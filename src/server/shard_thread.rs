@@ -191,9 +191,11 @@ fn record(metrics: &Metrics, stats: &TurnStats) {
     metrics.snapshots_taken.inc_by(stats.snapshots_taken);
     metrics.snapshots_installed.inc_by(stats.snapshots_installed);
     metrics.log_entries.inc_by(stats.entries_written);
+    metrics.leader_changes.inc_by(stats.leader_changes);
     if stats.fdatasyncs > 0 {
         metrics.fdatasyncs.inc_by(stats.fdatasyncs);
         metrics.readies_per_fdatasync.observe(stats.readies as f64 / stats.fdatasyncs as f64);
+        metrics.fdatasync_seconds.observe(stats.flush_micros as f64 / 1e6 / stats.fdatasyncs as f64);
     }
 }
 

@@ -32,6 +32,8 @@ pub struct Flushed {
     writer: SegmentWriter<GlommioFiles>,
     job: FlushJob,
     result: Result<(), LogError>,
+    /// How long the write and its fdatasync took.
+    took: std::time::Duration,
 }
 
 /// A shard with its I/O: dereferences to the [`Shard`] for inputs and outputs.
@@ -102,7 +104,7 @@ impl<S: StateMachine + Default> LocalShard<S> {
     /// turns it made durable and starts the next flush. When the disk is full, the
     /// turns wait and the flush is tried again every `NO_SPACE_RETRY` (from `stage`
     /// or `retry_flush`); nothing is lost and the shard stays up.
-    pub fn on_flushed(&mut self, Flushed { writer, job, result }: Flushed) -> Result<TurnStats, ShardError> {
+    pub fn on_flushed(&mut self, Flushed { writer, job, result, took }: Flushed) -> Result<TurnStats, ShardError> {
         self.writer = Some(writer);
         self.shard.finish_flush(job, result)?;
         if let Some(reason) = self.shard.disk_full() {
@@ -117,6 +119,7 @@ impl<S: StateMachine + Default> LocalShard<S> {
         }
         let mut stats = self.acknowledge_durable();
         stats.fdatasyncs = 1;
+        stats.flush_micros = took.as_micros() as u64;
         self.start_flush()?;
         Ok(stats)
     }
@@ -140,8 +143,9 @@ impl<S: StateMachine + Default> LocalShard<S> {
         let Some(job) = self.shard.begin_flush()? else { return Ok(()) };
         let mut writer = self.writer.take().expect("no flush in flight holds the writer");
         self.flush = Some(glommio::spawn_local(async move {
+            let started = Instant::now();
             let result = writer.execute(&job).await;
-            Flushed { writer, job, result }
+            Flushed { writer, job, result, took: started.elapsed() }
         }));
         Ok(())
     }

@@ -186,6 +186,8 @@ pub struct Shard<S: StateMachine + Default> {
     pub fdatasyncs: u64,
     pub snapshots_taken: u64,
     pub snapshots_installed: u64,
+    /// Leaders learned (each group's first one included).
+    pub leader_changes: u64,
     /// Times a group was found asleep by a tick, and sleeping followers woken because
     /// their leader's node went silent.
     pub groups_slept: u64,
@@ -302,6 +304,7 @@ impl<S: StateMachine + Default> Shard<S> {
             fdatasyncs: 0,
             snapshots_taken: 0,
             snapshots_installed: 0,
+            leader_changes: 0,
             groups_slept: 0,
             liveness_wakes: 0,
         })

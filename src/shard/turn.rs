@@ -43,6 +43,10 @@ pub struct TurnStats {
     pub snapshots_installed: u64,
     /// Log entries written (appended or replaced) for all groups.
     pub entries_written: u64,
+    /// Groups whose leader changed, as this node learned.
+    pub leader_changes: u64,
+    /// Microseconds the turn's log flushes (write and fdatasync) took, together.
+    pub flush_micros: u64,
 }
 
 impl Staged {
@@ -63,6 +67,8 @@ impl TurnStats {
         self.snapshots_taken += other.snapshots_taken;
         self.snapshots_installed += other.snapshots_installed;
         self.entries_written += other.entries_written;
+        self.leader_changes += other.leader_changes;
+        self.flush_micros += other.flush_micros;
     }
 }
 
@@ -77,6 +83,7 @@ impl<S: StateMachine + Default> Shard<S> {
         let mut entries_written = 0;
         let mut new_votes = Vec::new();
         let (taken_before, installed_before) = (self.snapshots_taken, self.snapshots_installed);
+        let leader_changes_before = self.leader_changes;
         self.finish_snapshot_writes()?;
         for group in std::mem::take(&mut self.touched) {
             let Some(g) = self.groups.get_mut(&group) else { continue };
@@ -92,6 +99,7 @@ impl<S: StateMachine + Default> Shard<S> {
                         let term = g.raft.term();
                         let text = format!("group {group}: node {leader} leads (term {term})");
                         self.notices.push(super::Notice::info(text));
+                        self.leader_changes += 1;
                     }
                 }
                 if let Some(snapshot) = &ready.snapshot {
@@ -153,6 +161,8 @@ impl<S: StateMachine + Default> Shard<S> {
             fdatasyncs: 0,
             snapshots_taken: self.snapshots_taken - taken_before,
             snapshots_installed: self.snapshots_installed - installed_before,
+            leader_changes: self.leader_changes - leader_changes_before,
+            flush_micros: 0,
             entries_written,
         };
         self.end_abstention_if_caught_up();

@@ -110,7 +110,7 @@ impl Coordinator {
             }
             out.freeze()
         });
-        let mut data = self.router.read(group, query, false).await.map_err(status_of)?;
+        let mut data = self.router.read_internal(group, query, false).await.map_err(status_of)?;
         if data.len() < 8 {
             return Ok((Registry::founding(&self.router.founders), 0));
         }

@@ -158,7 +158,7 @@ impl AddressBook {
 async fn local_registry(router: &Router) -> Result<Option<Registry>, String> {
     let group = router.group_of(REGISTRY_KEY);
     let query = Box::new(|s: &BuiltinState| s.get(REGISTRY_KEY).map(|v| v.value.clone()).unwrap_or_default());
-    let data = router.read(group, query, true).await.map_err(|e| e.to_string())?;
+    let data = router.read_internal(group, query, true).await.map_err(|e| e.to_string())?;
     if data.is_empty() {
         return Ok(None);
     }
