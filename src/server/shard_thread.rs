@@ -124,7 +124,7 @@ pub fn spawn(
 /// What woke the shard's loop.
 enum Woken {
     Input(Result<ShardInput, flume::RecvError>),
-    Flushed(crate::shard::driver::Flushed),
+    Flushed(Box<crate::shard::driver::Flushed>),
     Tick,
 }
 
@@ -142,7 +142,7 @@ async fn run(
         let wait = next_tick.saturating_duration_since(Instant::now());
         let woken = futures_lite::future::or(
             // A finished flush first: a flood of inputs must not hold back acknowledgements.
-            futures_lite::future::or(async { Woken::Flushed(shard.flushed().await) }, async {
+            futures_lite::future::or(async { Woken::Flushed(Box::new(shard.flushed().await)) }, async {
                 Woken::Input(inbox.recv_async().await)
             }),
             async {
@@ -164,7 +164,7 @@ async fn run(
                 return Ok(());
             }
             Woken::Input(Ok(input)) => handle(shard, input, metrics),
-            Woken::Flushed(flushed) => stats.add(&shard.on_flushed(flushed).map_err(failed)?),
+            Woken::Flushed(flushed) => stats.add(&shard.on_flushed(*flushed).map_err(failed)?),
             Woken::Tick => shard.retry_flush().map_err(failed)?,
         }
         for input in inbox.try_iter().take(INPUTS_PER_TURN_MAX) {
