@@ -235,22 +235,26 @@ class Client:
         self._discover()
         deadline = time.monotonic() + self.timeout
         pause = PAUSE_FIRST
-        sent = False
+        # Whether some attempt may have been carried out: it timed out, or the node
+        # said its outcome is unknown. Refusals (no leader, overloaded, no connection)
+        # carried out nothing.
+        maybe_applied = False
         while True:
             endpoint = self._endpoint_for(key)
             remaining = deadline - time.monotonic()
             try:
-                sent = True
                 answer = getattr(stubs[endpoint], method)(request, timeout=max(0.05, min(ATTEMPT_TIMEOUT, remaining)))
             except grpc.RpcError as error:
                 code = error.code()
                 if code not in RETRYABLE:
                     raise errors.from_rpc(error, sql) from None
+                details = error.details() or code.name
+                if code == grpc.StatusCode.DEADLINE_EXCEEDED or "outcome unknown" in details:
+                    maybe_applied = True
                 self._learn(key, None, failed=True)
                 if time.monotonic() + pause >= deadline:
-                    details = error.details() or code.name
                     where = ", ".join(self.endpoints)
-                    if write and sent:
+                    if write and maybe_applied:
                         raise errors.OutcomeUnknown(
                             f"no answer within {self.timeout}s from {where} ({details}); the write may or may not "
                             "have applied: retrying it through this client applies it once",

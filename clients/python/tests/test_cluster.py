@@ -213,6 +213,12 @@ def test_mutual_tls(tls_cluster):
             anonymous.get("k")
 
 
+def test_a_write_nobody_received_is_unavailable_not_unknown():
+    with quarry.Client("127.0.0.1:1", timeout=1.0) as nobody:
+        with pytest.raises(quarry.Unavailable, match="is the cluster running"):
+            nobody.put("k", "v")
+
+
 def test_committed_stubs_match_the_proto():
     import pathlib
 
