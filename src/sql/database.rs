@@ -12,6 +12,9 @@ use super::{
     QUERY_BYTES_MAX, QUERY_ROWS_MAX, SCHEMA_HISTORY_MAX,
 };
 
+/// Bytes of a failure's message kept (see [`SqlFailure::new`]).
+const FAILURE_MESSAGE_MAX: usize = 1024;
+
 /// Why a statement failed; nothing of its write was applied. The same on every
 /// replica, since it depends only on the database and the entry.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -47,8 +50,19 @@ impl FailureCause {
 }
 
 impl SqlFailure {
+    /// The message is cut at [`FAILURE_MESSAGE_MAX`] bytes: it is remembered in the
+    /// client's session, and SQLite's messages can quote the statement's names.
     fn new(statement: usize, cause: FailureCause, message: impl Into<String>) -> SqlFailure {
-        SqlFailure { statement: statement as u32, cause, message: message.into() }
+        let mut message = message.into();
+        if message.len() > FAILURE_MESSAGE_MAX {
+            let mut end = FAILURE_MESSAGE_MAX;
+            while !message.is_char_boundary(end) {
+                end -= 1;
+            }
+            message.truncate(end);
+            message.push('…');
+        }
+        SqlFailure { statement: statement as u32, cause, message }
     }
 
     /// A failure SQLite reported; a stop by Quarry's own rules names its reason.

@@ -86,6 +86,10 @@ fn a_failing_statement_fails_the_same_way_everywhere_and_changes_nothing() {
     assert_eq!(image(&a), before, "the first statement was rolled back too");
     let syntax = run(&mut a, 3, &["INSERT INTO nowhere VALUES (1)"]).unwrap_err();
     assert_eq!(syntax.cause, FailureCause::Invalid);
+    // A message quoting a long name is cut: sessions remember failures.
+    let long = format!("INSERT INTO {} VALUES (1)", "n".repeat(60_000));
+    let cut = run(&mut a, 3, &[long.as_str()]).unwrap_err();
+    assert!(cut.message.len() <= 1030 && cut.message.ends_with('…'), "{} bytes", cut.message.len());
     assert_eq!(image(&a), before);
     assert_eq!(run(&mut a, 4, &["INSERT INTO users VALUES ('bob', 2)"]).unwrap()[0].rows_affected, 1);
 }
