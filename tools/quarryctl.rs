@@ -794,28 +794,26 @@ async fn probe(client: &Client, node: u64, address: &str) -> String {
     }
 }
 
-fn print_members_answering(json: bool, members: &[proto::Member], change: &str, answers: &[String]) {
+/// The members as a table (or JSON); `answers`, when given, says for each whether it
+/// answered (`member list`).
+fn print_members(json: bool, members: &[proto::Member], change: &str, answers: Option<&[String]>) {
+    let answer = |i: usize| answers.and_then(|a| a.get(i)).map(String::as_str);
     let rows: Vec<_> = members
         .iter()
-        .zip(answers)
-        .map(|(m, a)| serde_json::json!({ "node": m.node, "address": m.address, "voter": m.voter, "answers": a }))
+        .enumerate()
+        .map(|(i, m)| {
+            let mut row = serde_json::json!({ "node": m.node, "address": m.address, "voter": m.voter });
+            if let Some(a) = answer(i) {
+                row["answers"] = a.into();
+            }
+            row
+        })
         .collect();
-    let mut text = format!("{:>4} {:<22} {:<8} ANSWERS", "NODE", "ADDRESS", "ROLE");
-    for (m, a) in members.iter().zip(answers) {
-        text += &format!("\n{:>4} {:<22} {:<8} {a}", m.node, m.address, if m.voter { "voter" } else { "learner" });
-    }
-    if !change.is_empty() {
-        text += &format!("\nin progress: {change}");
-    }
-    print(json, &serde_json::json!({ "members": rows, "change": change }), &text);
-}
-
-fn print_members(json: bool, members: &[proto::Member], change: &str) {
-    let rows: Vec<_> =
-        members.iter().map(|m| serde_json::json!({ "node": m.node, "address": m.address, "voter": m.voter })).collect();
-    let mut text = format!("{:>4} {:<22} {}", "NODE", "ADDRESS", "ROLE");
-    for m in members {
-        text += &format!("\n{:>4} {:<22} {}", m.node, m.address, if m.voter { "voter" } else { "learner" });
+    let answers_header = if answers.is_some() { " ANSWERS" } else { "" };
+    let mut text = format!("{:>4} {:<22} {:<8}{answers_header}", "NODE", "ADDRESS", "ROLE").trim_end().to_string();
+    for (i, m) in members.iter().enumerate() {
+        let role = if m.voter { "voter" } else { "learner" };
+        text += format!("\n{:>4} {:<22} {role:<8} {}", m.node, m.address, answer(i).unwrap_or("")).trim_end();
     }
     if !change.is_empty() {
         text += &format!("\nin progress: {change}");
@@ -826,13 +824,13 @@ fn print_members(json: bool, members: &[proto::Member], change: &str) {
 async fn member(client: &Client, command: MemberCmd, json: bool) -> Result<(), ClientError> {
     let done = |what: String, r: proto::MemberChangeResponse| {
         eprintln!("{what} ({} group changes)", r.groups_changed);
-        print_members(json, &r.members, "");
+        print_members(json, &r.members, "", None);
     };
     match command {
         MemberCmd::List => {
             let r = admin_call(client, |mut a| async move { a.members(proto::MembersRequest {}).await }).await?;
             let answers = futures::future::join_all(r.members.iter().map(|m| probe(client, m.node, &m.address))).await;
-            print_members_answering(json, &r.members, &r.change, &answers);
+            print_members(json, &r.members, &r.change, Some(&answers));
         }
         MemberCmd::Add { node, address, learner } => {
             let bar = spinner(format!("adding node {node}: learner in every group, catching up, promoting"));

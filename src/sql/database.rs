@@ -67,8 +67,7 @@ impl SqlFailure {
 
     /// A failure SQLite reported; a stop by Quarry's own rules names its reason.
     fn from_sqlite(statement: usize, error: &rusqlite::Error) -> SqlFailure {
-        if let Some(reason) = determinism::stop_reason() {
-            let cause = if reason.contains("steps") { FailureCause::Limit } else { FailureCause::Invalid };
+        if let Some((cause, reason)) = determinism::stop_reason() {
             return SqlFailure::new(statement, cause, reason);
         }
         let cause = match error.sqlite_error_code() {
@@ -171,10 +170,6 @@ fn value_of(value: ValueRef<'_>) -> Value {
 impl SqlDatabases {
     pub fn is_empty(&self) -> bool {
         self.databases.is_empty()
-    }
-
-    pub fn names(&self) -> impl Iterator<Item = &str> {
-        self.databases.keys().map(String::as_str)
     }
 
     /// Applies a write at log `index`: every statement, or none of them.

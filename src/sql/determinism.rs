@@ -23,7 +23,7 @@ use rusqlite::functions::FunctionFlags;
 use rusqlite::hooks::{AuthAction, AuthContext, Authorization};
 use rusqlite::{Connection, OpenFlags};
 
-use super::{StatementKind, DATABASE_BYTES_MAX, QUERY_STEPS_MAX, STATEMENT_STEPS_MAX};
+use super::{FailureCause, StatementKind, DATABASE_BYTES_MAX, QUERY_STEPS_MAX, STATEMENT_STEPS_MAX};
 
 const VFS_NAME: &CStr = c"quarry-replica";
 const PAGE_BYTES: u64 = 4096;
@@ -61,7 +61,7 @@ thread_local! {
     static RANDOM: Cell<u64> = const { Cell::new(0) };
     static STEPS: Cell<u64> = const { Cell::new(0) };
     /// Why the authorizer or the step limit stopped the last statement.
-    static STOPPED: RefCell<Option<String>> = const { RefCell::new(None) };
+    static STOPPED: RefCell<Option<(FailureCause, String)>> = const { RefCell::new(None) };
 }
 
 /// Held while a write applies: SQLite's generator is one per process.
@@ -100,12 +100,8 @@ pub(super) fn begin_statement(mode: Mode) {
     STOPPED.with_borrow_mut(|s| *s = None);
 }
 
-pub(super) fn set_mode(mode: Mode) {
-    MODE.set(mode);
-}
-
 /// Why the last statement was stopped by Quarry's rules, if it was.
-pub(super) fn stop_reason() -> Option<String> {
+pub(super) fn stop_reason() -> Option<(FailureCause, String)> {
     STOPPED.with_borrow_mut(Option::take)
 }
 
@@ -141,7 +137,7 @@ pub(super) fn open(image: &[u8]) -> rusqlite::Result<Connection> {
 }
 
 fn configure(conn: &Connection) -> rusqlite::Result<()> {
-    set_mode(Mode::Internal);
+    begin_statement(Mode::Internal);
     conn.pragma_update(None, "journal_mode", "MEMORY")?;
     conn.pragma_update(None, "temp_store", "MEMORY")?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
@@ -186,15 +182,15 @@ fn count_steps() -> bool {
         Mode::Query => QUERY_STEPS_MAX,
     };
     if steps > limit {
-        stop(format!("the statement was stopped after {limit} steps"));
+        stop(FailureCause::Limit, format!("the statement was stopped after {limit} steps"));
         return true;
     }
     false
 }
 
-fn stop(reason: String) {
+fn stop(cause: FailureCause, reason: String) {
     STOPPED.with_borrow_mut(|s| {
-        s.get_or_insert(reason);
+        s.get_or_insert((cause, reason));
     });
 }
 
@@ -203,7 +199,7 @@ fn authorize(ctx: AuthContext<'_>) -> Authorization {
     match refusal(mode, &ctx.action) {
         None => Authorization::Allow,
         Some(reason) => {
-            stop(reason);
+            stop(FailureCause::Invalid, reason);
             Authorization::Deny
         }
     }
