@@ -57,6 +57,10 @@ pub struct Args {
     /// Largest value (or log record) a client may write, in bytes [default: 1 MiB].
     #[arg(long)]
     pub max_value_bytes: Option<u64>,
+    /// Bytes of recent key changes each group keeps in memory for watchers; a watch
+    /// from an older revision is refused as compacted [default: 1 MiB].
+    #[arg(long)]
+    pub watch_history_bytes: Option<u64>,
     /// Applied entries after which a group snapshots its state and compacts its log;
     /// 0 never does (the log then grows without bound) [default: 10000].
     #[arg(long)]
@@ -131,6 +135,7 @@ struct FileConfig {
     heartbeat_ticks: Option<u32>,
     metrics_listen: Option<SocketAddr>,
     max_value_bytes: Option<u64>,
+    watch_history_bytes: Option<u64>,
     snapshot_distance: Option<u64>,
     segment_mib: Option<u64>,
     connections_max: Option<usize>,
@@ -164,6 +169,7 @@ pub struct NodeConfig {
     pub election_ticks: u32,
     pub heartbeat_ticks: u32,
     pub max_value_bytes: u64,
+    pub watch_history_bytes: u64,
     pub snapshot_distance: u64,
     pub segment_bytes: u64,
     pub connections_max: usize,
@@ -247,6 +253,13 @@ impl Args {
         if max_value_bytes == 0 || max_value_bytes > 64 << 20 {
             return Err("--max-value-bytes must be in 1..=64 MiB".into());
         }
+        let watch_history_bytes = self
+            .watch_history_bytes
+            .or(file.watch_history_bytes)
+            .unwrap_or(crate::state::CHANGE_HISTORY_BYTES_DEFAULT as u64);
+        if watch_history_bytes > 1 << 30 {
+            return Err("--watch-history-bytes must be at most 1 GiB".into());
+        }
         let lease_reads = match self.read_mode.or(file.read_mode).as_deref() {
             None | Some("read-index") => false,
             Some("lease") => true,
@@ -288,6 +301,7 @@ impl Args {
             election_ticks,
             heartbeat_ticks,
             max_value_bytes,
+            watch_history_bytes,
             snapshot_distance: self.snapshot_distance.or(file.snapshot_distance).unwrap_or(10_000),
             segment_bytes: segment_mib << 20,
             connections_max,

@@ -24,6 +24,7 @@ mod session;
 mod shard_thread;
 mod sql;
 mod systemd;
+pub mod watch;
 
 use std::time::Duration;
 
@@ -87,6 +88,8 @@ pub fn run(config: NodeConfig) -> Result<(), String> {
         config.listen.to_string(),
         metrics.peer.clone(),
     );
+    crate::state::set_change_history_bytes(config.watch_history_bytes as usize);
+    let watch_hub = watch::WatchHub::new(config.groups);
     let mut inboxes = Vec::with_capacity(config.shards);
     let mut threads = Vec::with_capacity(config.shards);
     for index in 0..config.shards {
@@ -95,7 +98,7 @@ pub fn run(config: NodeConfig) -> Result<(), String> {
         let name = format!("{SHARD_THREAD_PREFIX}{index}");
         let cpu = config.placement.shard_cpus.as_ref().map(|cpus| cpus[index]);
         let thread =
-            shard_thread::spawn(name, shard_config, config.tick, cpu, inbox_rx, links.clone(), metrics.clone())
+            shard_thread::spawn(name, shard_config, config.tick, cpu, inbox_rx, links.clone(), metrics.clone(), watch_hub.clone())
                 .map_err(|e| format!("cannot start shard {index}: {e}"))?;
         inboxes.push(inbox);
         threads.push(thread);
@@ -113,7 +116,7 @@ pub fn run(config: NodeConfig) -> Result<(), String> {
         .enable_all()
         .build()
         .map_err(|e| format!("cannot start the network runtime: {e}"))?;
-    let served = runtime.block_on(serve(&config, initialized, inboxes, links, metrics, tls));
+    let served = runtime.block_on(serve(&config, initialized, Shards { inboxes, watch_hub }, links, metrics, tls));
     runtime.shutdown_timeout(Duration::from_secs(5));
     // Every inbox sender is gone with the runtime: the shards finish their turn and stop.
     for (index, thread) in threads.into_iter().enumerate() {
@@ -157,10 +160,16 @@ fn shard_config(config: &NodeConfig, index: usize, founding: bool) -> ShardConfi
     }
 }
 
+/// The shard threads' inboxes, and the hub through which they wake watchers.
+struct Shards {
+    inboxes: Vec<flume::Sender<shard_thread::ShardInput>>,
+    watch_hub: std::sync::Arc<watch::WatchHub>,
+}
+
 async fn serve(
     config: &NodeConfig,
     initialized: bool,
-    inboxes: Vec<flume::Sender<shard_thread::ShardInput>>,
+    Shards { inboxes, watch_hub }: Shards,
     links: crate::transport::peer::PeerLinks,
     metrics: std::sync::Arc<metrics::Metrics>,
     tls: Option<std::sync::Arc<crate::tls::ServerTls>>,
@@ -180,7 +189,8 @@ async fn serve(
     let outbound = tls.as_ref().map_or_else(ClientTls::plain, |tls| tls.client());
     let router =
         Router::new(config.node_id, config.groups, config.max_value_bytes, inboxes, founders, links, metrics.clone())
-            .with_tls(outbound);
+            .with_tls(outbound)
+            .with_watch_hub(watch_hub);
     members::follow_registry(router.clone());
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await

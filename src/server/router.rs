@@ -24,6 +24,7 @@ use crate::tls::ClientTls;
 use super::members::AddressBook;
 use super::metrics::{MethodLabel, Metrics};
 use super::shard_thread::ShardInput;
+use super::watch::WatchHub;
 use crate::transport::peer::PeerLinks;
 
 /// How long a request may wait for its shard's answer.
@@ -46,6 +47,8 @@ pub struct Router {
     metrics: Arc<Metrics>,
     /// How this node connects to its peers.
     pub tls: ClientTls,
+    /// What the shards tell watchers.
+    watch_hub: Arc<WatchHub>,
 }
 
 impl Router {
@@ -60,7 +63,15 @@ impl Router {
     ) -> Self {
         let book = AddressBook::new(founders.clone());
         let tls = ClientTls::plain();
-        Router { node, groups, max_value_bytes, shards, book, founders, links, channels: Arc::default(), metrics, tls }
+        let watch_hub = WatchHub::new(groups);
+        let channels = Arc::default();
+        Router { node, groups, max_value_bytes, shards, book, founders, links, channels, metrics, tls, watch_hub }
+    }
+
+    /// Shares the hub the shard threads publish to.
+    pub fn with_watch_hub(mut self, hub: Arc<WatchHub>) -> Self {
+        self.watch_hub = hub;
+        self
     }
 
     pub fn with_tls(mut self, tls: ClientTls) -> Self {
@@ -144,6 +155,27 @@ impl Router {
         let (reply, answer) = flume::bounded(1);
         self.submit(group, ShardInput::Read { group, query, reply: reply.into(), serializable });
         wait(answer).await
+    }
+
+    /// Runs `f` on the group's state on its shard thread (a serializable read that
+    /// hands back any type, not bytes).
+    pub async fn read_local_with<T: Send + 'static>(
+        &self,
+        group: GroupId,
+        f: impl FnOnce(&BuiltinState) -> T + Send + 'static,
+    ) -> Result<T, RequestError> {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let query: Query<BuiltinState> = Box::new(move |state| {
+            let _ = tx.send(f(state));
+            Bytes::new()
+        });
+        self.read_internal(group, query, true).await?;
+        // The shard ran the query before it answered.
+        rx.try_recv().map_err(|_| RequestError::Unknown)
+    }
+
+    pub fn watch_hub(&self) -> &Arc<WatchHub> {
+        &self.watch_hub
     }
 
     /// A channel to `node`'s gRPC address, connected lazily and reused.

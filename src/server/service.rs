@@ -156,6 +156,16 @@ pub(super) fn decode_found(mut data: Bytes) -> (bool, u64, Bytes) {
 #[tonic::async_trait]
 impl Kv for Services {
     type SessionStream = super::session::SessionStream;
+    type WatchStream = Pin<Box<dyn Stream<Item = Result<proto::WatchResponse, Status>> + Send>>;
+
+    async fn watch(&self, request: Request<proto::WatchRequest>) -> Result<Response<Self::WatchStream>, Status> {
+        use tokio_stream::StreamExt as _;
+        let connection = request.extensions().get::<crate::tls::ConnInfo>().map(|info| info.open_requests.clone());
+        let spec = super::watch::WatchSpec::from_request(request.get_ref(), &self.router)?;
+        let prev_values = spec.prev_values;
+        let batches = super::watch::start(&self.router, spec, connection)?;
+        Ok(Response::new(Box::pin(batches.map(move |batch| batch.map(|b| b.to_proto(prev_values))))))
+    }
 
     async fn session(
         &self,

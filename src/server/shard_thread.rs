@@ -13,6 +13,7 @@ use crate::snapshot::Manifest;
 use crate::state::{BuiltinState, Command, Outcome};
 use crate::transport::peer::{Outgoing, PeerLinks};
 
+use super::watch::WatchHub;
 use super::metrics::Metrics;
 
 /// Requests queued for a shard; past it, senders are told the node is overloaded.
@@ -102,6 +103,7 @@ pub fn spawn(
     inbox: flume::Receiver<ShardInput>,
     links: PeerLinks,
     metrics: Arc<Metrics>,
+    watch_hub: Arc<WatchHub>,
 ) -> std::io::Result<glommio::ExecutorJoinHandle<Result<(), String>>> {
     let thread_name = name.clone();
     let placement = cpu.map_or(glommio::Placement::Unbound, glommio::Placement::Fixed);
@@ -110,7 +112,7 @@ pub fn spawn(
         .spawn(move || async move {
             super::session::defer_wakes_on_this_thread();
             let result = match LocalShard::<BuiltinState>::open(config) {
-                Ok(mut shard) => run(&mut shard, tick, inbox, links, &metrics).await,
+                Ok(mut shard) => run(&mut shard, tick, inbox, links, &metrics, &watch_hub).await,
                 Err(e) => Err(format!("cannot recover: {e}")),
             };
             if let Err(cause) = &result {
@@ -134,6 +136,7 @@ async fn run(
     inbox: flume::Receiver<ShardInput>,
     links: PeerLinks,
     metrics: &Metrics,
+    watch_hub: &WatchHub,
 ) -> Result<(), String> {
     let failed = |e: crate::shard::ShardError| format!("shard failed: {e}");
     let mut next_tick = Instant::now() + tick;
@@ -181,6 +184,9 @@ async fn run(
         }
         stats.add(&shard.stage().map_err(failed)?);
         send(shard, &links);
+        if watch_hub.watchers() > 0 {
+            watch_hub.publish(shard.applied_indexes());
+        }
         super::session::wake_deferred();
         metrics.turn_seconds.observe(started.elapsed().as_secs_f64());
         record(metrics, &stats);

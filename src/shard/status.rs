@@ -22,6 +22,11 @@ pub struct GroupStatus {
 }
 
 impl<S: StateMachine + Default> Shard<S> {
+    /// Each group's applied index (for watchers, who wait for their groups to move).
+    pub fn applied_indexes(&self) -> impl Iterator<Item = (GroupId, crate::raft::Index)> + '_ {
+        self.groups.iter().map(|(&group, g)| (group, g.state.last_applied()))
+    }
+
     /// Each group's Raft status, for operators.
     pub fn status(&self) -> Vec<GroupStatus> {
         self.groups

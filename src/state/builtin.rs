@@ -9,6 +9,7 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use crate::raft::Index;
 use crate::sql::SqlDatabases;
 
+use super::changes::{Change, ChangeHistory, ChangesSince, Compacted, KeyFilter, ReadBounds};
 use super::command::{Command, Operation};
 use super::{Outcome, StateError, StateMachine};
 
@@ -51,6 +52,9 @@ pub struct BuiltinState {
     sessions_by_age: VecDeque<(Index, u64)>,
     /// SQL databases by name (those whose names map to this group).
     sql: SqlDatabases,
+    /// Recent key changes, for watchers: derived from the log, neither compared nor
+    /// snapshotted.
+    changes: ChangeHistory,
 }
 
 /// Equal states: the same data and sessions (the eviction queue's stale entries
@@ -77,6 +81,8 @@ impl BuiltinState {
     pub fn remove_prefix(&mut self, prefix: &[u8]) {
         self.kv.retain(|key, _| !key.starts_with(prefix));
         self.keys.retain(|key| !key.starts_with(prefix));
+        // Those deletions are in no log: watchers must not be told a history without them.
+        self.changes = ChangeHistory::starting_after(self.applied);
     }
 
     /// Keys in `[start, end)` (`end` empty: to the end), at most `limit`; none when
@@ -99,6 +105,11 @@ impl BuiltinState {
         let log = self.logs.get(name)?;
         let start = from.saturating_sub(1) as usize;
         Some(log.iter().skip(start).take(limit).cloned().collect())
+    }
+
+    /// Key changes matching `filter` from revision `from` on (see [`ChangeHistory`]).
+    pub fn changes_since(&self, from: u64, filter: &KeyFilter, bounds: ReadBounds) -> Result<ChangesSince, Compacted> {
+        self.changes.since(from, filter, bounds, self.applied)
     }
 
     pub fn sql(&self) -> &SqlDatabases {
@@ -144,19 +155,23 @@ impl BuiltinState {
         match op {
             Operation::Put { key, value } | Operation::Cas { key, value, .. } => {
                 let versioned = Versioned { value: value.clone(), revision: index };
-                match self.kv.get_mut(key) {
-                    Some(current) => *current = versioned,
+                let prev = match self.kv.get_mut(key) {
+                    Some(current) => Some(std::mem::replace(current, versioned)),
                     None => {
                         self.kv.insert(key.clone(), versioned);
                         self.keys.insert(key.clone());
+                        None
                     }
-                }
+                };
+                self.changes.record(Change { revision: index, key: key.clone(), value: Some(value.clone()), prev });
                 Outcome::Written { revision: index }
             }
             Operation::Delete { key } => {
-                let existed = self.kv.remove(key).is_some();
+                let prev = self.kv.remove(key);
+                let existed = prev.is_some();
                 if existed {
                     self.keys.remove(key);
+                    self.changes.record(Change { revision: index, key: key.clone(), value: None, prev });
                 }
                 Outcome::Deleted { existed }
             }
@@ -296,6 +311,7 @@ impl StateMachine for BuiltinState {
         if !data.is_empty() {
             return Err(StateError::Corrupt("trailing bytes"));
         }
+        restored.changes = ChangeHistory::starting_after(restored.applied);
         *self = restored;
         Ok(())
     }
@@ -437,5 +453,64 @@ mod tests {
         assert_eq!(keys(s.range(b"b", b"", 2)), vec![b("b"), b("c")]);
         assert!(s.range(b"z", b"a", 10).is_empty(), "a start past the end is an empty range, not a panic");
         assert!(s.range(b"b", b"b", 10).is_empty());
+    }
+}
+
+#[cfg(test)]
+mod change_tests {
+    use super::*;
+
+    fn b(s: &str) -> Bytes {
+        Bytes::from(s.to_owned())
+    }
+
+    fn cmd(client: u64, sequence: u64, operation: Operation) -> Command {
+        Command { client, sequence, operation }
+    }
+
+    const ALL: ReadBounds = ReadBounds { max_changes: 100, max_bytes: 1 << 20, max_scanned: 100 };
+
+    #[test]
+    fn applied_writes_are_recorded_as_changes_with_their_previous_values() {
+        let mut s = BuiltinState::default();
+        s.apply(1, &cmd(7, 1, Operation::Put { key: b("k"), value: b("v1") }));
+        s.apply(2, &cmd(7, 1, Operation::Put { key: b("k"), value: b("v1") })); // a retry: nothing new
+        s.apply(3, &cmd(0, 0, Operation::Put { key: b("k"), value: b("v2") }));
+        s.apply(4, &cmd(0, 0, Operation::Cas { key: b("k"), expected_revision: 1, value: b("no") })); // fails
+        s.apply(5, &cmd(0, 0, Operation::Delete { key: b("absent") })); // nothing to delete
+        let batch = vec![Operation::Delete { key: b("k") }, Operation::Put { key: b("j"), value: b("w") }];
+        s.apply(6, &cmd(0, 0, Operation::Batch(batch)));
+        s.apply(7, &cmd(0, 0, Operation::Append { log: b("wal"), data: b("x") }));
+        let read = s.changes_since(1, &KeyFilter::Prefix(Bytes::new()), ALL).unwrap();
+        let seen: Vec<_> = read
+            .changes
+            .iter()
+            .map(|c| (c.revision, c.key.clone(), c.value.clone(), c.prev.as_ref().map(|p| (p.value.clone(), p.revision))))
+            .collect();
+        assert_eq!(
+            seen,
+            vec![
+                (1, b("k"), Some(b("v1")), None),
+                (3, b("k"), Some(b("v2")), Some((b("v1"), 1))),
+                (6, b("k"), None, Some((b("v2"), 3))),
+                (6, b("j"), Some(b("w")), None),
+            ]
+        );
+        assert_eq!(read.next, 8);
+    }
+
+    #[test]
+    fn a_restored_state_holds_changes_only_after_its_snapshot() {
+        let mut s = BuiltinState::default();
+        s.apply(1, &cmd(0, 0, Operation::Put { key: b("k"), value: b("v") }));
+        let mut restored = BuiltinState::default();
+        restored.restore(s.snapshot()).unwrap();
+        let all = KeyFilter::Prefix(Bytes::new());
+        assert_eq!(restored.changes_since(1, &all, ALL), Err(Compacted { asked: 1, oldest: 2 }));
+        restored.apply(2, &cmd(0, 0, Operation::Put { key: b("k"), value: b("w") }));
+        assert_eq!(restored.changes_since(2, &all, ALL).unwrap().changes.len(), 1);
+        // Deletions outside the log (a restore's) end the history there.
+        restored.remove_prefix(b"k");
+        assert_eq!(restored.changes_since(2, &all, ALL), Err(Compacted { asked: 2, oldest: 3 }));
     }
 }

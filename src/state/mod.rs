@@ -6,6 +6,7 @@
 //! database can bring its own and carry its operations as [`Operation::Custom`].
 
 mod builtin;
+mod changes;
 mod command;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
@@ -14,6 +15,10 @@ use crate::raft::Index;
 use crate::sql::{FailureCause, SqlFailure, StatementResult, STATEMENTS_MAX};
 
 pub use builtin::{BuiltinState, Versioned, SESSIONS_MAX};
+pub use changes::{
+    set_change_history_bytes, Change, ChangeHistory, ChangesSince, Compacted, KeyFilter, ReadBounds,
+    CHANGE_HISTORY_BYTES_DEFAULT,
+};
 pub use command::{Command, CommandError, Operation, BATCH_OPS_MAX, KEY_MAX_BYTES};
 
 /// What applying a command produced, returned to the client that proposed it.
