@@ -1,5 +1,5 @@
-//! `quarryctl cas`, `batch` and `log append|read|tail`: the client operations beyond
-//! put, get, delete and range.
+//! `quarryctl cas`, `batch`, `watch` and `log append|read|tail`: the client
+//! operations beyond put, get, delete and range.
 
 use std::io::Read as _;
 use std::path::{Path, PathBuf};
@@ -12,7 +12,7 @@ use arrow_flight::Ticket;
 use bytes::Bytes;
 use clap::{Args, Subcommand};
 use futures::{StreamExt, TryStreamExt};
-use quarry::client::{Client, ClientError};
+use quarry::client::{Client, ClientError, WatchOptions};
 use quarry::proto::{self, batch_op::Op};
 
 /// Where a value comes from: the argument, a file, or standard input (`-` or nothing).
@@ -228,6 +228,57 @@ async fn tail(client: &Client, name: &str, from: u64, count: Option<u64>, json: 
         }
     }
     Ok(())
+}
+
+#[derive(Args)]
+pub struct WatchArgs {
+    /// The key; with --prefix, the prefix ("" watches every key).
+    key: String,
+    /// Watch every key starting with KEY.
+    #[arg(long)]
+    prefix: bool,
+    /// First revision to print in each group (revisions are per group); 0: from now.
+    /// An older revision than the nodes hold exits 1, naming the oldest held.
+    #[arg(long, default_value_t = 0)]
+    rev: u64,
+    /// Print each key's previous value too.
+    #[arg(long)]
+    prev: bool,
+    /// Stop after this many events.
+    #[arg(long)]
+    count: Option<u64>,
+}
+
+/// One line per event: `PUT key value`, `DELETE key`, with group and revision.
+pub async fn watch(client: &Client, args: WatchArgs, json: bool) -> Result<Outcome, Failure> {
+    let options = WatchOptions { prefix: args.prefix, start_revision: args.rev, prev_values: args.prev };
+    let mut watch = client.watch(Bytes::from(args.key), options);
+    let mut printed = 0;
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    loop {
+        for event in watch.next().await? {
+            let kind = if event.kind() == proto::watch_event::Kind::Put { "PUT" } else { "DELETE" };
+            let mut value = serde_json::json!({
+                "type": kind, "key": text(&event.key), "group": event.group, "revision": event.revision,
+            });
+            let mut line = format!("{kind}\t{}", text(&event.key));
+            if kind == "PUT" {
+                value["value"] = text(&event.value).into();
+                line += &format!("\t{}", text(&event.value));
+            }
+            if args.prev && event.has_prev {
+                value["prev_value"] = text(&event.prev_value).into();
+                value["prev_revision"] = event.prev_revision.into();
+                line += &format!("\t(was {} at revision {})", text(&event.prev_value), event.prev_revision);
+            }
+            line += &format!("\t[group {} revision {}]", event.group, event.revision);
+            crate::print(json, &value, &line);
+            printed += 1;
+            if args.count.is_some_and(|c| printed >= c) {
+                return Ok(Outcome::Done);
+            }
+        }
+    }
 }
 
 pub enum Failure {

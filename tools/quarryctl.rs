@@ -94,6 +94,10 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true, value_name = "OP")]
         ops: Vec<String>,
     },
+    /// Print every put and delete of KEY (or, with --prefix, of the keys under it) as
+    /// it happens, until Ctrl-C or --count events. A broken stream resumes at another
+    /// node from where it stopped, missing and repeating nothing.
+    Watch(kv_commands::WatchArgs),
     /// Named append-only logs: append, read, tail.
     Log {
         #[command(subcommand)]
@@ -387,6 +391,7 @@ async fn run(client: &Client, command: Cmd, json: bool) -> Result<ExitCode, Clie
         }
         Cmd::Batch { ops } => return kv_outcome(kv_commands::batch(client, &ops, json).await),
         Cmd::Log { command } => return kv_outcome(kv_commands::log(client, command, json).await),
+        Cmd::Watch(args) => return kv_outcome(kv_commands::watch(client, args, json).await),
         Cmd::Sql(args) => return sql_outcome(sql_commands::sql(client, args, json).await),
         Cmd::Query(args) => return sql_outcome(sql_commands::query(client, args, json).await),
         Cmd::Snapshot { .. } | Cmd::Certs { .. } | Cmd::Completions { .. } => {

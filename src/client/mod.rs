@@ -6,6 +6,7 @@
 //! sequence, so a retry applies once).
 
 mod session;
+mod watch;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -28,6 +29,7 @@ use crate::proto::{
 use crate::raft::NodeId;
 use crate::tls::ClientTls;
 use session::SessionLink;
+pub use watch::{Watch, WatchOptions};
 
 /// A write session: the state machine remembers each client id's latest sequence
 /// and refuses older ones, so one id must never have two writes in flight. Each

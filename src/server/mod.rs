@@ -198,6 +198,7 @@ async fn serve(
     let services = Services { router, cluster_id: config.cluster_id, transfers: Default::default() };
     let flight = FlightEndpoint::new((0..config.shards).map(|i| snapshot_dir(&config.data_dir, i)).collect())
         .with_records(std::sync::Arc::new(services.clone()))
+        .with_changes(std::sync::Arc::new(services.clone()))
         .with_entries(std::sync::Arc::new(services.clone()))
         .with_gate(std::sync::Arc::new(services.clone()));
     tracing::info!(

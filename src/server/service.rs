@@ -15,7 +15,7 @@ use crate::proto::{self, admin_server::Admin, kv_server::Kv, log_server::Log, pe
 use crate::raft::{ConfChange, NodeId, SingleChange};
 use crate::shard::{CatchUp, EntryRange};
 use crate::state::{BuiltinState, Command, Operation, Outcome, KEY_MAX_BYTES};
-use crate::transport::flight::{EntrySource, RecordSource, Transfer, TransferGate};
+use crate::transport::flight::{BoxStream, ChangeSource, EntrySource, RecordSource, Transfer, TransferGate, WatchTicket};
 use crate::transport::wire::{decode_batch, SnapshotOffer};
 
 use super::authorize;
@@ -389,10 +389,27 @@ impl EntrySource for Services {
     }
 }
 
+impl ChangeSource for Services {
+    fn watch(
+        &self,
+        ticket: WatchTicket,
+        connection: Option<crate::tls::ConnInfo>,
+    ) -> Result<BoxStream<arrow_array::RecordBatch>, Status> {
+        use tokio_stream::StreamExt as _;
+        let WatchTicket { prefix, start_revision, key } = ticket;
+        let request = proto::WatchRequest { key, prefix, start_revision, prev_value: true, ..Default::default() };
+        let spec = super::watch::WatchSpec::from_request(&request, &self.router)?;
+        let batches = super::watch::start(&self.router, spec, connection.map(|c| c.open_requests))?;
+        // Over Flight only changes travel: positions are the last change's revisions.
+        let changes = batches.filter(|b| b.as_ref().map_or(true, |b| !b.changes.is_empty()));
+        Ok(Box::pin(changes.map(|b| b.map(|b| super::watch::record_batch(&b.changes)))))
+    }
+}
+
 impl TransferGate for Services {
     fn allow(&self, identity: crate::tls::Identity, transfer: Transfer) -> Result<(), Status> {
         let allowed = match transfer {
-            Transfer::Tail => true,
+            Transfer::Tail | Transfer::Watch => true,
             Transfer::Entries => identity.is_node(),
             // Followers fetch images; operators save them (`quarryctl snapshot save`).
             Transfer::Snapshot => identity.may_administer(),

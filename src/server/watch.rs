@@ -201,6 +201,31 @@ fn event_of(group: GroupId, change: &Change, prev_values: bool) -> proto::WatchE
     }
 }
 
+/// Changes as a record batch of `transport::flight::watch_schema`.
+pub fn record_batch(changes: &[(GroupId, Change)]) -> arrow_array::RecordBatch {
+    use arrow_array::{BinaryArray, StringArray, UInt64Array};
+    let group = UInt64Array::from_iter_values(changes.iter().map(|(g, _)| *g));
+    let revision = UInt64Array::from_iter_values(changes.iter().map(|(_, c)| c.revision));
+    let kind = StringArray::from_iter_values(
+        changes.iter().map(|(_, c)| if c.value.is_some() { "PUT" } else { "DELETE" }),
+    );
+    let key = BinaryArray::from_iter_values(changes.iter().map(|(_, c)| &c.key));
+    let value = BinaryArray::from_iter(changes.iter().map(|(_, c)| c.value.as_deref()));
+    let prev_value = BinaryArray::from_iter(changes.iter().map(|(_, c)| c.prev.as_ref().map(|p| p.value.as_ref())));
+    let prev_revision = UInt64Array::from_iter(changes.iter().map(|(_, c)| c.prev.as_ref().map(|p| p.revision)));
+    let columns: Vec<arrow_array::ArrayRef> = vec![
+        Arc::new(group),
+        Arc::new(revision),
+        Arc::new(kind),
+        Arc::new(key),
+        Arc::new(value),
+        Arc::new(prev_value),
+        Arc::new(prev_revision),
+    ];
+    arrow_array::RecordBatch::try_new(crate::transport::flight::watch_schema(), columns)
+        .expect("the columns match the schema")
+}
+
 pub type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchBatch, Status>> + Send>>;
 
 /// Starts a watcher; its answers come on the stream until the caller drops it or

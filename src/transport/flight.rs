@@ -3,6 +3,9 @@
 //! - `log/<from>/<name>`: a change stream of the named log's committed records from
 //!   index `from` (1-based), as batches of (`index`, `data`), following new appends
 //!   until the client goes away. Read from this node's replica, so every node serves it.
+//! - `watch/key/<revision>/<key>` and `watch/prefix/<revision>/<prefix>`: a watch
+//!   (see `Kv.Watch`) as batches of [`watch_schema`], from `revision` in every group
+//!   (0: from now). The key is the rest of the ticket, any bytes.
 //! - `entries/<group>/<from>/<to>`: a leader's committed log entries, for a follower
 //!   far behind (invited by a catch-up offer), as batches of (`index`, `term`,
 //!   `entry`: the protobuf `Entry`), with the leader's term, commit index and the
@@ -36,7 +39,7 @@ use bytes::Bytes;
 use futures::{Stream, StreamExt, TryStreamExt};
 use tonic::transport::Channel;
 
-use crate::tls::{identity_of, Identity};
+use crate::tls::{identity_of, ConnInfo, Identity};
 use tonic::{Request, Response, Status, Streaming};
 
 use super::wire::{decode_entry, encode_entry, SnapshotOffer};
@@ -93,11 +96,63 @@ pub trait EntrySource: Send + Sync + 'static {
     async fn entries(&self, group: GroupId, from: Index, to: Index) -> Result<EntryRange, Status>;
 }
 
+/// A watch's changes as record batches of [`watch_schema`] (`server::watch`).
+pub trait ChangeSource: Send + Sync + 'static {
+    fn watch(&self, ticket: WatchTicket, connection: Option<ConnInfo>) -> Result<BoxStream<RecordBatch>, Status>;
+}
+
+/// What a `watch/…` ticket asks for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WatchTicket {
+    pub prefix: bool,
+    pub start_revision: u64,
+    pub key: Bytes,
+}
+
+impl WatchTicket {
+    pub fn parse(ticket: &[u8]) -> Result<WatchTicket, Status> {
+        let bad = || Status::invalid_argument("ticket is not watch/key|prefix/<revision>/<key>");
+        let rest = ticket.strip_prefix(b"watch/").ok_or_else(bad)?;
+        let (prefix, rest) = match (rest.strip_prefix(b"key/"), rest.strip_prefix(b"prefix/")) {
+            (Some(rest), _) => (false, rest),
+            (_, Some(rest)) => (true, rest),
+            _ => return Err(bad()),
+        };
+        let slash = rest.iter().position(|&b| b == b'/').ok_or_else(bad)?;
+        let start_revision = std::str::from_utf8(&rest[..slash]).ok().and_then(|r| r.parse().ok()).ok_or_else(bad)?;
+        Ok(WatchTicket { prefix, start_revision, key: Bytes::copy_from_slice(&rest[slash + 1..]) })
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        let kind = if self.prefix { "prefix" } else { "key" };
+        let mut ticket = format!("watch/{kind}/{}/", self.start_revision).into_bytes();
+        ticket.extend_from_slice(&self.key);
+        ticket
+    }
+}
+
+/// A watch's batches: one row per change; a delete has no value; the previous value
+/// and its revision are null where the key did not exist.
+pub fn watch_schema() -> arrow_schema::SchemaRef {
+    use arrow_schema::{DataType, Field};
+    Arc::new(arrow_schema::Schema::new(vec![
+        Field::new("group", DataType::UInt64, false),
+        Field::new("revision", DataType::UInt64, false),
+        Field::new("kind", DataType::Utf8, false),
+        Field::new("key", DataType::Binary, false),
+        Field::new("value", DataType::Binary, true),
+        Field::new("prev_value", DataType::Binary, true),
+        Field::new("prev_revision", DataType::UInt64, true),
+    ]))
+}
+
 /// What a Flight ticket asks for, for the gate that decides who may have it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Transfer {
     /// A named log's records (a client's tail).
     Tail,
+    /// A watch's key changes.
+    Watch,
     /// Committed entries for a follower's catch-up.
     Entries,
     /// A group's snapshot image.
@@ -125,6 +180,7 @@ pub struct FlightEndpoint {
     /// Snapshot directory of each shard; group g lives on shard g mod shards.
     snapshot_dirs: Arc<Vec<PathBuf>>,
     records: Option<Arc<dyn RecordSource>>,
+    changes: Option<Arc<dyn ChangeSource>>,
     entries: Option<Arc<dyn EntrySource>>,
     /// Without one, every caller may have everything (tests of the transfer itself).
     gate: Option<Arc<dyn TransferGate>>,
@@ -138,6 +194,7 @@ impl FlightEndpoint {
         FlightEndpoint {
             snapshot_dirs: Arc::new(snapshot_dirs),
             records: None,
+            changes: None,
             entries: None,
             gate: None,
             tails: Arc::new(tokio::sync::Semaphore::new(TAILS_MAX)),
@@ -148,6 +205,10 @@ impl FlightEndpoint {
 
     pub fn with_records(self, records: Arc<dyn RecordSource>) -> FlightEndpoint {
         FlightEndpoint { records: Some(records), ..self }
+    }
+
+    pub fn with_changes(self, changes: Arc<dyn ChangeSource>) -> FlightEndpoint {
+        FlightEndpoint { changes: Some(changes), ..self }
     }
 
     pub fn with_entries(self, entries: Arc<dyn EntrySource>) -> FlightEndpoint {
@@ -370,6 +431,15 @@ pub fn tail_schema() -> arrow_schema::SchemaRef {
     ]))
 }
 
+/// A stream's error as the caller should see it: a status from the source keeps its
+/// code (a watch's OUT_OF_RANGE, say).
+fn status_of_flight(e: FlightError) -> Status {
+    match e {
+        FlightError::Tonic(status) => *status,
+        other => Status::aborted(other.to_string()),
+    }
+}
+
 fn parse_ticket(ticket: &[u8]) -> Result<(GroupId, Index, u64), Status> {
     let bad = || Status::invalid_argument("ticket is not snapshot/<group>/<index>/<offset>");
     let text = std::str::from_utf8(ticket).map_err(|_| bad())?;
@@ -445,7 +515,7 @@ fn corrupt(batch: RecordBatch) -> RecordBatch {
     RecordBatch::try_new(batch.schema(), columns).unwrap_or(batch)
 }
 
-type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+pub type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 fn unimplemented<T>(what: &str) -> Result<T, Status> {
     Err(Status::unimplemented(format!("Flight {what} is not offered; DoGet serves snapshots")))
@@ -466,6 +536,15 @@ impl FlightService for FlightEndpoint {
         {
             self.allow(&request, Transfer::Entries)?;
             return self.entry_stream(ticket).await.map(Response::new);
+        }
+        if request.get_ref().ticket.starts_with(b"watch/") {
+            self.allow(&request, Transfer::Watch)?;
+            let ticket = WatchTicket::parse(&request.get_ref().ticket)?;
+            let source = self.changes.clone().ok_or_else(|| Status::unimplemented("this endpoint serves no watches"))?;
+            let batches = source.watch(ticket, request.extensions().get::<ConnInfo>().cloned())?;
+            let batches = batches.map_err(|s| FlightError::Tonic(Box::new(s)));
+            let flight = FlightDataEncoderBuilder::new().with_schema(watch_schema()).build(batches);
+            return Ok(Response::new(Box::pin(flight.map_err(status_of_flight))));
         }
         if let Some(tail) = std::str::from_utf8(&request.get_ref().ticket).ok().filter(|t| t.starts_with("log/")) {
             self.allow(&request, Transfer::Tail)?;
