@@ -33,6 +33,13 @@ pub struct Args {
     /// [default: new].
     #[arg(long, value_parser = ["new", "existing"])]
     pub initial_cluster_state: Option<String>,
+    /// Disaster recovery after losing a majority for good: start this node as a new
+    /// single-member cluster from its data (every entry its log holds, committed or
+    /// not), marking every other member removed. The old data dir is kept beside the
+    /// new one. Grow the cluster again with `quarryctl member add`; remove the flag
+    /// afterwards (a node already alone ignores it). See docs/operations.md.
+    #[arg(long)]
+    pub force_new_cluster: bool,
     /// Refuse peers of another cluster [default: 1].
     #[arg(long)]
     pub cluster_id: Option<u64>,
@@ -160,6 +167,8 @@ pub struct NodeConfig {
     pub members: BTreeMap<NodeId, SocketAddr>,
     /// Whether this node founds the cluster (bootstraps its groups with `members`).
     pub founding: bool,
+    /// `--force-new-cluster`: make the data a single-member cluster first.
+    pub force_new_cluster: bool,
     pub listen: SocketAddr,
     pub metrics_listen: Option<SocketAddr>,
     pub cluster_id: u64,
@@ -292,6 +301,7 @@ impl Args {
             data_dir,
             members,
             founding,
+            force_new_cluster: self.force_new_cluster,
             listen,
             metrics_listen: self.metrics_listen.or(file.metrics_listen),
             cluster_id: self.cluster_id.or(file.cluster_id).unwrap_or(1),

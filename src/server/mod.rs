@@ -16,6 +16,7 @@ mod members;
 mod metrics;
 mod placement;
 mod process_metrics;
+mod force;
 mod restore;
 mod router;
 #[macro_use]
@@ -69,10 +70,33 @@ const NODE_BYTES_IN_FLIGHT_MIN: usize = 256 << 20;
 /// Bytes a command adds around its key and value.
 const COMMAND_OVERHEAD_BYTES: u64 = 64;
 
+/// `--force-new-cluster`: rewrites the data dir as a cluster of this node alone
+/// (unless it already is one), which the rest of the run then serves.
+fn force_new_cluster(config: &mut NodeConfig) -> Result<(), String> {
+    let node = config.node_id;
+    match force::force_new_cluster(config)? {
+        None => tracing::info!(node, "--force-new-cluster: this node is already a cluster of its own; nothing to do"),
+        Some(forced) => tracing::warn!(
+            node,
+            "--force-new-cluster: this node is now a new single-member cluster; members {:?} are removed for good; \
+             {} entries past their groups' known commit were applied; the old data dir is kept at {}",
+            forced.removed_members,
+            forced.uncommitted_applied,
+            forced.kept_at.display()
+        ),
+    }
+    let address = config.members.get(&node).copied().ok_or("this node is not in --initial-cluster")?;
+    config.members = std::collections::BTreeMap::from([(node, address)]);
+    Ok(())
+}
+
 /// Runs the node until SIGTERM or SIGINT. The error is one line for the operator.
-pub fn run(config: NodeConfig) -> Result<(), String> {
+pub fn run(mut config: NodeConfig) -> Result<(), String> {
     std::fs::create_dir_all(&config.data_dir)
         .map_err(|e| format!("cannot create data dir {}: {e}", config.data_dir.display()))?;
+    if config.force_new_cluster {
+        force_new_cluster(&mut config)?;
+    }
     // Groups are founded once, by the founding members; afterwards (and on a node
     // joining a running cluster) they start from what the log holds.
     let initialized = identity::check(&config)?;

@@ -7,7 +7,7 @@ use std::cell::RefCell;
 use std::rc::Rc;
 
 use crate::log::io::{flush_one, SegmentWriter};
-use crate::log::{LogStore, ShardLog};
+use crate::log::{GroupId, LogStore, ShardLog};
 use crate::raft::{ConfState, HardState, SnapshotMeta};
 use crate::snapshot::backup::Backup;
 use crate::snapshot::SnapshotStore;
@@ -19,6 +19,16 @@ use super::{identity, shard_config, NodeConfig};
 /// Writes `config.data_dir` from `backup`. The data dir must not exist or be empty;
 /// `config.groups` must be the backup's.
 pub fn restore(config: &NodeConfig, backup: Backup) -> Result<(), String> {
+    write_data_dir(config, backup, |_, _| {})
+}
+
+/// As [`restore`]; `adjust` may change each group's state once the old cluster's
+/// records are dropped (`--force-new-cluster` writes its registry so).
+pub(super) fn write_data_dir(
+    config: &NodeConfig,
+    backup: Backup,
+    adjust: impl Fn(GroupId, &mut BuiltinState),
+) -> Result<(), String> {
     if backup.group_count() != config.groups {
         return Err(format!("the backup holds {} groups, not {}", backup.group_count(), config.groups));
     }
@@ -33,6 +43,7 @@ pub fn restore(config: &NodeConfig, backup: Backup) -> Result<(), String> {
         let mut state = BuiltinState::default();
         state.restore(image).map_err(|e| format!("group {group}: image unreadable: {e}"))?;
         state.remove_prefix(SYSTEM_KEY_PREFIX);
+        adjust(group, &mut state);
         let meta = SnapshotMeta { conf_state: voters.clone(), ..manifest.meta };
         images.push((group, meta, state.snapshot()));
     }

@@ -85,6 +85,15 @@ impl BuiltinState {
         self.changes = ChangeHistory::starting_after(self.applied);
     }
 
+    /// Sets a key outside the log (a recovery writes its member registry this way), at
+    /// the revision of the last entry applied.
+    pub fn put_outside_log(&mut self, key: &[u8], value: Bytes) {
+        let key = Bytes::copy_from_slice(key);
+        self.keys.insert(key.clone());
+        self.kv.insert(key, Versioned { value, revision: self.applied });
+        self.changes = ChangeHistory::starting_after(self.applied);
+    }
+
     /// Keys in `[start, end)` (`end` empty: to the end), at most `limit`; none when
     /// `start` is past `end` (which `BTreeSet::range` would panic on).
     pub fn range(&self, start: &[u8], end: &[u8], limit: usize) -> Vec<(Bytes, Versioned)> {

@@ -225,6 +225,11 @@ impl Cluster {
     pub fn restart(&mut self, id: usize) {
         self.children[id - 1] = self.spawn(id);
     }
+
+    /// Starts node `id` again (after a kill) with `flags` beyond its usual ones.
+    pub fn restart_with(&mut self, id: usize, flags: &[&str]) {
+        self.children[id - 1] = self.spawn_with(id, &self.initial, flags);
+    }
 }
 
 pub fn start_cluster() -> Cluster {
