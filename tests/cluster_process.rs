@@ -517,6 +517,9 @@ async fn metrics_and_health_describe_the_node() {
         let line = body.lines().find(|l| l.starts_with(name)).unwrap_or_else(|| panic!("no {name}:\n{body}"));
         line.rsplit(' ').next().and_then(|v| v.parse().ok()).unwrap_or_else(|| panic!("bad line {line}"))
     };
+    assert!(counter("quarry_data_bytes{what=\"log\"}") > 0, "no log bytes measured:\n{body}");
+    assert!(body.contains("quarry_data_bytes{what=\"snapshots\"}"), "{body}");
+    assert!(body.contains("quarry_watchers "), "{body}");
     let batches = counter("quarry_peer_batches_sent_total");
     let messages = counter("quarry_peer_messages_sent_total");
     let coalesced = counter("quarry_peer_heartbeats_coalesced_total");

@@ -82,16 +82,20 @@ async fn a_survivor_forced_into_a_new_cluster_keeps_every_acknowledged_write_and
     let members: serde_json::Value = serde_json::from_slice(&members.stdout).expect("JSON");
     let ids: Vec<u64> = members["members"].as_array().unwrap().iter().map(|m| m["node"].as_u64().unwrap()).collect();
     assert_eq!(ids, vec![1], "{members}");
-    let kept = std::fs::read_dir(cluster.dir.path()).unwrap().filter_map(Result::ok).any(|e| {
-        e.file_name().to_string_lossy().starts_with("node1.before-force-new-cluster.")
-    });
+    let kept = std::fs::read_dir(cluster.dir.path())
+        .unwrap()
+        .filter_map(Result::ok)
+        .any(|e| e.file_name().to_string_lossy().starts_with("node1.before-force-new-cluster."));
     assert!(kept, "the old data dir was not kept");
 
     // Restarted with the flag still on, it is already alone: nothing changes.
     cluster.kill(1);
     cluster.restart_with(1, &["--force-new-cluster"]);
     wait_until_leading_everything(&cluster, 1).await;
-    assert_eq!(alone.get(Bytes::from_static(b"dr/after"), false).await.unwrap().map(|(v, _)| v), Some(Bytes::from_static(b"alone")));
+    assert_eq!(
+        alone.get(Bytes::from_static(b"dr/after"), false).await.unwrap().map(|(v, _)| v),
+        Some(Bytes::from_static(b"alone"))
+    );
     cluster.kill(1);
     cluster.restart(1);
     wait_until_leading_everything(&cluster, 1).await;

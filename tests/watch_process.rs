@@ -37,7 +37,11 @@ fn seen(event: &WatchEvent) -> Seen {
 }
 
 /// Collects a watch's events per group until the task is aborted.
-fn collect(client: Arc<Client>, key: &'static str, start_revision: u64) -> (Arc<Mutex<BTreeMap<u64, Vec<Seen>>>>, tokio::task::JoinHandle<String>) {
+fn collect(
+    client: Arc<Client>,
+    key: &'static str,
+    start_revision: u64,
+) -> (Arc<Mutex<BTreeMap<u64, Vec<Seen>>>>, tokio::task::JoinHandle<String>) {
     let events: Arc<Mutex<BTreeMap<u64, Vec<Seen>>>> = Arc::default();
     let sink = events.clone();
     let task = tokio::spawn(async move {
@@ -69,7 +73,12 @@ async fn wait_for(events: &Mutex<BTreeMap<u64, Vec<Seen>>>, acked: &[(u64, Seen)
         if missing.is_empty() {
             return;
         }
-        assert!(Instant::now() < deadline, "{what} never saw {} acknowledged writes, e.g. {:?}", missing.len(), missing[0]);
+        assert!(
+            Instant::now() < deadline,
+            "{what} never saw {} acknowledged writes, e.g. {:?}",
+            missing.len(),
+            missing[0]
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -123,8 +132,16 @@ async fn a_watch_sees_each_change_once_in_order_across_a_leader_kill_and_a_recon
         unknown += done.expect("writer");
     }
     let acked = acked.lock().unwrap().clone();
-    assert!(acked.len() > acked_before_kill + 100, "too few writes after the kill: {acked_before_kill} of {}", acked.len());
-    assert!(acked.len() > WRITERS * WRITES_PER_WRITER / 2, "too few writes acknowledged: {} ({unknown} unknown)", acked.len());
+    assert!(
+        acked.len() > acked_before_kill + 100,
+        "too few writes after the kill: {acked_before_kill} of {}",
+        acked.len()
+    );
+    assert!(
+        acked.len() > WRITERS * WRITES_PER_WRITER / 2,
+        "too few writes acknowledged: {} ({unknown} unknown)",
+        acked.len()
+    );
     if live_task.is_finished() {
         panic!("the live watch ended: {}", live_task.await.unwrap());
     }
@@ -220,6 +237,7 @@ async fn compacted_revisions_and_watchers_that_do_not_read_are_refused_with_reas
     let mut stream = kv.watch(from_oldest).await.unwrap().into_inner();
     let first = stream.message().await.unwrap().unwrap();
     assert!(first.progress.values().all(|&p| p == oldest), "{first:?}");
+    assert!(counter(&cluster.metrics[0], "quarry_watchers ").await >= 1, "the open watch is not counted");
 
     // A watcher that reads nothing while 12 MiB of changes go by is cancelled.
     let slow = WatchRequest { key: "s/".into(), prefix: true, ..Default::default() };

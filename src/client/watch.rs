@@ -95,7 +95,7 @@ impl Watch<'_> {
     fn advance(&mut self, answer: &WatchResponse) {
         for event in &answer.events {
             let next = self.positions.entry(event.group).or_default();
-            *next = (*next).max(event.revision + 1);
+            *next = (*next).max(event.revision.saturating_add(1));
         }
         for (&group, &revision) in &answer.progress {
             let next = self.positions.entry(group).or_default();

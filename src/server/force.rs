@@ -44,10 +44,7 @@ pub struct Forced {
 pub fn force_new_cluster(config: &NodeConfig) -> Result<Option<Forced>, String> {
     let data_dir = &config.data_dir;
     if !identity::check(config)? {
-        return Err(format!(
-            "--force-new-cluster needs this node's existing data; {} holds none",
-            data_dir.display()
-        ));
+        return Err(format!("--force-new-cluster needs this node's existing data; {} holds none", data_dir.display()));
     }
     let recovered = read_groups(config)?;
     let alone = crate::raft::ConfState::new([config.node_id]);

@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -44,6 +45,12 @@ pub struct MethodLabel {
     pub method: &'static str,
     /// `ok`, or why the request failed (see [`outcome_of`]).
     pub outcome: &'static str,
+}
+
+/// What the bytes on disk hold: `log` (the shard logs' segments) or `snapshots`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DataLabel {
+    pub what: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -96,6 +103,10 @@ pub struct Metrics {
     group_term: Family<GroupLabel, Gauge>,
     group_commit: Family<GroupLabel, Gauge>,
     group_applied: Family<GroupLabel, Gauge>,
+    /// Watchers open on this node.
+    pub watchers: Gauge,
+    /// Bytes in the data dir, measured at each scrape.
+    data_bytes: Family<DataLabel, Gauge>,
 }
 
 impl Metrics {
@@ -189,6 +200,14 @@ impl Metrics {
         registry.register("group_term", "Current Raft term", group_term.clone());
         registry.register("group_commit_index", "Commit index", group_commit.clone());
         registry.register("group_applied_index", "Applied index", group_applied.clone());
+        let watchers = Gauge::default();
+        registry.register("watchers", "Watchers open on this node", watchers.clone());
+        let data_bytes = Family::<DataLabel, Gauge>::default();
+        registry.register(
+            "data_bytes",
+            "Bytes on disk in the data dir: shard-log segments and snapshot files",
+            data_bytes.clone(),
+        );
         Arc::new(Metrics {
             registry,
             proposals,
@@ -211,6 +230,8 @@ impl Metrics {
             group_term,
             group_commit,
             group_applied,
+            watchers,
+            data_bytes,
         })
     }
 
@@ -241,6 +262,7 @@ impl Metrics {
 struct Endpoint {
     metrics: Arc<Metrics>,
     shards: Vec<flume::Sender<ShardInput>>,
+    data_dir: PathBuf,
     /// Since when each group the health check saw without a leader has had none.
     leaderless_since: Arc<Mutex<HashMap<u64, Instant>>>,
 }
@@ -264,7 +286,27 @@ async fn scrape(State(endpoint): State<Endpoint>) -> impl IntoResponse {
         endpoint.metrics.record_groups(&groups);
     }
     endpoint.metrics.process.record();
+    let data_dir = endpoint.data_dir.clone();
+    if let Ok((log, snapshots)) = tokio::task::spawn_blocking(move || bytes_on_disk(&data_dir)).await {
+        let as_gauge = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        endpoint.metrics.data_bytes.get_or_create(&DataLabel { what: "log" }).set(as_gauge(log));
+        endpoint.metrics.data_bytes.get_or_create(&DataLabel { what: "snapshots" }).set(as_gauge(snapshots));
+    }
     ([(header::CONTENT_TYPE, OPENMETRICS)], endpoint.metrics.encode())
+}
+
+/// Bytes of the shard logs (files in each `shard-N` dir) and of the snapshot files
+/// (in each `shard-N/snapshots`); what cannot be read counts nothing.
+fn bytes_on_disk(data_dir: &Path) -> (u64, u64) {
+    let files_in = |dir: &Path| -> u64 {
+        let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+        entries.filter_map(Result::ok).filter_map(|e| e.metadata().ok()).filter(|m| m.is_file()).map(|m| m.len()).sum()
+    };
+    let Ok(entries) = std::fs::read_dir(data_dir) else { return (0, 0) };
+    let shards = entries.filter_map(Result::ok).filter(|e| e.file_name().to_string_lossy().starts_with("shard-"));
+    shards.map(|e| e.path()).fold((0, 0), |(log, snapshots), shard| {
+        (log + files_in(&shard), snapshots + files_in(&shard.join("snapshots")))
+    })
 }
 
 /// How long a group may be without a leader (an election takes well under a second)
@@ -309,10 +351,12 @@ pub async fn serve(
     addr: SocketAddr,
     metrics: Arc<Metrics>,
     shards: Vec<flume::Sender<ShardInput>>,
+    data_dir: PathBuf,
 ) -> Result<(), String> {
     let app = axum::Router::new().route("/metrics", get(scrape)).route("/health", get(health)).with_state(Endpoint {
         metrics,
         shards,
+        data_dir,
         leaderless_since: Arc::default(),
     });
     let listener =

@@ -10,13 +10,13 @@ mod bulk;
 mod calls;
 pub mod config;
 mod connections;
+mod force;
 mod identity;
 mod inflight;
 mod members;
 mod metrics;
 mod placement;
 mod process_metrics;
-mod force;
 mod restore;
 mod router;
 #[macro_use]
@@ -113,7 +113,7 @@ pub fn run(mut config: NodeConfig) -> Result<(), String> {
         metrics.peer.clone(),
     );
     crate::state::set_change_history_bytes(config.watch_history_bytes as usize);
-    let watch_hub = watch::WatchHub::new(config.groups);
+    let watch_hub = watch::WatchHub::new(config.groups, metrics.watchers.clone());
     let mut inboxes = Vec::with_capacity(config.shards);
     let mut threads = Vec::with_capacity(config.shards);
     for index in 0..config.shards {
@@ -121,9 +121,17 @@ pub fn run(mut config: NodeConfig) -> Result<(), String> {
         let shard_config = shard_config(&config, index, founding);
         let name = format!("{SHARD_THREAD_PREFIX}{index}");
         let cpu = config.placement.shard_cpus.as_ref().map(|cpus| cpus[index]);
-        let thread =
-            shard_thread::spawn(name, shard_config, config.tick, cpu, inbox_rx, links.clone(), metrics.clone(), watch_hub.clone())
-                .map_err(|e| format!("cannot start shard {index}: {e}"))?;
+        let thread = shard_thread::spawn(
+            name,
+            shard_config,
+            config.tick,
+            cpu,
+            inbox_rx,
+            links.clone(),
+            metrics.clone(),
+            watch_hub.clone(),
+        )
+        .map_err(|e| format!("cannot start shard {index}: {e}"))?;
         inboxes.push(inbox);
         threads.push(thread);
     }
@@ -199,7 +207,7 @@ async fn serve(
     tls: Option<std::sync::Arc<crate::tls::ServerTls>>,
 ) -> Result<(), String> {
     if let Some(addr) = config.metrics_listen {
-        metrics::serve(addr, metrics.clone(), inboxes.clone()).await?;
+        metrics::serve(addr, metrics.clone(), inboxes.clone(), config.data_dir.clone()).await?;
     }
     let shards = inboxes.clone();
     if !initialized {

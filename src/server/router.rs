@@ -63,7 +63,7 @@ impl Router {
     ) -> Self {
         let book = AddressBook::new(founders.clone());
         let tls = ClientTls::plain();
-        let watch_hub = WatchHub::new(groups);
+        let watch_hub = WatchHub::new(groups, Default::default());
         let channels = Arc::default();
         Router { node, groups, max_value_bytes, shards, book, founders, links, channels, metrics, tls, watch_hub }
     }

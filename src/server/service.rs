@@ -15,7 +15,9 @@ use crate::proto::{self, admin_server::Admin, kv_server::Kv, log_server::Log, pe
 use crate::raft::{ConfChange, NodeId, SingleChange};
 use crate::shard::{CatchUp, EntryRange};
 use crate::state::{BuiltinState, Command, Operation, Outcome, KEY_MAX_BYTES};
-use crate::transport::flight::{BoxStream, ChangeSource, EntrySource, RecordSource, Transfer, TransferGate, WatchTicket};
+use crate::transport::flight::{
+    BoxStream, ChangeSource, EntrySource, RecordSource, Transfer, TransferGate, WatchTicket,
+};
 use crate::transport::wire::{decode_batch, SnapshotOffer};
 
 use super::authorize;

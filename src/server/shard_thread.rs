@@ -13,8 +13,8 @@ use crate::snapshot::Manifest;
 use crate::state::{BuiltinState, Command, Outcome};
 use crate::transport::peer::{Outgoing, PeerLinks};
 
-use super::watch::WatchHub;
 use super::metrics::Metrics;
+use super::watch::WatchHub;
 
 /// Requests queued for a shard; past it, senders are told the node is overloaded.
 pub const INBOX_MAX: usize = 16_384;

@@ -19,6 +19,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::{mpsc, Notify};
 use tokio_stream::Stream;
 use tonic::Status;
@@ -58,15 +59,18 @@ pub struct WatchHub {
     watchers: AtomicUsize,
     /// Watchers per connection (by the address of its shared request counter).
     per_connection: Mutex<HashMap<usize, usize>>,
+    /// `quarry_watchers`.
+    gauge: Gauge,
 }
 
 impl WatchHub {
-    pub fn new(groups: u64) -> Arc<WatchHub> {
+    pub fn new(groups: u64, gauge: Gauge) -> Arc<WatchHub> {
         Arc::new(WatchHub {
             applied: (0..groups).map(|_| AtomicU64::new(0)).collect(),
             changed: Notify::new(),
             watchers: AtomicUsize::new(0),
             per_connection: Mutex::default(),
+            gauge,
         })
     }
 
@@ -110,6 +114,7 @@ impl WatchHub {
             *count += 1;
         }
         self.watchers.fetch_add(1, Ordering::SeqCst);
+        self.gauge.inc();
         Ok(WatcherSlot { hub: self.clone(), connection: connection.zip(key) })
     }
 }
@@ -133,6 +138,7 @@ impl Drop for WatcherSlot {
             }
         }
         self.hub.watchers.fetch_sub(1, Ordering::SeqCst);
+        self.hub.gauge.dec();
     }
 }
 
@@ -164,7 +170,9 @@ impl WatchSpec {
             (KeyFilter::Key(key), vec![group])
         };
         if let Some(group) = req.resume.keys().find(|g| !groups.contains(g)) {
-            return Err(Status::invalid_argument(format!("resume names group {group}, which this watch does not cover")));
+            return Err(Status::invalid_argument(format!(
+                "resume names group {group}, which this watch does not cover"
+            )));
         }
         let from = groups.iter().map(|&g| (g, req.resume.get(&g).copied().unwrap_or(req.start_revision))).collect();
         Ok(WatchSpec { filter, groups, from, prev_values: req.prev_value })
@@ -206,9 +214,8 @@ pub fn record_batch(changes: &[(GroupId, Change)]) -> arrow_array::RecordBatch {
     use arrow_array::{BinaryArray, StringArray, UInt64Array};
     let group = UInt64Array::from_iter_values(changes.iter().map(|(g, _)| *g));
     let revision = UInt64Array::from_iter_values(changes.iter().map(|(_, c)| c.revision));
-    let kind = StringArray::from_iter_values(
-        changes.iter().map(|(_, c)| if c.value.is_some() { "PUT" } else { "DELETE" }),
-    );
+    let kind =
+        StringArray::from_iter_values(changes.iter().map(|(_, c)| if c.value.is_some() { "PUT" } else { "DELETE" }));
     let key = BinaryArray::from_iter_values(changes.iter().map(|(_, c)| &c.key));
     let value = BinaryArray::from_iter(changes.iter().map(|(_, c)| c.value.as_deref()));
     let prev_value = BinaryArray::from_iter(changes.iter().map(|(_, c)| c.prev.as_ref().map(|p| p.value.as_ref())));
@@ -302,7 +309,8 @@ impl Watcher {
                 continue;
             }
             if reported_at.elapsed() >= PROGRESS_EVERY {
-                let moved: Vec<_> = next.iter().filter(|(g, n)| reported.get(g) != Some(n)).map(|(&g, &n)| (g, n)).collect();
+                let moved: Vec<_> =
+                    next.iter().filter(|(g, n)| reported.get(g) != Some(n)).map(|(&g, &n)| (g, n)).collect();
                 reported_at = Instant::now();
                 if !moved.is_empty() {
                     reported.extend(moved.iter().copied());

@@ -107,6 +107,10 @@ impl<S: StateMachine + Default> Shard<S> {
                     let ticket = self.log.borrow().staged_ticket();
                     self.snapshot_releases.push_back((ticket, group, snapshot.meta.index));
                     self.snapshots_installed += 1;
+                    let (index, bytes) = (snapshot.meta.index, snapshot.data.len());
+                    let text =
+                        format!("group {group}: installed the leader's snapshot at index {index} ({bytes} bytes)");
+                    self.notices.push(super::Notice::info(text));
                     if let Some(trace) = &mut self.trace {
                         let (index, term) = (snapshot.meta.index, snapshot.meta.term);
                         trace.push(TraceEvent::Installed { group, index, term });

@@ -494,7 +494,9 @@ mod change_tests {
         let seen: Vec<_> = read
             .changes
             .iter()
-            .map(|c| (c.revision, c.key.clone(), c.value.clone(), c.prev.as_ref().map(|p| (p.value.clone(), p.revision))))
+            .map(|c| {
+                (c.revision, c.key.clone(), c.value.clone(), c.prev.as_ref().map(|p| (p.value.clone(), p.revision)))
+            })
             .collect();
         assert_eq!(
             seen,

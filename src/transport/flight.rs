@@ -540,7 +540,8 @@ impl FlightService for FlightEndpoint {
         if request.get_ref().ticket.starts_with(b"watch/") {
             self.allow(&request, Transfer::Watch)?;
             let ticket = WatchTicket::parse(&request.get_ref().ticket)?;
-            let source = self.changes.clone().ok_or_else(|| Status::unimplemented("this endpoint serves no watches"))?;
+            let source =
+                self.changes.clone().ok_or_else(|| Status::unimplemented("this endpoint serves no watches"))?;
             let batches = source.watch(ticket, request.extensions().get::<ConnInfo>().cloned())?;
             let batches = batches.map_err(|s| FlightError::Tonic(Box::new(s)));
             let flight = FlightDataEncoderBuilder::new().with_schema(watch_schema()).build(batches);

@@ -79,7 +79,7 @@ impl PeerLinks {
         }
         let (tx, rx) = flume::bounded(PEER_QUEUE_MAX);
         queues.insert(peer, tx);
-        tokio::spawn(sender(self.node, self.cluster_id, channel, rx));
+        tokio::spawn(sender(Link { node: self.node, peer, cluster_id: self.cluster_id }, channel, rx));
     }
 
     /// Stops streaming to `peer` (removed from the cluster); its sender task ends.
@@ -163,11 +163,23 @@ fn entry_bytes(m: &Message) -> usize {
     }
 }
 
+/// Which stream a sender keeps: from `node` to `peer`.
+#[derive(Clone, Copy)]
+struct Link {
+    node: NodeId,
+    peer: NodeId,
+    cluster_id: u64,
+}
+
 /// Keeps one stream open to a peer, re-opening it after failures. The stream reads
 /// the peer's queue itself; a batch taken by a stream that then broke is lost, and
-/// Raft retransmits it.
-async fn sender(node: NodeId, cluster_id: u64, channel: Channel, queue: flume::Receiver<proto::PeerBatch>) {
+/// Raft retransmits it. Opening and losing the stream are logged once each, not per
+/// retry.
+async fn sender(link: Link, channel: Channel, queue: flume::Receiver<proto::PeerBatch>) {
+    let Link { node, peer, cluster_id } = link;
     let mut backoff = BACKOFF_MIN;
+    // Whether this outage was logged already (one line per outage, not per retry).
+    let mut outage_logged = false;
     // The queue's sender is dropped when the peer leaves the cluster.
     while !queue.is_disconnected() {
         let mut client = PeerClient::new(channel.clone());
@@ -175,14 +187,29 @@ async fn sender(node: NodeId, cluster_id: u64, channel: Channel, queue: flume::R
             let batch = queue.recv_async().await.ok()?;
             Some((batch, queue))
         });
-        let result = client.stream(batches).await;
-        if let Ok(response) = result {
-            backoff = BACKOFF_MIN;
-            let mut answers = response.into_inner();
-            // The peer answers only to refuse us (e.g. another cluster's id).
-            if let Err(status) = answers.message().await {
-                tracing::warn!(node, cluster_id, "peer stream refused: {}", status.message());
+        match client.stream(batches).await {
+            Ok(response) => {
+                backoff = BACKOFF_MIN;
+                tracing::info!(node, "peer stream to node {peer} open");
+                let mut answers = response.into_inner();
+                // The peer answers only to refuse us (e.g. another cluster's id).
+                match answers.message().await {
+                    Err(status) => {
+                        tracing::warn!(node, cluster_id, "peer stream to node {peer} refused: {}", status.message())
+                    }
+                    Ok(_) => tracing::warn!(node, "peer stream to node {peer} closed; reopening"),
+                }
+                outage_logged = true;
             }
+            Err(status) if !outage_logged => {
+                tracing::warn!(
+                    node,
+                    "cannot open a peer stream to node {peer}: {}; retrying with back-off",
+                    status.message()
+                );
+                outage_logged = true;
+            }
+            Err(_) => {}
         }
         // What was queued for a broken stream is stale by the time one reopens (a
         // restarted peer would get a flood of old heartbeats and probes): drop it.

@@ -124,7 +124,20 @@ impl Coordinator {
         let operation =
             Operation::Cas { key: REGISTRY_KEY.into(), expected_revision: revision, value: registry.encode() };
         match self.router.propose(group, Command { client: 0, sequence: 0, operation }).await.map_err(status_of)? {
-            Outcome::Written { revision } => Ok(revision),
+            Outcome::Written { revision } => {
+                let members: Vec<String> = registry
+                    .members
+                    .iter()
+                    .map(|(id, m)| format!("{id}={}{}", m.address, if m.voter { "" } else { " (learner)" }))
+                    .collect();
+                let change = registry.change.map_or_else(|| "none".to_owned(), |c| c.to_string());
+                tracing::info!(
+                    node = self.router.node,
+                    "member registry written: members {}; change in progress: {change}",
+                    members.join(", ")
+                );
+                Ok(revision)
+            }
             Outcome::CasFailed { .. } => {
                 Err(Status::aborted("the member registry changed meanwhile; run the command again"))
             }
