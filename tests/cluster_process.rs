@@ -520,6 +520,9 @@ async fn metrics_and_health_describe_the_node() {
     assert!(counter("quarry_data_bytes{what=\"log\"}") > 0, "no log bytes measured:\n{body}");
     assert!(body.contains("quarry_data_bytes{what=\"snapshots\"}"), "{body}");
     assert!(body.contains("quarry_watchers "), "{body}");
+    for name in ["quarry_commit_seconds_count", "quarry_apply_seconds_count"] {
+        assert!(counter(name) > 0, "{name} counted nothing:\n{body}");
+    }
     let batches = counter("quarry_peer_batches_sent_total");
     let messages = counter("quarry_peer_messages_sent_total");
     let coalesced = counter("quarry_peer_heartbeats_coalesced_total");
@@ -529,6 +532,12 @@ async fn metrics_and_health_describe_the_node() {
     let (status, body) = tokio::task::spawn_blocking(move || http_get(&addr, "/health")).await.expect("get");
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("\"groups_without_leader\":0"), "{body}");
+    // Every peer is pinged every 2 s; node 1's round trips to node 2 are timed.
+    let deadline = Instant::now() + READY_DEADLINE;
+    while process::counter(&cluster.metrics[0], "quarry_peer_round_trip_seconds_count{peer=\"2\"}").await == 0 {
+        assert!(Instant::now() < deadline, "node 1 never timed a round trip to node 2");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -237,7 +237,12 @@ async fn compacted_revisions_and_watchers_that_do_not_read_are_refused_with_reas
     let mut stream = kv.watch(from_oldest).await.unwrap().into_inner();
     let first = stream.message().await.unwrap().unwrap();
     assert!(first.progress.values().all(|&p| p == oldest), "{first:?}");
-    assert!(counter(&cluster.metrics[0], "quarry_watchers ").await >= 1, "the open watch is not counted");
+    let deadline = Instant::now() + READY_DEADLINE;
+    while counter(&cluster.metrics[0], "quarry_watchers ").await < 1 {
+        let (_, body) = http_get(&cluster.metrics[0], "/metrics");
+        assert!(Instant::now() < deadline, "the open watch is not counted:\n{body}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 
     // A watcher that reads nothing while 12 MiB of changes go by is cancelled.
     let slow = WatchRequest { key: "s/".into(), prefix: true, ..Default::default() };

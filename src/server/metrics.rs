@@ -47,6 +47,11 @@ pub struct MethodLabel {
     pub outcome: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PeerLabel {
+    pub peer: u64,
+}
+
 /// What the bytes on disk hold: `log` (the shard logs' segments) or `snapshots`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DataLabel {
@@ -97,6 +102,11 @@ pub struct Metrics {
     pub fdatasync_seconds: Histogram,
     /// Groups whose leader changed, as this node learned.
     pub leader_changes: Counter,
+    /// From a write's proposal at its leader to its application there, averaged over
+    /// a turn's writes.
+    pub commit_seconds: Histogram,
+    /// Applying one turn's committed entries to the state machines.
+    pub apply_seconds: Histogram,
     pub peer: PeerCounters,
     group_leader: Family<GroupLabel, Gauge>,
     group_is_leader: Family<GroupLabel, Gauge>,
@@ -105,6 +115,9 @@ pub struct Metrics {
     group_applied: Family<GroupLabel, Gauge>,
     /// Watchers open on this node.
     pub watchers: Gauge,
+    /// Round trips of `Peer.Ping` to each peer (`server::probe`), and pings unanswered.
+    pub peer_round_trip_seconds: Family<PeerLabel, Histogram>,
+    pub peer_probes_failed: Family<PeerLabel, Counter>,
     /// Bytes in the data dir, measured at each scrape.
     data_bytes: Family<DataLabel, Gauge>,
 }
@@ -138,6 +151,18 @@ impl Metrics {
             "fdatasync_seconds",
             "Duration of one shard-log flush (write and fdatasync)",
             fdatasync_seconds.clone(),
+        );
+        let commit_seconds = Histogram::new(exponential_buckets(1e-5, 2.0, 20));
+        registry.register(
+            "commit_seconds",
+            "From a write's proposal at its leader to its commit and application there (mean of a shard turn's writes)",
+            commit_seconds.clone(),
+        );
+        let apply_seconds = Histogram::new(exponential_buckets(1e-6, 2.0, 22));
+        registry.register(
+            "apply_seconds",
+            "Applying one shard turn's committed entries to the state machines",
+            apply_seconds.clone(),
         );
         let leader_changes = Counter::default();
         registry.register(
@@ -202,6 +227,19 @@ impl Metrics {
         registry.register("group_applied_index", "Applied index", group_applied.clone());
         let watchers = Gauge::default();
         registry.register("watchers", "Watchers open on this node", watchers.clone());
+        let peer_round_trip_seconds =
+            Family::<PeerLabel, Histogram>::new_with_constructor(|| Histogram::new(exponential_buckets(1e-5, 2.0, 20)));
+        registry.register(
+            "peer_round_trip_seconds",
+            "Round trip of a ping to each peer over its gRPC connection",
+            peer_round_trip_seconds.clone(),
+        );
+        let peer_probes_failed = Family::<PeerLabel, Counter>::default();
+        registry.register(
+            "peer_probes_failed",
+            "Pings to a peer that failed or went unanswered within 2 s",
+            peer_probes_failed.clone(),
+        );
         let data_bytes = Family::<DataLabel, Gauge>::default();
         registry.register(
             "data_bytes",
@@ -224,6 +262,8 @@ impl Metrics {
             proposals_failed,
             fdatasync_seconds,
             leader_changes,
+            commit_seconds,
+            apply_seconds,
             peer,
             group_leader,
             group_is_leader,
@@ -231,6 +271,8 @@ impl Metrics {
             group_commit,
             group_applied,
             watchers,
+            peer_round_trip_seconds,
+            peer_probes_failed,
             data_bytes,
         })
     }

@@ -16,6 +16,7 @@ mod inflight;
 mod members;
 mod metrics;
 mod placement;
+mod probe;
 mod process_metrics;
 mod restore;
 mod router;
@@ -224,6 +225,7 @@ async fn serve(
             .with_tls(outbound)
             .with_watch_hub(watch_hub);
     members::follow_registry(router.clone());
+    probe::probe_peers(router.clone());
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;

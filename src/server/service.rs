@@ -686,6 +686,10 @@ type PeerStream = Pin<Box<dyn Stream<Item = Result<proto::PeerBatch, Status>> + 
 impl Peer for Services {
     type StreamStream = PeerStream;
 
+    async fn ping(&self, _: Request<proto::PeerPing>) -> Result<Response<proto::PeerPing>, Status> {
+        Ok(Response::new(proto::PeerPing {}))
+    }
+
     async fn stream(&self, request: Request<Streaming<proto::PeerBatch>>) -> Result<Response<PeerStream>, Status> {
         let identity = crate::tls::identity_of(&request);
         let mut inbound = request.into_inner();

@@ -198,6 +198,12 @@ fn record(metrics: &Metrics, stats: &TurnStats) {
     metrics.snapshots_installed.inc_by(stats.snapshots_installed);
     metrics.log_entries.inc_by(stats.entries_written);
     metrics.leader_changes.inc_by(stats.leader_changes);
+    if stats.commits > 0 {
+        metrics.commit_seconds.observe(stats.commit_micros as f64 / 1e6 / stats.commits as f64);
+    }
+    if stats.entries_applied > 0 {
+        metrics.apply_seconds.observe(stats.apply_micros as f64 / 1e6);
+    }
     if stats.fdatasyncs > 0 {
         metrics.fdatasyncs.inc_by(stats.fdatasyncs);
         metrics.readies_per_fdatasync.observe(stats.readies as f64 / stats.fdatasyncs as f64);

@@ -80,8 +80,11 @@ struct PendingRead<S> {
 struct Group<S> {
     raft: RaftNode<GroupStorage<ShardLog>>,
     state: S,
-    /// Writes by log index: the term they were proposed in and who waits.
-    writes: BTreeMap<Index, (Term, Reply<crate::state::Outcome>)>,
+    /// Writes by log index: the term they were proposed in, who waits, and when.
+    writes: BTreeMap<Index, (Term, Reply<crate::state::Outcome>, std::time::Instant)>,
+    /// Writes proposed here answered since the last turn's stats, and their time from
+    /// proposal to applied, in microseconds together (`TurnStats::commit_micros`).
+    committed_since_stats: (u64, u64),
     /// Reads waiting for leadership to be confirmed, by context.
     reads: BTreeMap<ReadCtx, PendingRead<S>>,
     /// Reads confirmed at an index, waiting for the state machine to reach it.
@@ -249,6 +252,7 @@ impl<S: StateMachine + Default> Shard<S> {
                 raft,
                 state,
                 writes: BTreeMap::new(),
+                committed_since_stats: (0, 0),
                 reads: BTreeMap::new(),
                 confirmed: Vec::new(),
                 written_vote: (hard_state.term, hard_state.vote),

@@ -25,7 +25,7 @@ impl<S: StateMachine + Default> Shard<S> {
             Err(e) => return reply.send(Err(e)),
         };
         match g.raft.propose(command.encode()) {
-            Ok(proposed) => drop(g.writes.insert(proposed.index, (proposed.term, reply))),
+            Ok(proposed) => drop(g.writes.insert(proposed.index, (proposed.term, reply, std::time::Instant::now()))),
             Err(e) => reply.send(Err(e.into())),
         }
     }
@@ -44,7 +44,7 @@ impl<S: StateMachine + Default> Shard<S> {
             Err(e) => return reply.send(Err(e)),
         };
         match g.raft.propose_conf_change(change) {
-            Ok(proposed) => drop(g.writes.insert(proposed.index, (proposed.term, reply))),
+            Ok(proposed) => drop(g.writes.insert(proposed.index, (proposed.term, reply, std::time::Instant::now()))),
             Err(e) => reply.send(Err(e.into())),
         }
     }
@@ -172,9 +172,14 @@ pub(super) fn apply<S: StateMachine>(g: &mut Group<S>, entry: Entry) -> (Option<
             break;
         }
         let at = *entry.key();
-        let (term, reply) = entry.remove();
+        let (term, reply, proposed_at) = entry.remove();
         let answer = match &outcome {
-            Some(outcome) if at == index && term == entry_term => Ok(outcome.clone()),
+            Some(outcome) if at == index && term == entry_term => {
+                let (count, micros) = &mut g.committed_since_stats;
+                *count += 1;
+                *micros += proposed_at.elapsed().as_micros() as u64;
+                Ok(outcome.clone())
+            }
             _ => Err(RequestError::Dropped),
         };
         reply.send(answer);
@@ -201,7 +206,7 @@ pub(super) fn fail_pending<S>(g: &mut Group<S>) {
     for (_, pending) in std::mem::take(&mut g.reads) {
         pending.reply.send(Err(RequestError::NotLeader { leader: g.raft.leader() }));
     }
-    for (_, (_, reply)) in std::mem::take(&mut g.writes) {
+    for (_, (_, reply, _)) in std::mem::take(&mut g.writes) {
         reply.send(Err(RequestError::Unknown));
     }
 }

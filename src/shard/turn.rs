@@ -45,6 +45,13 @@ pub struct TurnStats {
     pub entries_written: u64,
     /// Groups whose leader changed, as this node learned.
     pub leader_changes: u64,
+    /// Writes proposed here that were applied and answered, and their microseconds
+    /// from proposal to that point, together.
+    pub commits: u64,
+    pub commit_micros: u64,
+    /// Committed entries applied to the state machines, and the microseconds that took.
+    pub entries_applied: u64,
+    pub apply_micros: u64,
     /// Microseconds the turn's log flushes (write and fdatasync) took, together.
     pub flush_micros: u64,
 }
@@ -69,6 +76,10 @@ impl TurnStats {
         self.entries_written += other.entries_written;
         self.leader_changes += other.leader_changes;
         self.flush_micros += other.flush_micros;
+        self.commits += other.commits;
+        self.commit_micros += other.commit_micros;
+        self.entries_applied += other.entries_applied;
+        self.apply_micros += other.apply_micros;
     }
 }
 
@@ -81,6 +92,7 @@ impl<S: StateMachine + Default> Shard<S> {
     pub fn stage(&mut self) -> Result<Staged, ShardError> {
         let mut acks = Vec::new();
         let mut entries_written = 0;
+        let (mut entries_applied, mut apply_micros, mut commits, mut commit_micros) = (0, 0, 0, 0);
         let mut new_votes = Vec::new();
         let (taken_before, installed_before) = (self.snapshots_taken, self.snapshots_installed);
         let leader_changes_before = self.leader_changes;
@@ -146,6 +158,8 @@ impl<S: StateMachine + Default> Shard<S> {
                 }
                 // Committed entries are already durable here and on a quorum: apply and
                 // answer now, without waiting for this turn's writes.
+                let applying = std::time::Instant::now();
+                entries_applied += ready.committed_entries.len() as u64;
                 for entry in ready.committed_entries {
                     let index = entry.index;
                     let (identity, outcome) = apply(g, entry);
@@ -153,6 +167,9 @@ impl<S: StateMachine + Default> Shard<S> {
                         trace.push(TraceEvent::Applied { group, index, identity, outcome });
                     }
                 }
+                apply_micros += applying.elapsed().as_micros() as u64;
+                let (count, micros) = std::mem::take(&mut g.committed_since_stats);
+                (commits, commit_micros) = (commits + count, commit_micros + micros);
                 serve_confirmed_reads(g);
                 acks.push((group, ready.number, ready.persisted_messages));
             }
@@ -168,6 +185,10 @@ impl<S: StateMachine + Default> Shard<S> {
             leader_changes: self.leader_changes - leader_changes_before,
             flush_micros: 0,
             entries_written,
+            commits,
+            commit_micros,
+            entries_applied,
+            apply_micros,
         };
         self.end_abstention_if_caught_up();
         Ok(Staged { acks, ticket: self.log.borrow().staged_ticket(), stats })
