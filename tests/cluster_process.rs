@@ -1572,6 +1572,7 @@ mod client_fuzz {
         "/quarry.v1.Kv/Cas",
         "/quarry.v1.Kv/Batch",
         "/quarry.v1.Kv/Session",
+        "/quarry.v1.Kv/Watch",
         "/quarry.v1.Log/Append",
         "/quarry.v1.Log/Read",
         "/quarry.v1.Admin/Status",
@@ -1720,6 +1721,17 @@ mod client_fuzz {
                 range.encode_to_vec()
             }
             "/quarry.v1.Kv/Cas" => cas(rng).encode_to_vec(),
+            "/quarry.v1.Kv/Watch" => {
+                let resume = (0..rng.random_range(0..4)).map(|_| (number(rng), number(rng))).collect();
+                let watch = proto::WatchRequest {
+                    key: bytes(rng),
+                    prefix: rng.random(),
+                    start_revision: number(rng),
+                    resume,
+                    prev_value: rng.random(),
+                };
+                watch.encode_to_vec()
+            }
             "/quarry.v1.Kv/Batch" => {
                 let ops = (0..rng.random_range(0..40))
                     .map(|_| proto::BatchOp {
@@ -1779,10 +1791,13 @@ mod client_fuzz {
                 proto::SqlSchemaRequest { database: database(rng), serializable: rng.random() }.encode_to_vec()
             }
             "/arrow.flight.protocol.FlightService/DoGet" => {
-                let ticket = match rng.random_range(0..4) {
+                let ticket = match rng.random_range(0..5) {
                     0 => format!("snapshot/{}/{}/{}", number(rng), number(rng), number(rng)),
                     1 => format!("entries/{}/{}/{}", number(rng), number(rng), number(rng)),
                     2 => format!("log/{}/{}", number(rng), text(rng)),
+                    3 => {
+                        format!("watch/{}/{}/{}", ["key", "prefix", ""][rng.random_range(0..3)], number(rng), text(rng))
+                    }
                     _ => text(rng),
                 };
                 arrow_flight::Ticket { ticket: ticket.into() }.encode_to_vec()
@@ -1841,8 +1856,9 @@ mod client_fuzz {
             let mut client = client.clone().ready().await.expect("the connection stays up");
             let (response, mut stream) = client.send_request(request, false).expect("a stream");
             stream.send_data(framed.clone().into(), true).expect("sent");
-            // Each call is answered (or its stream reset) in time. A log tail's answer
-            // is a stream that stays open for new records: its start is the answer.
+            // Each call is answered (or its stream reset) in time. A log tail's or a
+            // watch's answer is a stream that stays open for new records: its start is
+            // the answer.
             let answered = tokio::time::timeout(std::time::Duration::from_secs(15), response).await;
             assert!(answered.is_ok(), "{path}: no answer within 15 s to {body:?}");
             if let Ok(Ok(response)) = answered {
@@ -1852,7 +1868,9 @@ mod client_fuzz {
                         let _ = body.flow_control().release_capacity(chunk.len());
                     }
                 };
-                let _ = tokio::time::timeout(std::time::Duration::from_secs(2), drained).await;
+                let open_ended = path.ends_with("/Watch") || path.ends_with("/DoGet");
+                let drain_for = std::time::Duration::from_millis(if open_ended { 300 } else { 2000 });
+                let _ = tokio::time::timeout(drain_for, drained).await;
             }
         }
         driver.abort();

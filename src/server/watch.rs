@@ -374,3 +374,27 @@ fn compacted(group: GroupId, c: Compacted, node: u64, fell_behind: bool) -> Stat
     }
     status
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn watchers_are_bounded_per_connection_and_per_node_and_give_their_place_back() {
+        let hub = WatchHub::new(4, Gauge::default());
+        let connection = Arc::new(OpenRequests::default());
+        let held: Vec<_> =
+            (0..WATCHERS_PER_CONNECTION_MAX).map(|_| hub.admit(Some(connection.clone())).unwrap()).collect();
+        let refused = hub.admit(Some(connection.clone())).err().expect("past the connection's bound");
+        assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
+        let elsewhere = hub.admit(Some(Arc::new(OpenRequests::default()))).expect("another connection may");
+        drop(held);
+        assert_eq!((hub.watchers(), hub.gauge.get()), (1, 1));
+        let again = hub.admit(Some(connection)).expect("places given back");
+        let rest: Vec<_> = (2..WATCHERS_MAX).map(|_| hub.admit(None).unwrap()).collect();
+        assert_eq!(hub.admit(None).err().expect("past the node's bound").code(), tonic::Code::ResourceExhausted);
+        drop((elsewhere, again, rest));
+        assert_eq!(hub.watchers(), 0);
+        assert!(hub.per_connection.lock().unwrap().is_empty());
+    }
+}

@@ -693,8 +693,18 @@ mod tests {
         /// error: never a panic, whatever numbers or bytes follow. `PROPTEST_CASES`
         /// raises the count for a long run.
         #[test]
+        fn watch_tickets_round_trip_any_key(
+            prefix in proptest::prelude::any::<bool>(),
+            start_revision in proptest::prelude::any::<u64>(),
+            key in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64),
+        ) {
+            let ticket = WatchTicket { prefix, start_revision, key: Bytes::from(key) };
+            proptest::prop_assert_eq!(WatchTicket::parse(&ticket.encode()).ok(), Some(ticket));
+        }
+
+        #[test]
         fn forged_tickets_are_answered_never_panicked_on(
-            prefix in proptest::sample::select(vec!["", "snapshot/", "entries/", "log/"]),
+            prefix in proptest::sample::select(vec!["", "snapshot/", "entries/", "log/", "watch/key/", "watch/prefix/", "watch/"]),
             tail in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64),
             numbers in proptest::collection::vec(proptest::prelude::any::<u64>(), 0..5),
         ) {
