@@ -339,6 +339,27 @@ class Client:
         """Follows the named log's committed records from `start` over Arrow Flight,
         yielding (position, data) as they commit; stops after `timeout` seconds
         without a record (None: never)."""
+        for batch in self._flight_batches(f"log/{start}/{log}".encode(), timeout):
+            for index, data in zip(batch.column("index").to_pylist(), batch.column("data").to_pylist()):
+                yield index, data
+
+    def watch_batches(
+        self, key: bytes | str, *, prefix: bool = False, start_revision: int = 0, timeout: float | None = None
+    ) -> Iterator[Any]:
+        """Follows every put and delete of `key` (or, with `prefix`, of the keys under
+        it) over Arrow Flight from `start_revision` in each group (0: from now),
+        yielding `pyarrow.RecordBatch`es with columns group, revision, kind ("PUT" or
+        "DELETE"), key, value (null for a delete), prev_value and prev_revision (null
+        where the key did not exist). Each group's changes come in revision order;
+        stops after `timeout` seconds without a change (None: never). A revision no
+        longer held raises `pyarrow.flight.FlightError` naming the oldest one held."""
+        kind = "prefix" if prefix else "key"
+        ticket = f"watch/{kind}/{start_revision}/".encode() + _to_bytes(key)
+        yield from self._flight_batches(ticket, timeout)
+
+    def _flight_batches(self, ticket: bytes, timeout: float | None) -> Iterator[Any]:
+        """The record batches of a `DoGet` for `ticket` at one node, until the stream
+        ends or stays quiet for `timeout` seconds."""
         import pyarrow.flight as flight
 
         scheme = "grpc+tls" if self._tls else "grpc"
@@ -351,19 +372,14 @@ class Client:
         client = flight.FlightClient(location, **kwargs)
         options = flight.FlightCallOptions(timeout=timeout)
         try:
-            reader = client.do_get(flight.Ticket(f"log/{start}/{log}".encode()), options)
+            reader = client.do_get(flight.Ticket(ticket), options)
             while True:
                 try:
                     chunk = reader.read_chunk()
-                except StopIteration:
+                except (StopIteration, flight.FlightTimedOutError):
                     return
-                except flight.FlightTimedOutError:
-                    return
-                batch = chunk.data
-                if batch is None:
-                    continue
-                for index, data in zip(batch.column("index").to_pylist(), batch.column("data").to_pylist()):
-                    yield index, data
+                if chunk.data is not None:
+                    yield chunk.data
         finally:
             client.close()
 

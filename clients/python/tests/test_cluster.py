@@ -47,6 +47,27 @@ def test_logs_append_read_and_tail_over_flight(client):
         client.read("no-such-log")
 
 
+def test_watch_changes_as_arrow_batches_over_flight(client):
+    import pyarrow as pa
+
+    first = client.put("watch/a", "1")
+    client.put("watch/a", "2")
+    client.put("watch/b", "3")
+    client.delete("watch/a")
+    rows = []
+    for batch in client.watch_batches("watch/", prefix=True, start_revision=1, timeout=5):
+        rows.extend(pa.Table.from_batches([batch]).to_pylist())
+        if len(rows) == 4:
+            break
+    by_key = {}
+    for row in rows:
+        by_key.setdefault(row["key"], []).append(row)
+    assert [(r["kind"], r["value"]) for r in by_key[b"watch/a"]] == [("PUT", b"1"), ("PUT", b"2"), ("DELETE", None)]
+    assert [(r["kind"], r["value"], r["prev_value"]) for r in by_key[b"watch/b"]] == [("PUT", b"3", None)]
+    assert by_key[b"watch/a"][0]["revision"] == first
+    assert by_key[b"watch/a"][2]["prev_value"] == b"2"
+
+
 def test_sql_users_example_end_to_end(client):
     created = client.execute("app", "CREATE TABLE users(name TEXT PRIMARY KEY, value INTEGER)")
     assert created.kind == "create table"

@@ -289,6 +289,10 @@ class PeerBatch(_message.Message):
     incarnation: int
     def __init__(self, cluster_id: _Optional[int] = ..., from_node: _Optional[int] = ..., messages: _Optional[_Iterable[_Union[RaftMessage, _Mapping]]] = ..., to_node: _Optional[int] = ..., heartbeats: _Optional[_Union[CoalescedHeartbeats, _Mapping]] = ..., heartbeat_responses: _Optional[_Union[CoalescedHeartbeatResponses, _Mapping]] = ..., catch_up: _Optional[_Iterable[_Union[CatchUpOffer, _Mapping]]] = ..., from_address: _Optional[str] = ..., incarnation: _Optional[int] = ...) -> None: ...
 
+class PeerPing(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
 class ResponseHeader(_message.Message):
     __slots__ = ("group", "leader")
     GROUP_FIELD_NUMBER: _ClassVar[int]
@@ -442,6 +446,68 @@ class BatchResponse(_message.Message):
     failed_at: int
     current_revision: int
     def __init__(self, header: _Optional[_Union[ResponseHeader, _Mapping]] = ..., succeeded: _Optional[bool] = ..., failed_at: _Optional[int] = ..., current_revision: _Optional[int] = ...) -> None: ...
+
+class WatchRequest(_message.Message):
+    __slots__ = ("key", "prefix", "start_revision", "resume", "prev_value")
+    class ResumeEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: int
+        value: int
+        def __init__(self, key: _Optional[int] = ..., value: _Optional[int] = ...) -> None: ...
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    PREFIX_FIELD_NUMBER: _ClassVar[int]
+    START_REVISION_FIELD_NUMBER: _ClassVar[int]
+    RESUME_FIELD_NUMBER: _ClassVar[int]
+    PREV_VALUE_FIELD_NUMBER: _ClassVar[int]
+    key: bytes
+    prefix: bool
+    start_revision: int
+    resume: _containers.ScalarMap[int, int]
+    prev_value: bool
+    def __init__(self, key: _Optional[bytes] = ..., prefix: _Optional[bool] = ..., start_revision: _Optional[int] = ..., resume: _Optional[_Mapping[int, int]] = ..., prev_value: _Optional[bool] = ...) -> None: ...
+
+class WatchEvent(_message.Message):
+    __slots__ = ("kind", "group", "revision", "key", "value", "has_prev", "prev_value", "prev_revision")
+    class Kind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        PUT: _ClassVar[WatchEvent.Kind]
+        DELETE: _ClassVar[WatchEvent.Kind]
+    PUT: WatchEvent.Kind
+    DELETE: WatchEvent.Kind
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    GROUP_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    HAS_PREV_FIELD_NUMBER: _ClassVar[int]
+    PREV_VALUE_FIELD_NUMBER: _ClassVar[int]
+    PREV_REVISION_FIELD_NUMBER: _ClassVar[int]
+    kind: WatchEvent.Kind
+    group: int
+    revision: int
+    key: bytes
+    value: bytes
+    has_prev: bool
+    prev_value: bytes
+    prev_revision: int
+    def __init__(self, kind: _Optional[_Union[WatchEvent.Kind, str]] = ..., group: _Optional[int] = ..., revision: _Optional[int] = ..., key: _Optional[bytes] = ..., value: _Optional[bytes] = ..., has_prev: _Optional[bool] = ..., prev_value: _Optional[bytes] = ..., prev_revision: _Optional[int] = ...) -> None: ...
+
+class WatchResponse(_message.Message):
+    __slots__ = ("events", "progress")
+    class ProgressEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: int
+        value: int
+        def __init__(self, key: _Optional[int] = ..., value: _Optional[int] = ...) -> None: ...
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    PROGRESS_FIELD_NUMBER: _ClassVar[int]
+    events: _containers.RepeatedCompositeFieldContainer[WatchEvent]
+    progress: _containers.ScalarMap[int, int]
+    def __init__(self, events: _Optional[_Iterable[_Union[WatchEvent, _Mapping]]] = ..., progress: _Optional[_Mapping[int, int]] = ...) -> None: ...
 
 class SessionRequest(_message.Message):
     __slots__ = ("calls",)

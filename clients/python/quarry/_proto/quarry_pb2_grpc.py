@@ -39,6 +39,11 @@ class PeerStub:
                 request_serializer=quarry_dot___proto_dot_quarry__pb2.PeerBatch.SerializeToString,
                 response_deserializer=quarry_dot___proto_dot_quarry__pb2.PeerBatch.FromString,
                 _registered_method=True)
+        self.Ping = channel.unary_unary(
+                '/quarry.v1.Peer/Ping',
+                request_serializer=quarry_dot___proto_dot_quarry__pb2.PeerPing.SerializeToString,
+                response_deserializer=quarry_dot___proto_dot_quarry__pb2.PeerPing.FromString,
+                _registered_method=True)
 
 
 class PeerServicer:
@@ -51,6 +56,14 @@ class PeerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Ping(self, request, context):
+        """Answered at once: each node times one to every peer every few seconds
+        (quarry_peer_round_trip_seconds).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PeerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -58,6 +71,11 @@ def add_PeerServicer_to_server(servicer, server):
                     servicer.Stream,
                     request_deserializer=quarry_dot___proto_dot_quarry__pb2.PeerBatch.FromString,
                     response_serializer=quarry_dot___proto_dot_quarry__pb2.PeerBatch.SerializeToString,
+            ),
+            'Ping': grpc.unary_unary_rpc_method_handler(
+                    servicer.Ping,
+                    request_deserializer=quarry_dot___proto_dot_quarry__pb2.PeerPing.FromString,
+                    response_serializer=quarry_dot___proto_dot_quarry__pb2.PeerPing.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -87,6 +105,33 @@ class Peer:
             '/quarry.v1.Peer/Stream',
             quarry_dot___proto_dot_quarry__pb2.PeerBatch.SerializeToString,
             quarry_dot___proto_dot_quarry__pb2.PeerBatch.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Ping(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/quarry.v1.Peer/Ping',
+            quarry_dot___proto_dot_quarry__pb2.PeerPing.SerializeToString,
+            quarry_dot___proto_dot_quarry__pb2.PeerPing.FromString,
             options,
             channel_credentials,
             insecure,
@@ -142,6 +187,11 @@ class KvStub:
                 request_serializer=quarry_dot___proto_dot_quarry__pb2.SessionRequest.SerializeToString,
                 response_deserializer=quarry_dot___proto_dot_quarry__pb2.SessionResponse.FromString,
                 _registered_method=True)
+        self.Watch = channel.unary_stream(
+                '/quarry.v1.Kv/Watch',
+                request_serializer=quarry_dot___proto_dot_quarry__pb2.WatchRequest.SerializeToString,
+                response_deserializer=quarry_dot___proto_dot_quarry__pb2.WatchResponse.FromString,
+                _registered_method=True)
 
 
 class KvServicer:
@@ -194,6 +244,21 @@ class KvServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Watch(self, request, context):
+        """Every put and delete of a key, or of the keys under a prefix, from a revision on.
+        A group's changes come in revision order with none missed or repeated; the groups
+        are not ordered among themselves (each has its own revisions). The first answer
+        gives each watched group's starting position; later ones give positions again
+        when they move without a matching change. Resuming at another node from those
+        positions (and the last event's revision + 1) loses and repeats nothing. Any node
+        serves a watch from its own replica. A revision no longer held there ends the
+        stream with OUT_OF_RANGE naming the oldest revision held; so does a watcher that
+        fell that far behind.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_KvServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -231,6 +296,11 @@ def add_KvServicer_to_server(servicer, server):
                     servicer.Session,
                     request_deserializer=quarry_dot___proto_dot_quarry__pb2.SessionRequest.FromString,
                     response_serializer=quarry_dot___proto_dot_quarry__pb2.SessionResponse.SerializeToString,
+            ),
+            'Watch': grpc.unary_stream_rpc_method_handler(
+                    servicer.Watch,
+                    request_deserializer=quarry_dot___proto_dot_quarry__pb2.WatchRequest.FromString,
+                    response_serializer=quarry_dot___proto_dot_quarry__pb2.WatchResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -422,6 +492,33 @@ class Kv:
             '/quarry.v1.Kv/Session',
             quarry_dot___proto_dot_quarry__pb2.SessionRequest.SerializeToString,
             quarry_dot___proto_dot_quarry__pb2.SessionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Watch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/quarry.v1.Kv/Watch',
+            quarry_dot___proto_dot_quarry__pb2.WatchRequest.SerializeToString,
+            quarry_dot___proto_dot_quarry__pb2.WatchResponse.FromString,
             options,
             channel_credentials,
             insecure,
