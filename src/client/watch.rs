@@ -52,10 +52,13 @@ impl Client {
 impl Watch<'_> {
     /// The next answer with events, in each group's revision order. A broken stream
     /// is opened again at the next node from the positions reached, until the
-    /// client's deadline passes without an answer. A revision no longer held
-    /// anywhere asked is an `OutOfRange` error.
+    /// client's deadline passes without an answer. A revision no longer held is an
+    /// `OutOfRange` error once every node has said so.
     pub async fn next(&mut self) -> Result<Vec<WatchEvent>, ClientError> {
         let mut deadline = Instant::now() + self.client.deadline;
+        // Nodes that said the positions are compacted there, in a row: another node,
+        // up longer, may still hold them.
+        let mut compacted_at = 0;
         loop {
             let failure = match self.stream.as_mut() {
                 None => match self.open().await {
@@ -79,7 +82,10 @@ impl Watch<'_> {
                 },
             };
             self.stream = None;
-            if !resumable(&failure) || Instant::now() >= deadline {
+            let compacted = failure.code() == Code::OutOfRange && !self.positions.is_empty();
+            compacted_at = if compacted { compacted_at + 1 } else { 0 };
+            let elsewhere = compacted && compacted_at < self.client.channels.len();
+            if !(resumable(&failure) || elsewhere) || Instant::now() >= deadline {
                 return Err(failure.into());
             }
             self.endpoint = (self.endpoint + 1) % self.client.channels.len();

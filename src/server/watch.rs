@@ -26,6 +26,7 @@ use tonic::Status;
 
 use super::members::is_system_key;
 use super::router::{status_of, Router};
+use crate::group::RequestError;
 use crate::log::GroupId;
 use crate::proto;
 use crate::raft::Index;
@@ -44,6 +45,8 @@ const ANSWER_CHANGES_MAX: usize = 1024;
 const ANSWER_BYTES_MAX: usize = 1 << 20;
 /// Changes one read looks through, matching or not, before it yields the shard.
 const SCANNED_PER_READ_MAX: usize = 16_384;
+/// The first pause before reading again from a shard whose queue was full.
+const OVERLOADED_PAUSE: Duration = Duration::from_millis(5);
 /// How often positions that moved without a matching change are reported.
 pub const PROGRESS_EVERY: Duration = Duration::from_secs(1);
 /// A watcher that cannot hand over an answer for this long is cancelled.
@@ -327,13 +330,25 @@ impl Watcher {
         }
     }
 
-    /// Runs `f` on the group's state on its shard thread.
+    /// Runs `f` on the group's state on its shard thread; a shard too busy to take the
+    /// read is asked again after a pause (the watcher falls behind, it is not cut off).
     async fn read<T: Send + 'static>(
         &self,
         group: GroupId,
-        f: impl FnOnce(&crate::state::BuiltinState) -> T + Send + 'static,
+        f: impl Fn(&crate::state::BuiltinState) -> T + Send + Sync + 'static,
     ) -> Result<T, Status> {
-        self.router.read_local_with(group, f).await.map_err(status_of)
+        let f = Arc::new(f);
+        let mut pause = OVERLOADED_PAUSE;
+        loop {
+            let f = f.clone();
+            match self.router.read_local_with(group, move |s| f(s)).await {
+                Err(RequestError::Overloaded(_)) if !self.tx.is_closed() => {
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(PROGRESS_EVERY);
+                }
+                result => return result.map_err(status_of),
+            }
+        }
     }
 
     /// Hands an answer over, keeping the last slot free for a cancellation; a reader
