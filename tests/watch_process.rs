@@ -30,6 +30,8 @@ const WRITES_PER_WRITER: usize = 150;
 
 /// One change as a watcher saw it: (revision, key, value; None for a delete).
 type Seen = (u64, Bytes, Option<Bytes>);
+/// A watcher's changes so far, by group.
+type Collected = Arc<Mutex<BTreeMap<u64, Vec<Seen>>>>;
 
 fn seen(event: &WatchEvent) -> Seen {
     let value = (event.kind() == Kind::Put).then(|| event.value.clone());
@@ -41,8 +43,8 @@ fn collect(
     client: Arc<Client>,
     key: &'static str,
     start_revision: u64,
-) -> (Arc<Mutex<BTreeMap<u64, Vec<Seen>>>>, tokio::task::JoinHandle<String>) {
-    let events: Arc<Mutex<BTreeMap<u64, Vec<Seen>>>> = Arc::default();
+) -> (Collected, tokio::task::JoinHandle<String>) {
+    let events: Collected = Arc::default();
     let sink = events.clone();
     let task = tokio::spawn(async move {
         let options = WatchOptions { prefix: true, start_revision, prev_values: true };
@@ -149,7 +151,7 @@ async fn a_watch_sees_each_change_once_in_order_across_a_leader_kill_and_a_recon
 
     // The same history replayed from revision 1 at a surviving node, after the fact.
     let survivor = cluster.addrs.iter().enumerate().find(|(i, _)| i + 1 != victim).map(|(_, a)| a.clone()).unwrap();
-    let replayer = Arc::new(Client::with_tls(&[survivor.clone()], client_tls(cluster.tls)).unwrap());
+    let replayer = Arc::new(Client::with_tls(std::slice::from_ref(&survivor), client_tls(cluster.tls)).unwrap());
     let (replay, replay_task) = collect(replayer, "w/", 1);
     wait_for(&replay, &acked, "the replay").await;
     // Let both settle on the last change, then compare them whole.

@@ -122,17 +122,10 @@ pub fn run(mut config: NodeConfig) -> Result<(), String> {
         let shard_config = shard_config(&config, index, founding);
         let name = format!("{SHARD_THREAD_PREFIX}{index}");
         let cpu = config.placement.shard_cpus.as_ref().map(|cpus| cpus[index]);
-        let thread = shard_thread::spawn(
-            name,
-            shard_config,
-            config.tick,
-            cpu,
-            inbox_rx,
-            links.clone(),
-            metrics.clone(),
-            watch_hub.clone(),
-        )
-        .map_err(|e| format!("cannot start shard {index}: {e}"))?;
+        let host =
+            shard_thread::ShardHost { links: links.clone(), metrics: metrics.clone(), watch_hub: watch_hub.clone() };
+        let thread = shard_thread::spawn(name, shard_config, config.tick, cpu, inbox_rx, host)
+            .map_err(|e| format!("cannot start shard {index}: {e}"))?;
         inboxes.push(inbox);
         threads.push(thread);
     }

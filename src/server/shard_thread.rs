@@ -93,6 +93,13 @@ pub fn fail_node(shard: &str, cause: &str) -> ! {
     std::process::exit(SHARD_FAILED_EXIT)
 }
 
+/// What a shard thread shares with the rest of the node.
+pub struct ShardHost {
+    pub links: PeerLinks,
+    pub metrics: Arc<Metrics>,
+    pub watch_hub: Arc<WatchHub>,
+}
+
 /// Starts the shard's thread (on `cpu` alone, if given). It runs until every sender of
 /// `inbox` is dropped.
 pub fn spawn(
@@ -101,9 +108,7 @@ pub fn spawn(
     tick: Duration,
     cpu: Option<usize>,
     inbox: flume::Receiver<ShardInput>,
-    links: PeerLinks,
-    metrics: Arc<Metrics>,
-    watch_hub: Arc<WatchHub>,
+    ShardHost { links, metrics, watch_hub }: ShardHost,
 ) -> std::io::Result<glommio::ExecutorJoinHandle<Result<(), String>>> {
     let thread_name = name.clone();
     let placement = cpu.map_or(glommio::Placement::Unbound, glommio::Placement::Fixed);
