@@ -174,10 +174,10 @@ impl<S: StateMachine + Default> LocalShard<S> {
 
 fn log_notices<S: StateMachine + Default>(node: u64, shard: &mut Shard<S>) {
     for notice in shard.take_notices() {
-        if notice.warning {
-            tracing::warn!(node, "{notice}");
-        } else {
-            tracing::info!(node, "{notice}");
+        match notice.level {
+            super::NoticeLevel::Warn => tracing::warn!(node, "{notice}"),
+            super::NoticeLevel::Info => tracing::info!(node, "{notice}"),
+            super::NoticeLevel::Debug => tracing::debug!(node, "{notice}"),
         }
     }
 }

@@ -105,17 +105,29 @@ struct Group<S> {
 /// leader); the host logs it, the shard itself prints nothing.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Notice {
-    pub warning: bool,
+    pub level: NoticeLevel,
     pub text: String,
+}
+
+/// How loud a notice is: routine events (a snapshot taken) are `Debug`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NoticeLevel {
+    Debug,
+    Info,
+    Warn,
 }
 
 impl Notice {
     pub fn warn(text: String) -> Notice {
-        Notice { warning: true, text }
+        Notice { level: NoticeLevel::Warn, text }
     }
 
     pub fn info(text: String) -> Notice {
-        Notice { warning: false, text }
+        Notice { level: NoticeLevel::Info, text }
+    }
+
+    pub fn debug(text: String) -> Notice {
+        Notice { level: NoticeLevel::Debug, text }
     }
 }
 

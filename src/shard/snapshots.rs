@@ -157,6 +157,8 @@ impl<S: StateMachine + Default> Shard<S> {
                 self.log.borrow_mut().compact(group, meta)?;
                 self.release_files_once_durable(group, index);
                 self.snapshots_taken += 1;
+                let text = format!("group {group}: snapshot taken at index {index}; log compacted up to it");
+                self.notices.push(super::Notice::debug(text));
             }
         }
         self.log.borrow_mut().release_unneeded_segments()?;

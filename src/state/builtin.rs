@@ -463,19 +463,6 @@ mod tests {
         assert!(s.range(b"z", b"a", 10).is_empty(), "a start past the end is an empty range, not a panic");
         assert!(s.range(b"b", b"b", 10).is_empty());
     }
-}
-
-#[cfg(test)]
-mod change_tests {
-    use super::*;
-
-    fn b(s: &str) -> Bytes {
-        Bytes::from(s.to_owned())
-    }
-
-    fn cmd(client: u64, sequence: u64, operation: Operation) -> Command {
-        Command { client, sequence, operation }
-    }
 
     const ALL: ReadBounds = ReadBounds { max_changes: 100, max_bytes: 1 << 20, max_scanned: 100 };
 
