@@ -221,6 +221,17 @@ async fn compacted_revisions_and_watchers_that_do_not_read_are_refused_with_reas
         writer.put(Bytes::from_static(b"c/k"), Bytes::from(format!("{i:0>100}"))).await.unwrap();
     }
     let mut kv = KvClient::new(channel(&cluster.addrs[0]).await);
+    // Node 1 must have applied every write, or its history moves on under the test.
+    let last = Bytes::from(format!("{:0>100}", 99));
+    let deadline = Instant::now() + READY_DEADLINE;
+    loop {
+        let get = quarry::proto::GetRequest { key: "c/k".into(), serializable: true };
+        if kv.get(get).await.is_ok_and(|a| a.into_inner().value == last) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "node 1 never applied the last write");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let from_one = WatchRequest { key: "c/k".into(), start_revision: 1, ..Default::default() };
     let mut stream = kv.watch(from_one).await.unwrap().into_inner();
     let refused = loop {
