@@ -96,6 +96,15 @@ async fn a_survivor_forced_into_a_new_cluster_keeps_every_acknowledged_write_and
         alone.get(Bytes::from_static(b"dr/after"), false).await.unwrap().map(|(v, _)| v),
         Some(Bytes::from_static(b"alone"))
     );
+    // A recovery interrupted between its renames (the new dir still under its
+    // temporary name) is finished by running it again.
+    cluster.kill(1);
+    let data = cluster.data_dir(1);
+    std::fs::rename(&data, data.with_file_name("node1.force-new-cluster.tmp")).unwrap();
+    cluster.restart_with(1, &["--force-new-cluster"]);
+    wait_until_leading_everything(&cluster, 1).await;
+    let got = alone.get(Bytes::from_static(b"dr/after"), false).await.unwrap().map(|(v, _)| v);
+    assert_eq!(got, Some(Bytes::from_static(b"alone")), "the finished recovery lost data");
     cluster.kill(1);
     cluster.restart(1);
     wait_until_leading_everything(&cluster, 1).await;

@@ -38,18 +38,36 @@ pub struct Forced {
     pub removed_members: BTreeSet<NodeId>,
 }
 
+/// What `--force-new-cluster` did.
+#[derive(Debug)]
+pub enum ForceOutcome {
+    /// The data was already a cluster of this node alone (the flag left on).
+    AlreadyAlone,
+    /// A recovery interrupted between its two renames was finished.
+    Finished,
+    Forced(Forced),
+}
+
 /// Rewrites `config.data_dir` as a single-member cluster of this node (see the module
-/// comment); `None` when it already is one (the flag left on for a restart).
-/// `config.members` must hold this node's address.
-pub fn force_new_cluster(config: &NodeConfig) -> Result<Option<Forced>, String> {
+/// comment). `config.members` must hold this node's address.
+pub fn force_new_cluster(config: &NodeConfig) -> Result<ForceOutcome, String> {
     let data_dir = &config.data_dir;
+    let fresh = sibling(data_dir, "force-new-cluster.tmp");
     if !identity::check(config)? {
+        // Interrupted after the old dir was moved aside: the new one is complete
+        // (its identity is written last).
+        let written = NodeConfig { data_dir: fresh.clone(), ..config.clone() };
+        if fresh.exists() && identity::check(&written)? {
+            std::fs::rename(&fresh, data_dir)
+                .map_err(|e| format!("cannot move {} to {}: {e}", fresh.display(), data_dir.display()))?;
+            return Ok(ForceOutcome::Finished);
+        }
         return Err(format!("--force-new-cluster needs this node's existing data; {} holds none", data_dir.display()));
     }
     let recovered = read_groups(config)?;
     let alone = crate::raft::ConfState::new([config.node_id]);
     if recovered.values().all(|(meta, _, _)| meta.conf_state == alone) {
-        return Ok(None);
+        return Ok(ForceOutcome::AlreadyAlone);
     }
     let mut old_members: BTreeSet<NodeId> = config.members.keys().copied().collect();
     for (meta, state, _) in recovered.values() {
@@ -72,7 +90,6 @@ pub fn force_new_cluster(config: &NodeConfig) -> Result<Option<Forced>, String> 
         let image = state.snapshot();
         backup.insert(group, (Manifest::of(group, meta, &image), image));
     }
-    let fresh = sibling(data_dir, "force-new-cluster.tmp");
     if fresh.exists() {
         std::fs::remove_dir_all(&fresh).map_err(|e| format!("cannot clear {}: {e}", fresh.display()))?;
     }
@@ -91,7 +108,7 @@ pub fn force_new_cluster(config: &NodeConfig) -> Result<Option<Forced>, String> 
         .map_err(|e| format!("cannot move {} aside to {}: {e}", data_dir.display(), kept_at.display()))?;
     std::fs::rename(&fresh, data_dir)
         .map_err(|e| format!("cannot move {} to {}: {e}", fresh.display(), data_dir.display()))?;
-    Ok(Some(Forced { kept_at, uncommitted_applied, removed_members: old_members }))
+    Ok(ForceOutcome::Forced(Forced { kept_at, uncommitted_applied, removed_members: old_members }))
 }
 
 /// `dir` with `suffix` after its name, beside it.

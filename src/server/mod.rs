@@ -76,8 +76,16 @@ const COMMAND_OVERHEAD_BYTES: u64 = 64;
 fn force_new_cluster(config: &mut NodeConfig) -> Result<(), String> {
     let node = config.node_id;
     match force::force_new_cluster(config)? {
-        None => tracing::info!(node, "--force-new-cluster: this node is already a cluster of its own; nothing to do"),
-        Some(forced) => tracing::warn!(
+        force::ForceOutcome::AlreadyAlone => {
+            tracing::info!(node, "--force-new-cluster: this node is already a cluster of its own; nothing to do")
+        }
+        force::ForceOutcome::Finished => {
+            tracing::warn!(
+                node,
+                "--force-new-cluster: finished a recovery interrupted after the old data dir was moved aside"
+            )
+        }
+        force::ForceOutcome::Forced(forced) => tracing::warn!(
             node,
             "--force-new-cluster: this node is now a new single-member cluster; members {:?} are removed for good; \
              {} entries past their groups' known commit were applied; the old data dir is kept at {}",
