@@ -101,6 +101,12 @@ async fn a_survivor_forced_into_a_new_cluster_keeps_every_acknowledged_write_and
     cluster.kill(1);
     let data = cluster.data_dir(1);
     std::fs::rename(&data, data.with_file_name("node1.force-new-cluster.tmp")).unwrap();
+    // Started without the flag, the node refuses rather than found a new cluster.
+    cluster.restart(1);
+    let refused = cluster.children[0].wait().expect("quarryd exits");
+    assert!(!refused.success(), "a node started on an empty data dir beside an unfinished recovery");
+    let log = std::fs::read_to_string(cluster.dir.path().join("node1.log")).unwrap();
+    assert!(log.contains("interrupted --force-new-cluster"), "{log}");
     cluster.restart_with(1, &["--force-new-cluster"]);
     wait_until_leading_everything(&cluster, 1).await;
     let got = alone.get(Bytes::from_static(b"dr/after"), false).await.unwrap().map(|(v, _)| v);

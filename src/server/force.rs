@@ -26,6 +26,8 @@ use crate::state::{BuiltinState, Command, StateMachine};
 use super::members::{Member, Registry, REGISTRY_KEY};
 use super::{identity, shard_config, NodeConfig};
 
+/// The new data dir's name (after the old one's) while it is written.
+const TEMPORARY: &str = "force-new-cluster.tmp";
 /// Entry bytes read from a log at once while replaying it.
 const REPLAY_CHUNK_BYTES: u64 = 16 << 20;
 
@@ -52,7 +54,7 @@ pub enum ForceOutcome {
 /// comment). `config.members` must hold this node's address.
 pub fn force_new_cluster(config: &NodeConfig) -> Result<ForceOutcome, String> {
     let data_dir = &config.data_dir;
-    let fresh = sibling(data_dir, "force-new-cluster.tmp");
+    let fresh = sibling(data_dir, TEMPORARY);
     if !identity::check(config)? {
         // Interrupted after the old dir was moved aside: the new one is complete
         // (its identity is written last).
@@ -109,6 +111,21 @@ pub fn force_new_cluster(config: &NodeConfig) -> Result<ForceOutcome, String> {
     std::fs::rename(&fresh, data_dir)
         .map_err(|e| format!("cannot move {} to {}: {e}", fresh.display(), data_dir.display()))?;
     Ok(ForceOutcome::Forced(Forced { kept_at, uncommitted_applied, removed_members: old_members }))
+}
+
+/// An error when a recovery was cut short between its renames and this start is
+/// not finishing it: starting on the empty data dir would found a new cluster.
+pub fn refuse_unfinished(config: &NodeConfig) -> Result<(), String> {
+    let fresh = sibling(&config.data_dir, TEMPORARY);
+    if config.force_new_cluster || !fresh.exists() || identity::check(config)? {
+        return Ok(());
+    }
+    Err(format!(
+        "{} holds no data, but an interrupted --force-new-cluster left its new data dir at {}: start again with \
+         --force-new-cluster to finish it",
+        config.data_dir.display(),
+        fresh.display()
+    ))
 }
 
 /// `dir` with `suffix` after its name, beside it.

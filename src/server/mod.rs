@@ -103,6 +103,7 @@ fn force_new_cluster(config: &mut NodeConfig) -> Result<(), String> {
 pub fn run(mut config: NodeConfig) -> Result<(), String> {
     std::fs::create_dir_all(&config.data_dir)
         .map_err(|e| format!("cannot create data dir {}: {e}", config.data_dir.display()))?;
+    force::refuse_unfinished(&config)?;
     if config.force_new_cluster {
         force_new_cluster(&mut config)?;
     }
